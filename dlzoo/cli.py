@@ -1,0 +1,125 @@
+"""`dlzoo train|validate|ls`. `train` hands its arguments untouched to the @hydra.main function, so overrides,
+`-m` multirun, `--cfg job` and `--help` behave as in any Hydra app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+USAGE = """usage: dlzoo <command> [args]
+
+commands:
+  train [overrides...]      train one config, or a sweep with -m (Hydra overrides, e.g. model=mlp_dropout)
+  validate [overrides...]   compose and check a config without training; prints it
+  ls [what]                 config groups and registries; `dlzoo ls activation` lists one
+
+examples:
+  dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
+  dlzoo train -m model=softmax,mlp,mlp_xavier,mlp_deep,mlp_dropout
+  dlzoo train debug=fast
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from dlzoo import train
+
+        sys.argv = ["dlzoo train", *rest]
+        train.main()
+        return 0
+    if command == "validate":
+        return _validate(rest)
+    if command == "ls":
+        parser = argparse.ArgumentParser(prog="dlzoo ls")
+        parser.add_argument("what", nargs="?", help="a config group or registry name")
+        return _ls(parser.parse_args(rest).what)
+    from dlzoo.tracking import print_error
+
+    print_error(f"unknown command {command!r}; choices: train, validate, ls. See `dlzoo --help`.")
+    return 2
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group under conf/ (nested groups as a/b) and the config names in it."""
+    from dlzoo.paths import conf_dir
+
+    root = conf_dir()
+    groups: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root)
+        if rel.parent != Path("."):
+            groups.setdefault(rel.parent.as_posix(), []).append(rel.stem)
+    return groups
+
+
+def _ls(what: str | None) -> int:
+    from rich.table import Table
+
+    from dlzoo.config import registries
+    from dlzoo.tracking import console, print_error
+
+    groups, regs = config_groups(), registries()
+    if what is None:
+        table = Table(title="config groups (conf/): pick one with group=name", title_justify="left")
+        table.add_column("group")
+        table.add_column("configs")
+        for group, names in groups.items():
+            table.add_row(group, ", ".join(names))
+        console.print(table)
+        table = Table(title="registries: the names config values may take", title_justify="left")
+        table.add_column("registry")
+        table.add_column("config keys")
+        table.add_column("names")
+        for name, (registry, keys) in regs.items():
+            table.add_row(name, ", ".join(keys), ", ".join(registry.names()))
+        console.print(table)
+        return 0
+    key = what if what in groups or what in regs else what.rstrip("s")
+    if key in regs:
+        registry, keys = regs[key]
+        table = Table(title=f"{key} ({', '.join(keys)})", title_justify="left")
+        table.add_column("name")
+        table.add_column("what it is")
+        for name in registry.names():
+            table.add_row(name, registry.doc(name))
+        console.print(table)
+        return 0
+    if key in groups:
+        console.print(f"[bold]{key}[/]: " + ", ".join(groups[key]))
+        return 0
+    print_error(f"nothing called {what!r} to list; config groups: {', '.join(groups)}; registries: {', '.join(regs)}.")
+    return 2
+
+
+def _validate(overrides: list[str]) -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dlzoo.config import register_configs, validate
+    from dlzoo.errors import DlzooError
+    from dlzoo.paths import conf_dir
+    from dlzoo.tracking import console, print_error
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        validate(cfg)
+    except (DlzooError, HydraException, OmegaConfBaseException) as e:
+        print_error(" ".join(str(e).split()))
+        return 2
+    console.print(OmegaConf.to_yaml(cfg), highlight=False)
+    console.print("[green]config is valid[/]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

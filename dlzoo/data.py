@@ -1,0 +1,253 @@
+"""Datasets as whole uint8 tensors on the training device. Local IDX copies are found first (data.root,
+$DLZOO_DATA, the cache, Debian's dataset folder); torchvision downloads only when none is found."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dlzoo.errors import DlzooError
+from dlzoo.registry import Registry
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    torchvision_class: str  # the torchvision.datasets class that downloads it
+    folder_names: tuple[str, ...]  # sub-folder names a local copy commonly lives under
+    num_classes: int
+    classes: tuple[str, ...]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "data.name")
+DATASETS.register("mnist", "handwritten digits (LeCun et al. 1998), 60k train + 10k test, 28x28")(
+    DatasetSpec("mnist", "MNIST", ("mnist", "MNIST"), 10, tuple(str(i) for i in range(10)))
+)
+DATASETS.register("fashion_mnist", "Zalando's clothing images (Xiao et al. 2017), MNIST's drop-in twin")(
+    DatasetSpec(
+        "fashion_mnist",
+        "FashionMNIST",
+        ("fashion-mnist", "fashion_mnist", "FashionMNIST"),
+        10,
+        ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
+    )
+)
+
+
+@dataclass
+class Splits:
+    """Train/val/test as uint8 images (N, C, H, W) and int64 labels, all on one device."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    source: Path
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlzoo"
+
+
+def candidate_roots(root: str | None) -> list[Path]:
+    """The folders searched, in order: data.root, $DLZOO_DATA, the cache, Debian's dataset folder."""
+    roots = [Path(root).expanduser()] if root else []
+    if os.environ.get("DLZOO_DATA"):
+        roots.append(Path(os.environ["DLZOO_DATA"]).expanduser())
+    roots += [default_cache(), Path("/usr/share/datasets")]
+    return roots
+
+
+def find_local(spec: DatasetSpec, roots: list[Path]) -> Path | None:
+    """The first folder holding all four IDX files (.gz or not), trying each root, its dataset sub-folders
+    and torchvision's `<Class>/raw` layout."""
+    for base in roots:
+        for folder in [base, *(base / n for n in spec.folder_names), base / spec.torchvision_class / "raw"]:
+            if all(_idx_path(folder, f) is not None for f in IDX_FILES.values()):
+                return folder
+    return None
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path, expect_magic: int) -> np.ndarray:
+    """Read one IDX file (gzip or raw) into a uint8 array, checking its magic number and size."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DlzooError(
+            f"Cannot read {path}: {e}. The file is corrupt or truncated; replace it with a fresh copy "
+            "(or delete it and let dlzoo download it again)."
+        ) from None
+    kind = "images" if expect_magic == _IMAGES_MAGIC else "labels"
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if magic != expect_magic:
+        raise DlzooError(
+            f"{path} is not an IDX {kind} file: its magic number is {magic}, expected {expect_magic}. "
+            "Check that the four files are not swapped or damaged, and replace this one with a fresh copy."
+        )
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    header = 4 + 4 * ndim
+    if len(raw) != header + int(np.prod(dims)):
+        raise DlzooError(
+            f"{path} is truncated or padded: its header promises {dims} values ({header + int(np.prod(dims))} "
+            f"bytes) but the file holds {len(raw)} bytes. Replace it with a fresh copy."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _load_folder(folder: Path, spec: DatasetSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        path = _idx_path(folder, stem)
+        assert path is not None
+        arrays[key] = read_idx(path, _IMAGES_MAGIC if key.endswith("images") else _LABELS_MAGIC)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise DlzooError(
+                f"{folder}: the {split} images hold {len(images)} items but the labels {len(labels)}; the "
+                "files belong to different datasets or one is damaged. Replace them with a matching set."
+            )
+        if labels.size and labels.max() >= spec.num_classes:
+            raise DlzooError(
+                f"{folder}: {split} labels go up to {labels.max()}, but {spec.name} has {spec.num_classes} "
+                "classes. Is data.name right for this folder?"
+            )
+
+    def images(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.copy()).unsqueeze(1)  # (N, 1, H, W)
+
+    def labels(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a.astype(np.int64))
+
+    return (
+        images(arrays["train_images"]),
+        labels(arrays["train_labels"]),
+        images(arrays["test_images"]),
+        labels(arrays["test_labels"]),
+    )
+
+
+def _download(spec: DatasetSpec, target: Path, searched: list[Path]) -> Path:
+    import torchvision.datasets
+
+    try:
+        getattr(torchvision.datasets, spec.torchvision_class)(root=str(target), train=True, download=True)
+        getattr(torchvision.datasets, spec.torchvision_class)(root=str(target), train=False, download=True)
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... all mean "no copy"
+        raise DlzooError(_missing_message(spec, searched, f"the download into {target} failed ({e})")) from None
+    folder = find_local(spec, [target])
+    if folder is None:
+        raise DlzooError(_missing_message(spec, searched, f"the download into {target} left no IDX files"))
+    return folder
+
+
+def _missing_message(spec: DatasetSpec, searched: list[Path], why: str) -> str:
+    files = ", ".join(f + "[.gz]" for f in IDX_FILES.values())
+    debian = (
+        " On Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs it under /usr/share/datasets/fashion-mnist."
+        if spec.name == "fashion_mnist"
+        else ""
+    )
+    return (
+        f"No local copy of {spec.name} was found and {why}. Searched: {', '.join(str(r) for r in searched)} "
+        f"(each also as <folder>/{{{','.join(spec.folder_names)}}} and <folder>/{spec.torchvision_class}/raw). "
+        f"Fix: point data.root (or $DLZOO_DATA) at a folder holding the four IDX files ({files}), or connect "
+        f"to the internet and keep data.download=true.{debian}"
+    )
+
+
+def locate(name: str, root: str | None = None, download: bool = True) -> Path:
+    """Find a folder with the four IDX files of dataset `name`, downloading into data.root or the cache if
+    allowed and nothing local is found."""
+    spec = DATASETS.get(name)
+    if root and not Path(root).expanduser().is_dir():
+        raise DlzooError(
+            f"data.root={root!r} does not exist (resolved from {Path.cwd()}). Fix: give the folder that holds "
+            f"the four {spec.name} IDX files, e.g. `data.root=/usr/share/datasets/fashion-mnist`, or drop "
+            "data.root to use $DLZOO_DATA, the cache or a download."
+        )
+    roots = candidate_roots(root)
+    folder = find_local(spec, roots)
+    if folder is not None:
+        return folder
+    if not download:
+        raise DlzooError(_missing_message(spec, roots, "data.download=false"))
+    return _download(spec, Path(root).expanduser() if root else default_cache(), roots)
+
+
+def load_splits(
+    name: str,
+    root: str | None = None,
+    download: bool = True,
+    val_size: int = 5000,
+    split_seed: int = 0,
+    train_subset: int | None = None,
+    device: torch.device | str = "cpu",
+) -> Splits:
+    """Load dataset `name` and split its train set into train/val with a seeded permutation.
+
+    Args:
+        name: DATASETS name.
+        root: a folder to search first (and download into).
+        download: allow torchvision's download when no local copy is found.
+        val_size: images held out of the train set for validation.
+        split_seed: seeds the train/val permutation, so the split is the same for every training seed.
+        train_subset: keep only the first N images of the shuffled train part.
+        device: where the tensors live for the whole run.
+
+    Returns:
+        Splits with uint8 images (N, 1, 28, 28) and int64 labels on `device`.
+    """
+    spec = DATASETS.get(name)
+    folder = locate(name, root, download)
+    x, y, x_test, y_test = _load_folder(folder, spec)
+    if val_size >= len(x):
+        raise DlzooError(f"data.val_size={val_size} leaves no training images: {spec.name} has {len(x)}.")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    return Splits(
+        x_train=x[train_idx].to(device),
+        y_train=y[train_idx].to(device),
+        x_val=x[val_idx].to(device),
+        y_val=y[val_idx].to(device),
+        x_test=x_test.to(device),
+        y_test=y_test.to(device),
+        num_classes=spec.num_classes,
+        source=folder,
+    )
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [0, 1], done per batch on the device (the labs' scaling)."""
+    return images.float().div_(255.0)

@@ -1,0 +1,51 @@
+"""A Keras-style model summary: each leaf layer's output shape and parameter count, from one forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+
+
+@dataclass
+class Summary:
+    rows: list[LayerRow]
+    trainable: int
+    non_trainable: int  # frozen parameters plus buffers such as batch norm's running mean and variance
+
+
+@torch.no_grad()
+def summarize(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> Summary:
+    """Run one batch of 2 zeros through `model` (eval mode, restored after) and record every leaf layer."""
+    rows: list[LayerRow] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+            params = sum(p.numel() for p in mod.parameters(recurse=False))
+            rows.append(LayerRow(name, type(mod).__name__, tuple(out.shape[1:]), params))
+
+        hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros((2, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    buffers = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
+    return Summary(rows, trainable, frozen + buffers)

@@ -1,0 +1,135 @@
+"""Everything a person sees of a run: the rich terminal display (model summary, progress, final table) and the
+TensorBoard event file (scalars, per-layer norms, HParams). The only module that imports rich or TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from dlzoo.models.summary import Summary
+
+log = logging.getLogger("dlzoo")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """A user-facing error: one paragraph on stderr, no traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def print_summary(summary: Summary, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer")
+    table.add_column("type")
+    table.add_column("output shape", justify="right")
+    table.add_column("params", justify="right")
+    for row in summary.rows:
+        table.add_row(row.name, row.kind, "(N, " + ", ".join(map(str, row.output_shape)) + ")", f"{row.params:,}")
+    table.caption = (
+        f"total {summary.trainable + summary.non_trainable:,}  ·  trainable {summary.trainable:,}  ·  "
+        f"non-trainable {summary.non_trainable:,}"
+    )
+    console.print(table)
+
+
+def print_final(metrics: dict[str, Any], out_dir: Path) -> None:
+    table = Table(title="final metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    log.info("final metrics: %s", metrics)
+    console.print(f"outputs: [bold]{out_dir}[/]  (metrics.json, checkpoints/, TensorBoard events)")
+    console.print(f"dashboards: tensorboard --logdir {out_dir.parent}")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings so TensorBoard's HParams accepts them."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= flatten(value, f"{prefix}{key}.")
+        return out
+    value = tree if isinstance(tree, (bool, int, float, str)) else str(tree)
+    return {prefix.rstrip("."): value}
+
+
+class RunTracker:
+    """Writes one run's TensorBoard events into `log_dir` and drives the terminal display.
+
+    Args:
+        log_dir: the run's output folder.
+        epochs: planned epochs, for the progress display.
+        progress: show the live progress bar (per-epoch lines are printed regardless).
+    """
+
+    def __init__(self, log_dir: Path, epochs: int, progress: bool = True) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.epochs = epochs
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  ·  {task.fields[speed]:,.0f} samples/s"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            # A live bar only on a terminal; logs and CI get the per-epoch lines alone.
+            disable=not (progress and console.is_terminal),
+        )
+        self._task = self._progress.add_task("train", total=1, epoch=0, epochs=epochs, loss=float("nan"), speed=0.0)
+        self._epoch_first_step = 0
+        self._progress.start()
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self._progress.reset(self._task, total=steps, epoch=epoch)
+
+    def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        self.writer.add_scalar("train/loss_step", loss, step)
+        self._progress.update(self._task, completed=step - self._epoch_first_step, loss=loss, speed=samples_per_s)
+
+    def log_layer_stats(self, step: int, stats: dict[str, float]) -> None:
+        for tag, value in stats.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, epoch)
+        self._epoch_first_step = step
+        line = (
+            f"epoch {epoch:>3}/{self.epochs}  step {step:>6}  "
+            f"train loss {metrics['train/loss']:.4f} acc {metrics['train/acc']:.4f}  "
+            f"val loss {metrics['val/loss']:.4f} acc {metrics['val/acc']:.4f}  lr {metrics['lr']:.3g}"
+        )
+        console.print(line, highlight=False, soft_wrap=True)
+        log.info(line)
+
+    def log_test(self, epoch: int, loss: float, acc: float) -> None:
+        self.writer.add_scalar("test/loss", loss, epoch)
+        self.writer.add_scalar("test/acc", acc, epoch)
+
+    def log_hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write the flattened config and final metrics into this run's own event file, so every run of a
+        multirun lines up as one row of a single HParams table (add_hparams would make a sub-run instead)."""
+        tagged = {f"hparam/{k}": v for k, v in metrics.items()}
+        exp, ssi, sei = hparams_summary(flatten(config), tagged)
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
+        for tag, value in tagged.items():
+            self.writer.add_scalar(tag, value, 0)
+
+    def close(self) -> None:
+        self._progress.stop()
+        self.writer.flush()
+        self.writer.close()
+        sys.stdout.flush()

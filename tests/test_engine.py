@@ -1,0 +1,113 @@
+"""Engine tests: the loop learns, is deterministic for a seed, honours max_steps, stops on divergence with the
+last good checkpoint kept, and writes complete checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dlzoo.config import OptimConfig, SchedConfig
+from dlzoo.data import Splits, load_splits
+from dlzoo.engine import DivergedError, evaluate, fit, layer_stats, seed_everything
+from dlzoo.models.mlp import MLP
+from dlzoo.optim import build_optimizer, build_scheduler
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float]] = []
+        self.epochs: list[dict[str, float]] = []
+        self.layers: list[dict[str, float]] = []
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        self.steps.append((step, loss))
+
+    def log_layer_stats(self, step: int, stats: dict[str, float]) -> None:
+        self.layers.append(stats)
+
+    def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        self.epochs.append(metrics)
+
+
+def train(
+    data: Splits, seed: int = 0, lr: float = 1e-3, optim: str = "adam", init_scale: float = 1.0, **kwargs: object
+) -> tuple[torch.nn.Module, object, Recorder]:
+    seed_everything(seed)
+    model = MLP(784, 10, [64, 64])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(init_scale)
+    optimizer = build_optimizer(OmegaConf.structured(OptimConfig(name=optim, lr=lr)), model.parameters())
+    params = dict(epochs=3, batch_size=32, seed=seed, log_every_n_steps=5) | kwargs
+    scheduler = build_scheduler(OmegaConf.structured(SchedConfig()), optimizer, total_steps=1000)
+    recorder = Recorder()
+    result = fit(model, data, optimizer, scheduler, recorder, **params)  # type: ignore[arg-type]
+    return model, result, recorder
+
+
+@pytest.fixture
+def toy(toy_root: Path) -> Splits:
+    return load_splits("mnist", str(toy_root), download=False, val_size=100)
+
+
+def test_fit_learns_the_toy_task(toy: Splits) -> None:
+    model, result, recorder = train(toy)
+    assert result.val_acc > 0.9
+    assert evaluate(model, toy.x_test, toy.y_test)[1] > 0.9
+    assert recorder.epochs[-1]["train/loss"] < recorder.epochs[0]["train/loss"]
+    assert result.epochs == 3 and result.steps == 3 * 16  # ceil(500 / 32) steps an epoch
+    assert result.train_samples == 3 * 500
+
+
+def test_same_seed_same_run_different_seed_different_run(toy: Splits) -> None:
+    a, ra, _ = train(toy, seed=1)
+    b, rb, _ = train(toy, seed=1)
+    _, rc, _ = train(toy, seed=2)
+    assert (ra.train_loss, ra.val_acc) == (rb.train_loss, rb.val_acc)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert ra.train_loss != rc.train_loss
+
+
+def test_max_steps_caps_the_run(toy: Splits) -> None:
+    _, result, recorder = train(toy, max_steps=20)
+    assert result.steps == 20 and result.epochs == 2 and len(recorder.epochs) == 2
+
+
+def test_layer_stats_cover_every_weight_matrix(toy: Splits) -> None:
+    _, _, recorder = train(toy, epochs=1)
+    keys = set(recorder.layers[0])
+    for layer in ("layers.fc1.linear", "layers.fc2.linear", "layers.out"):
+        assert {f"weight_norm/{layer}", f"grad_norm/{layer}"} <= keys
+    assert all(v >= 0 for v in recorder.layers[0].values())
+    assert layer_stats(MLP(4, 2, [])).keys() == {"weight_norm/layers.out"}  # no grads yet: weights only
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(toy: Splits, tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.pt"
+    train(toy, epochs=1, checkpoint_path=ckpt)
+    good = torch.load(ckpt, weights_only=False)["model"]
+    with pytest.raises(DivergedError) as info:
+        train(toy, epochs=3, optim="sgd", lr=1e30, init_scale=1e6, checkpoint_path=ckpt)
+    message = str(info.value)
+    assert "NaN or infinite" in message and "lower optim.lr" in message
+    state = torch.load(ckpt, weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert state["model"].keys() == good.keys()
+
+
+def test_checkpoint_holds_model_optimizer_epoch_and_extra(toy: Splits, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt" / "last.pt"
+    model, _, _ = train(toy, epochs=2, checkpoint_path=ckpt, checkpoint_extra={"config": {"a": 1}})
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 2 and state["step"] == 32 and state["config"] == {"a": 1}
+    assert state["optimizer"]["state"]  # Adam moments are saved
+    fresh = MLP(784, 10, [64, 64])
+    fresh.load_state_dict(state["model"])
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), model.parameters(), strict=True))
+    assert not list(ckpt.parent.glob("*.tmp"))
