@@ -103,10 +103,10 @@ def _validate(overrides: list[str]) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from dlzoo.config import register_configs, validate
+    from dlzoo.config import register_configs, validate, warnings
     from dlzoo.errors import DlzooError
     from dlzoo.paths import conf_dir
-    from dlzoo.tracking import console, print_error
+    from dlzoo.tracking import console, print_error, print_warning
 
     register_configs()
     try:
@@ -117,6 +117,8 @@ def _validate(overrides: list[str]) -> int:
         print_error(" ".join(str(e).split()))
         return 2
     console.print(OmegaConf.to_yaml(cfg), highlight=False)
+    for message in warnings(cfg):
+        print_warning(message)
     console.print("[green]config is valid[/]")
     return 0
 

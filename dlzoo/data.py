@@ -60,10 +60,17 @@ class Splits:
     y_test: Tensor
     num_classes: int
     source: Path
+    mean: float = 0.0  # subtracted after scaling to [0, 1]; set by data.normalize=standardize
+    std: float = 1.0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def prep(self, images: Tensor) -> Tensor:
+        """uint8 images -> the float inputs the model sees, per batch on the device."""
+        x = to_float(images)
+        return x if (self.mean, self.std) == (0.0, 1.0) else x.sub_(self.mean).div_(self.std)
 
 
 def default_cache() -> Path:
@@ -212,6 +219,7 @@ def load_splits(
     split_seed: int = 0,
     train_subset: int | None = None,
     device: torch.device | str = "cpu",
+    normalize: str = "none",
 ) -> Splits:
     """Load dataset `name` and split its train set into train/val with a seeded permutation.
 
@@ -223,6 +231,8 @@ def load_splits(
         split_seed: seeds the train/val permutation, so the split is the same for every training seed.
         train_subset: keep only the first N images of the shuffled train part.
         device: where the tensors live for the whole run.
+        normalize: "none" keeps pixels in [0, 1]; "standardize" also shifts and scales them by the training
+            split's mean and std (one pair for all pixels), as SELU nets need.
 
     Returns:
         Splits with uint8 images (N, 1, 28, 28) and int64 labels on `device`.
@@ -236,6 +246,10 @@ def load_splits(
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
+    mean, std = 0.0, 1.0
+    if normalize == "standardize":
+        pixels = x[train_idx].float().div_(255.0)
+        mean, std = pixels.mean().item(), pixels.std().item()
     return Splits(
         x_train=x[train_idx].to(device),
         y_train=y[train_idx].to(device),
@@ -245,6 +259,8 @@ def load_splits(
         y_test=y_test.to(device),
         num_classes=spec.num_classes,
         source=folder,
+        mean=mean,
+        std=std,
     )
 
 

@@ -1,12 +1,15 @@
-"""The one training loop, evaluation, seeding and checkpoints. Data stays on the device as whole tensors;
-batches are drawn by index and the loop reads values back to the host only at logging intervals."""
+"""The one training loop, evaluation (plain and MC dropout), early stopping, seeding and checkpoints. Data stays
+on the device as whole tensors; batches are drawn by index and the loop reads values back to the host only at
+logging intervals."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
 from dlzoo.data import Splits, to_float
 from dlzoo.errors import DlzooError
+from dlzoo.models.blocks import is_dropout
+from dlzoo.optim import Scheduler
+from dlzoo.probes import activation_stats, layer_stats
+from dlzoo.regularize import Regularizer
 
 
 class Tracker(Protocol):
@@ -45,6 +51,8 @@ class FitResult:
     val_acc: float
     train_time_s: float
     train_samples: int
+    best_epoch: int  # the epoch whose weights the model ends with
+    stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -60,17 +68,20 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DlzooError(
-            "trainer.device=cuda was asked for, but no CUDA device is visible. Fix: trainer.device=auto or cpu."
-        )
+        raise DlzooError("trainer.device=cuda was asked for, but no CUDA device is visible. Fix: trainer.device=auto.")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DlzooError("trainer.device=mps was asked for, but MPS is not available. Fix: trainer.device=auto or cpu.")
+        raise DlzooError("trainer.device=mps was asked for, but MPS is not available. Fix: trainer.device=auto.")
     return device
 
 
+Prep = Callable[[Tensor], Tensor]
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 10000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in a few large batches (eval mode, restored after)."""
+def evaluate(
+    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 10000, prep: Prep = to_float
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split in a few large batches (eval mode, restored after)."""
     if len(labels) == 0:
         return float("nan"), float("nan")
     was_training = model.training
@@ -78,37 +89,62 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     loss_sum = torch.zeros((), device=labels.device)
     correct = torch.zeros((), device=labels.device, dtype=torch.long)
     for start in range(0, len(labels), batch_size):
-        logits = model(to_float(images[start : start + batch_size]))
+        logits = model(prep(images[start : start + batch_size]))
         y = labels[start : start + batch_size]
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
-    n = len(labels)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
-def layer_stats(model: nn.Module) -> dict[str, float]:
-    """L2 norms of each weight and of its gradient, keyed `weight_norm/<layer>` and `grad_norm/<layer>`: the
-    per-layer view that shows gradients vanishing towards the input of a deep sigmoid net (lecture 10-1)."""
-    named = [
-        (n.removesuffix(".weight"), p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1
-    ]
-    if not named:
-        return {}
-    weights = torch.stack(torch._foreach_norm([p.detach() for _, p in named]))
-    grads = [p.grad for _, p in named]
-    out = {f"weight_norm/{n}": v for (n, _), v in zip(named, weights.tolist(), strict=True)}
-    if all(g is not None for g in grads):
-        norms = torch.stack(torch._foreach_norm(grads)).tolist()  # type: ignore[arg-type]
-        out |= {f"grad_norm/{n}": v for (n, _), v in zip(named, norms, strict=True)}
-    return out
+@torch.inference_mode()
+def mc_evaluate(
+    model: nn.Module, images: Tensor, labels: Tensor, samples: int, batch_size: int = 10000, prep: Prep = to_float
+) -> tuple[float, float]:
+    """MC dropout (Gal & Ghahramani 2016): average the softmax of `samples` passes with dropout on (batch norm
+    stays in eval mode). Returns (accuracy, mean predictive entropy in nats) of the averaged prediction."""
+    was_training = model.training
+    model.eval()
+    for module in model.modules():
+        if is_dropout(module):
+            module.train()
+    correct = torch.zeros((), device=labels.device, dtype=torch.long)
+    entropy = torch.zeros((), device=labels.device)
+    for start in range(0, len(labels), batch_size):
+        x = prep(images[start : start + batch_size])
+        probs = torch.stack([model(x).float().softmax(1) for _ in range(samples)]).mean(0)
+        correct += (probs.argmax(1) == labels[start : start + batch_size]).sum()
+        entropy += -(probs * probs.clamp_min(1e-12).log()).sum()
+    model.train(was_training)
+    return correct.item() / len(labels), entropy.item() / len(labels)
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without `monitor` improving by more than `min_delta`; remember the best
+    epoch's weights (on their device) so they can be restored (Keras' EarlyStopping)."""
+
+    def __init__(self, patience: int, monitor: str = "val/loss", min_delta: float = 0.0) -> None:
+        self.patience, self.monitor, self.min_delta = patience, monitor, min_delta
+        self.sign = 1.0 if monitor.endswith("loss") else -1.0  # minimize losses, maximize accuracies
+        self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
+        """Record this epoch; True when training should stop."""
+        value = self.sign * metrics[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
 
 
 def fit(
     model: nn.Module,
     data: Splits,
     optimizer: Optimizer,
-    scheduler: LRScheduler,
+    scheduler: Scheduler,
     tracker: Tracker,
     *,
     epochs: int,
@@ -118,6 +154,9 @@ def fit(
     eval_batch_size: int = 10000,
     log_every_n_steps: int = 50,
     layer_stats_enabled: bool = True,
+    regularizer: Regularizer | None = None,
+    early_stopping: EarlyStopping | None = None,
+    restore_best: bool = True,
     checkpoint_path: Path | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
 ) -> FitResult:
@@ -126,20 +165,25 @@ def fit(
     Args:
         seed: seeds the generator that orders each epoch's batches (on the data's device).
         max_steps: stop after this many optimizer steps in total (the epoch in progress is still validated).
+        regularizer: weight penalty, gradient clipping and max-norm around each step.
+        early_stopping: stops on a stalled validation metric; with `restore_best`, the model ends with the best
+            epoch's weights and the returned metrics are that epoch's.
         checkpoint_path: if set, model + optimizer + epoch are written there (atomically) after every epoch, so
             a crash or divergence leaves the last good epoch on disk.
         checkpoint_extra: stored alongside (e.g. the resolved config).
 
     Returns:
-        The last epoch's train and validation metrics plus timing.
+        The final (or restored best) epoch's train and validation metrics plus timing.
     """
     device = data.x_train.device
+    reg = regularizer or Regularizer()
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / batch_size)
     order = torch.Generator(device=device).manual_seed(seed)
     step, seen, train_time = 0, 0, 0.0
     last_finite_loss = float("nan")
     history: list[dict[str, float]] = []
+    stopped_early = False
     model.train()
 
     for epoch in range(1, epochs + 1):
@@ -151,20 +195,28 @@ def fit(
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
-            x, y = to_float(data.x_train[idx]), data.y_train[idx]
-            logits = model(x)
+            x, y = data.prep(data.x_train[idx]), data.y_train[idx]
+            logging_step = (step + 1) % log_every_n_steps == 0
+            if logging_step and layer_stats_enabled:
+                with activation_stats(model) as act:
+                    logits = model(x)
+            else:
+                logits = model(x)
             loss = F.cross_entropy(logits, y)
+            penalty = reg.penalty(model)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if penalty is None else loss + penalty).backward()
+            reg.clip_(model)
             step += 1
-            if step % log_every_n_steps == 0 and layer_stats_enabled:
-                tracker.log_layer_stats(step, layer_stats(model))
+            if logging_step and layer_stats_enabled:
+                tracker.log_layer_stats(step, layer_stats(model) | act)
             optimizer.step()
+            reg.constrain_(model)
             scheduler.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             epoch_seen += len(y)
-            if step % log_every_n_steps == 0:
+            if logging_step:
                 value = loss.item()  # the one host sync per logging interval
                 if not math.isfinite(value):
                     raise _diverged(step, last_finite_loss, checkpoint_path)
@@ -181,7 +233,8 @@ def fit(
         train_loss, train_acc = loss_sum.item() / epoch_seen, correct.item() / epoch_seen
         if not math.isfinite(train_loss):
             raise _diverged(step, last_finite_loss, checkpoint_path)
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, eval_batch_size)
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
+        scheduler.epoch_end(val_loss)
         metrics = {
             "train/loss": train_loss,
             "train/acc": train_acc,
@@ -193,19 +246,27 @@ def fit(
         tracker.log_epoch(epoch, step, metrics)
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, optimizer, epoch, step, checkpoint_extra or {})
+        if early_stopping is not None and early_stopping.update(epoch, metrics, model):
+            stopped_early = True
+            break
         if max_steps is not None and step >= max_steps:
             break
 
-    last = history[-1]
+    final = history[-1]
+    if early_stopping is not None and restore_best and early_stopping.best_state is not None:
+        model.load_state_dict(early_stopping.best_state)
+        final = history[early_stopping.best_epoch - 1]
     return FitResult(
         epochs=len(history),
         steps=step,
-        train_loss=last["train/loss"],
-        train_acc=last["train/acc"],
-        val_loss=last["val/loss"],
-        val_acc=last["val/acc"],
+        train_loss=final["train/loss"],
+        train_acc=final["train/acc"],
+        val_loss=final["val/loss"],
+        val_acc=final["val/acc"],
         train_time_s=train_time,
         train_samples=seen,
+        best_epoch=int(final["epoch"]),
+        stopped_early=stopped_early,
         history=history,
     )
 
@@ -219,7 +280,7 @@ def _diverged(step: int, last_finite: float, checkpoint_path: Path | None) -> Di
     return DivergedError(
         f"Training diverged: the loss became NaN or infinite by step {step} (last finite loss "
         f"{last_finite:.4g}).{kept} Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
-        "(model.init=xavier_uniform or he_normal), or add normalization (model.norm=batch)."
+        "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch."
     )
 
 
@@ -230,6 +291,6 @@ def save_checkpoint(
     leaves a corrupt checkpoint behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, **extra}
-    torch.save(state, tmp)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
+    torch.save(state | extra, tmp)
     os.replace(tmp, path)

@@ -26,6 +26,11 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
+def print_warning(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    log.warning(message)
+
+
 def print_summary(summary: Summary, title: str) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("layer")
@@ -46,7 +51,7 @@ def print_final(metrics: dict[str, Any], out_dir: Path) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and not isinstance(value, bool) else str(value))
     console.print(table)
     log.info("final metrics: %s", metrics)
     console.print(f"outputs: [bold]{out_dir}[/]  (metrics.json, checkpoints/, TensorBoard events)")
@@ -114,9 +119,9 @@ class RunTracker:
         console.print(line, highlight=False, soft_wrap=True)
         log.info(line)
 
-    def log_test(self, epoch: int, loss: float, acc: float) -> None:
-        self.writer.add_scalar("test/loss", loss, epoch)
-        self.writer.add_scalar("test/acc", acc, epoch)
+    def log_test(self, epoch: int, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, epoch)
 
     def log_hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         """Write the flattened config and final metrics into this run's own event file, so every run of a

@@ -96,15 +96,48 @@ def test_multirun_of_two_models(fmnist_root: Path, tmp_path: Path) -> None:
 def test_ls_lists_groups_and_registries(tmp_path: Path) -> None:
     proc = dlzoo("ls", cwd=tmp_path)
     assert proc.returncode == 0
-    for word in ("experiment", "lab10_5_dropout", "activation", "xavier_uniform", "fashion_mnist"):
+    for word in ("experiment", "lab10_5_dropout", "activation", "maxout", "variance_scaling", "onecycle", "nadam"):
         assert word in proc.stdout
     one = dlzoo("ls", "activations", cwd=tmp_path)
     assert one.returncode == 0 and "leaky_relu" in one.stdout and "lab10" not in one.stdout
 
 
+def test_techniques_compose_in_one_run(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    techniques = [
+        "experiment=selu_self_normalizing",  # SELU + lecun_normal + alpha dropout + standardized inputs
+        "optim=nadam",
+        "sched=onecycle",
+        "reg.l2=1e-4",
+        "reg.clip_norm=1.0",
+        "reg.max_norm=3.0",
+        "trainer.early_stop.patience=1",
+        "eval.mc_samples=4",
+    ]
+    proc = dlzoo(
+        "train",
+        *FAST,
+        *techniques,
+        "data=fashion_mnist",
+        f"data.root={fmnist_root}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr  # the SELU recipe is complete
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.3 < metrics["test_acc"] <= 1 and 0.3 < metrics["test_mc_acc"] <= 1 and metrics["test_mc_entropy"] > 0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"test/mc_acc", "act_mean/layers.fc1.act", "act_dead/layers.fc4.act", "lr"} <= tags
+
+
 def test_validate_prints_the_config_or_the_problem(tmp_path: Path) -> None:
     ok = dlzoo("validate", "experiment=lab10_7_bn", cwd=tmp_path)
     assert ok.returncode == 0 and "config is valid" in ok.stdout and "lr: 0.01" in ok.stdout
+    warned = dlzoo("validate", "model.activation=selu", "model.norm=batch", cwd=tmp_path)
+    assert warned.returncode == 0 and "warning: SELU with batch norm" in " ".join(warned.stderr.split())
     bad = dlzoo("validate", "model.activation=rleu", cwd=tmp_path)
     assert bad.returncode == 2 and "Did you mean 'relu'" in bad.stderr
 

@@ -88,19 +88,33 @@ def test_unknown_group_member_fails_at_composition() -> None:
         ("model.activation=rleu", "Did you mean 'relu'"),
         ("model.init=glorot", "xavier_uniform"),
         ("model.bias_init=xavier_uniform", "cannot initialize a bias"),
-        ("optim.name=adamm", "adam, sgd"),
+        ("optim.name=adamm", "adagrad, adam, adamax, adamw, momentum, nadam"),
         ("data.name=cifar", "fashion_mnist, mnist"),
         ("optim.lr=0", "optim.lr=0.0 is out of range"),
         ("model.dropout=1.0", "in [0, 1)"),
         ("model.hidden=[512,0]", "model.hidden"),
         ("trainer.epochs=0", "trainer.epochs"),
+        ("optim=nesterov optim.momentum=0", "> 0 for optim.name=nesterov"),
         ("trainer.batch_size=-1", "trainer.batch_size"),
         ("trainer.device=gpu", "auto, cpu, cuda"),
         ("model.norm_position=middle", "'before' or 'after'"),
+        ("model.act_args.negative_slope=-0.1", "model.act_args.negative_slope=-0.1 is out of range"),
+        ("model.act_args.maxout_k=1", ">= 2"),
+        ("model.act_args.rrelu_range=[0.3,0.1]", "lower <= upper"),
+        ("model.init_args.mode=fan_max", "fan_in or fan_out or fan_avg"),
+        ("model.init_args.std=0", "model.init_args.std"),
+        ("model.dropout_kind=gaussian", "alpha_dropout, dropout"),
+        ("reg.l2=-1", "reg.l2"),
+        ("reg.clip_norm=0", "> 0 or null"),
+        ("trainer.early_stop.monitor=train/acc", "val/loss or val/acc"),
+        ("eval.mc_samples=-2", "eval.mc_samples"),
+        ("data.normalize=zscore", "none or standardize"),
+        ("sched=piecewise sched.lr_values=[0.1]", "3 positive lrs"),
+        ("sched=onecycle sched.momentum_range=[0.95,0.85]", "low <= high"),
     ],
 )
 def test_validate_names_key_value_and_choices(override: str, expected: str) -> None:
-    cfg = compose_train([override])
+    cfg = compose_train(override.split())
     with pytest.raises(DlzooError) as info:
         validate(cfg)
     assert expected in str(info.value)
@@ -116,3 +130,14 @@ def test_validate_reports_every_problem_at_once() -> None:
 
 def test_conf_dir_is_the_repo_tree_in_a_checkout() -> None:
     assert Path(__file__).resolve().parents[1] / "conf" == CONF
+
+
+def test_selu_warnings_name_what_breaks_self_normalization() -> None:
+    from dlzoo.config import warnings
+
+    bad = compose_train(["model.activation=selu", "model.norm=batch", "model.dropout=0.2"])
+    text = " ".join(warnings(bad))
+    for expected in ("batch norm", "alpha_dropout", "lecun_normal", "data.normalize=standardize"):
+        assert expected in text
+    assert warnings(compose_train(["experiment=selu_self_normalizing"])) == []
+    assert warnings(compose_train()) == []

@@ -3,6 +3,7 @@ last good checkpoint kept, and writes complete checkpoints."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from omegaconf import OmegaConf
 
 from dlzoo.config import OptimConfig, SchedConfig
 from dlzoo.data import Splits, load_splits
-from dlzoo.engine import DivergedError, evaluate, fit, layer_stats, seed_everything
+from dlzoo.engine import DivergedError, EarlyStopping, evaluate, fit, mc_evaluate, seed_everything
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
+from dlzoo.probes import layer_stats
 
 
 class Recorder:
@@ -45,7 +47,7 @@ def train(
             p.mul_(init_scale)
     optimizer = build_optimizer(OmegaConf.structured(OptimConfig(name=optim, lr=lr)), model.parameters())
     params = dict(epochs=3, batch_size=32, seed=seed, log_every_n_steps=5) | kwargs
-    scheduler = build_scheduler(OmegaConf.structured(SchedConfig()), optimizer, total_steps=1000)
+    scheduler = build_scheduler(OmegaConf.structured(SchedConfig()), optimizer, 16, 1000)
     recorder = Recorder()
     result = fit(model, data, optimizer, scheduler, recorder, **params)  # type: ignore[arg-type]
     return model, result, recorder
@@ -111,3 +113,68 @@ def test_checkpoint_holds_model_optimizer_epoch_and_extra(toy: Splits, tmp_path:
     fresh.load_state_dict(state["model"])
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), model.parameters(), strict=True))
     assert not list(ckpt.parent.glob("*.tmp"))
+
+
+def test_early_stopping_stops_after_patience_and_remembers_the_best() -> None:
+    model = MLP(4, 2, [3])
+    stopper = EarlyStopping(patience=2, monitor="val/loss")
+    losses = [1.0, 0.5, 0.6, 0.4, 0.45, 0.41]
+    stops = [stopper.update(epoch, {"val/loss": v}, model) for epoch, v in enumerate(losses, start=1)]
+    assert stops == [False, False, False, False, False, True] and stopper.best_epoch == 4
+    acc = EarlyStopping(patience=1, monitor="val/acc")
+    assert [acc.update(e, {"val/acc": v}, model) for e, v in enumerate([0.5, 0.7, 0.6], start=1)] == [
+        False,
+        False,
+        True,
+    ]
+
+
+def test_fit_with_early_stopping_restores_the_best_epoch(toy: Splits) -> None:
+    # min_delta so large that no later epoch counts as better: stop after epoch 1 + patience, restore epoch 1.
+    model, result, recorder = train(toy, epochs=8, early_stopping=EarlyStopping(2, "val/loss", min_delta=100.0))
+    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
+    assert result.val_loss == recorder.epochs[0]["val/loss"] != recorder.epochs[2]["val/loss"]
+    assert evaluate(model, toy.x_val, toy.y_val)[0] == pytest.approx(recorder.epochs[0]["val/loss"], rel=1e-5)
+
+
+def test_mc_dropout_averages_stochastic_passes(toy: Splits) -> None:
+    seed_everything(0)
+    plain = MLP(784, 10, [64])
+    acc = evaluate(plain, toy.x_test, toy.y_test)[1]
+    mc_acc, entropy = mc_evaluate(plain, toy.x_test, toy.y_test, samples=5)
+    assert mc_acc == acc  # no dropout: every pass is the same
+    dropped = MLP(784, 10, [64], dropout=0.5).eval()
+    mc_acc, entropy = mc_evaluate(dropped, toy.x_test, toy.y_test, samples=20)
+    assert 0 <= mc_acc <= 1 and 0 < entropy <= math.log(10)
+    assert not dropped.training and all(not m.training for m in dropped.modules())  # restored to eval
+
+
+def test_activation_stats_show_dead_units_and_saturation(toy: Splits) -> None:
+    from dlzoo.probes import activation_stats
+
+    x = toy.prep(toy.x_train[:256])
+    zeros = MLP(784, 10, [32, 32])
+    for p in zeros.parameters():
+        torch.nn.init.zeros_(p)
+    with activation_stats(zeros) as stats:
+        zeros(x)
+    assert stats["act_dead/layers.fc1.act"] == 1.0 and stats["act_std/layers.fc2.act"] == 0.0
+
+    seed_everything(0)
+    sigmoid = MLP(784, 10, [32], activation="sigmoid")
+    torch.nn.init.normal_(sigmoid.layers.fc1.linear.weight, 0, 1.0)  # N(0,1) on 784 inputs: saturates
+    with activation_stats(sigmoid) as stats:
+        sigmoid(x)
+    assert stats["act_saturated/layers.fc1.act"] > 0.5
+
+
+def test_training_logs_activation_stats(toy: Splits) -> None:
+    _, _, recorder = train(toy, epochs=1)
+    assert {"act_mean/layers.fc1.act", "act_std/layers.fc2.act", "act_dead/layers.fc1.act"} <= set(recorder.layers[0])
+
+
+def test_penalty_and_max_norm_apply_in_fit(toy: Splits) -> None:
+    from dlzoo.regularize import Regularizer
+
+    model, _, _ = train(toy, epochs=1, regularizer=Regularizer(l2=1e-3, max_norm=0.5, clip_norm=1.0))
+    assert (model.layers.fc1.linear.weight.norm(dim=1) <= 0.5 + 1e-5).all()

@@ -56,7 +56,9 @@ def test_mlp_shapes_and_finite_outputs(
 def test_without_dropout_or_norm_train_and_eval_agree(depth: int, width: int, activation: str) -> None:
     model = MLP(20, 5, [width] * depth, activation, dropout=0.0)
     x = torch.randn(4, 20)
-    assert torch.equal(model.train()(x), model.eval()(x))
+    assert torch.equal(model.eval()(x), model.eval()(x))  # evaluation is deterministic
+    if activation != "rrelu" or depth == 0:  # rrelu's slope is random while training, by design
+        assert torch.equal(model.train()(x), model.eval()(x))
 
 
 def test_dropout_is_active_in_training_only() -> None:
@@ -113,3 +115,49 @@ def test_recorded_numbers_of_the_seeded_lab10_5_preset() -> None:
     out = model(x)
     assert out.mean().item() == pytest.approx(RECORDED["mean"], abs=1e-4)
     assert out.std().item() == pytest.approx(RECORDED["std"], abs=1e-4)
+
+
+def test_maxout_widens_the_linear_layer_k_fold() -> None:
+    from dlzoo.models.blocks import ActArgs
+
+    model = MLP(20, 3, [8, 8], activation="maxout", act_args=ActArgs(maxout_k=3))
+    assert model.layers.fc1.linear.out_features == 24 and model.layers.fc2.linear.in_features == 8
+    assert model(torch.randn(5, 20)).shape == (5, 3)
+
+
+def test_alpha_dropout_is_used_when_asked() -> None:
+    model = MLP(20, 3, [8], activation="selu", dropout=0.1, dropout_kind="alpha_dropout")
+    assert isinstance(model.layers.fc1.dropout, nn.AlphaDropout)
+
+
+def test_lsuv_gives_unit_variance_layer_by_layer() -> None:
+    torch.manual_seed(0)
+    batch = torch.rand(500, 1, 28, 28)
+    model = build_model(model_cfg(hidden=[256, 128, 64], init="lsuv", bias_init="zeros"), (1, 28, 28), 10, batch)
+    outputs = []
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: outputs.append(o))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    model.eval()(batch)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 4 and all(abs(o.var().item() - 1.0) < 0.1 for o in outputs)
+
+
+def test_lsuv_without_data_is_a_clear_error() -> None:
+    from dlzoo.errors import DlzooError
+
+    with pytest.raises(DlzooError, match="needs a batch of training data"):
+        build_model(model_cfg(init="lsuv"), (1, 28, 28), 10)
+
+
+def test_init_args_reach_the_initializer() -> None:
+    torch.manual_seed(0)
+    cfg = model_cfg(hidden=[300], init="normal", bias_init="constant")
+    cfg.init_args.std = 0.01
+    cfg.bias_init_args.value = 0.1
+    model = build_model(cfg, (1, 28, 28), 10)
+    assert model.layers.fc1.linear.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert (model.layers.out.bias == 0.1).all()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from omegaconf import DictConfig
-from torch import nn
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 
-from dlzoo.models.init import init_weights
+from dlzoo.errors import DlzooError
+from dlzoo.models.blocks import ActArgs
+from dlzoo.models.init import DATA_DRIVEN, InitArgs, init_weights, lsuv_
 from dlzoo.models.mlp import MLP
 from dlzoo.registry import Registry
 
@@ -26,11 +28,28 @@ def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) 
         dropout=float(cfg.dropout),
         norm=cfg.norm,
         norm_position=cfg.norm_position,
+        dropout_kind=cfg.dropout_kind,
+        act_args=_plain(ActArgs, cfg.act_args),
     )
 
 
-def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build `cfg.arch` for inputs of `input_shape` (C, H, W) and initialize it as `cfg.init` / `cfg.bias_init`."""
+def _plain(kind: type, node: DictConfig) -> object:
+    """A config node as the plain dataclass the model code takes."""
+    return kind(**OmegaConf.to_container(node, resolve=True))
+
+
+def build_model(
+    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, init_batch: Tensor | None = None
+) -> nn.Module:
+    """Build `cfg.arch` for inputs of `input_shape` (C, H, W) and initialize it as `cfg.init` / `cfg.bias_init`.
+
+    Args:
+        init_batch: preprocessed training images for data-driven initializers (lsuv); ignored by the rest.
+    """
     model = ARCHS.get(cfg.arch)(tuple(input_shape), num_classes, cfg)
-    init_weights(model, cfg.init, cfg.bias_init)
+    init_weights(model, cfg.init, cfg.bias_init, _plain(InitArgs, cfg.init_args), _plain(InitArgs, cfg.bias_init_args))
+    if cfg.init in DATA_DRIVEN:
+        if init_batch is None:
+            raise DlzooError(f"model.init={cfg.init} needs a batch of training data to initialize from.")
+        lsuv_(model, init_batch)
     return model

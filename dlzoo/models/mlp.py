@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from dlzoo.models.blocks import ACTIVATIONS, NORMS
+from dlzoo.models.blocks import ACTIVATIONS, DROPOUTS, NORMS, ActArgs
 
 
 class MLP(nn.Module):
@@ -17,10 +17,12 @@ class MLP(nn.Module):
         in_features: flattened input size (784 for MNIST).
         num_classes: output logits.
         hidden: width of each hidden layer; empty gives softmax regression.
-        activation: ACTIVATIONS name.
+        activation: ACTIVATIONS name; maxout widens the linear layer before it k-fold.
         dropout: drop probability after each hidden activation.
         norm: NORMS name.
         norm_position: "before" (Ioffe & Szegedy's placement) or "after" the activation.
+        dropout_kind: DROPOUTS name (alpha_dropout for SELU nets).
+        act_args: the activation's parameters.
     """
 
     def __init__(
@@ -32,24 +34,29 @@ class MLP(nn.Module):
         dropout: float = 0.0,
         norm: str = "none",
         norm_position: str = "before",
+        dropout_kind: str = "dropout",
+        act_args: ActArgs | None = None,
     ) -> None:
         super().__init__()
-        make_act, make_norm = ACTIVATIONS.get(activation), NORMS.get(norm)
+        act_args = act_args or ActArgs()
+        act, make_norm, make_dropout = ACTIVATIONS.get(activation), NORMS.get(norm), DROPOUTS.get(dropout_kind)
+        pieces = act.pieces(act_args)
         blocks: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         width = in_features
         for i, out in enumerate(hidden, start=1):
-            norm_layer = make_norm(out)
+            pre_width = out * pieces  # maxout takes the max over `pieces` linear outputs per unit
+            norm_layer = make_norm(pre_width if norm_position == "before" else out)
             # A norm right after the linear layer subtracts the mean, so a bias there would be dead weight.
             parts: OrderedDict[str, nn.Module] = OrderedDict(
-                linear=nn.Linear(width, out, bias=norm_layer is None or norm_position == "after")
+                linear=nn.Linear(width, pre_width, bias=norm_layer is None or norm_position == "after")
             )
             if norm_layer is not None and norm_position == "before":
                 parts["norm"] = norm_layer
-            parts["act"] = make_act()
+            parts["act"] = act.make(out, act_args)
             if norm_layer is not None and norm_position == "after":
                 parts["norm"] = norm_layer
             if dropout > 0:
-                parts["dropout"] = nn.Dropout(dropout)
+                parts["dropout"] = make_dropout(dropout)
             blocks[f"fc{i}"] = nn.Sequential(parts)
             width = out
         blocks["out"] = nn.Linear(width, num_classes)
