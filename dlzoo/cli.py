@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
+        problem = _output_problem(rest)
+        if problem:
+            from dlzoo.tracking import print_error
+
+            print_error(problem)
+            return 2
         from dlzoo import train
 
         sys.argv = ["dlzoo train", *rest]
@@ -43,6 +49,27 @@ def main(argv: list[str] | None = None) -> int:
 
     print_error(f"unknown command {command!r}; choices: train, validate, ls. See `dlzoo --help`.")
     return 2
+
+
+def _output_problem(args: list[str]) -> str | None:
+    """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
+    existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
+    import os
+
+    keys = (
+        ("hydra.sweep.dir=", "hydra.run.dir=") if any(a in ("-m", "--multirun") for a in args) else ("hydra.run.dir=",)
+    )
+    target = next((a.split("=", 1)[1] for a in args for k in keys if a.startswith(k)), "outputs")
+    path = Path(target.split("$", 1)[0] or ".").expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if path.is_dir() and os.access(path, os.W_OK):
+        return None
+    what = "is a file, not a folder" if path.exists() and not path.is_dir() else "is not writable"
+    return (
+        f"Cannot create the output folder {target}: {path} {what}. Fix: choose another with "
+        "hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for -m), or run dlzoo from a writable directory."
+    )
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -92,6 +92,14 @@ class EarlyStopConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    every: int = 1  # write checkpoints/last.pt (everything needed to resume) every N epochs
+    top_k: int = 1  # keep the k best epochs' weights as checkpoints/best-epochNNN.pt; 0 = none
+    monitor: str = "val/loss"  # what "best" means: val/loss (lower) or val/acc (higher)
+
+
+@dataclass
 class EvalConfig:
     mc_samples: int = 0  # MC dropout (Gal & Ghahramani 2016): average N stochastic test passes; 0 = off
 
@@ -107,7 +115,10 @@ class TrainerConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
     layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
-    checkpoint: bool = True  # write checkpoints/last.pt after every epoch
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
+    deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)
+    detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
@@ -199,6 +210,10 @@ def validate(cfg: DictConfig) -> None:
     check("reg.l2", r.l2 >= 0, ">= 0")
     for key in ("max_norm", "clip_value", "clip_norm"):
         check(f"reg.{key}", r[key] is None or r[key] > 0, "> 0 or null (off)")
+    ck = cfg.trainer.checkpoint
+    check("trainer.checkpoint.every", ck.every >= 1, ">= 1")
+    check("trainer.checkpoint.top_k", ck.top_k >= 0, ">= 0")
+    check("trainer.checkpoint.monitor", ck.monitor in ("val/loss", "val/acc"), "val/loss or val/acc")
     es = cfg.trainer.early_stop
     check("trainer.early_stop.patience", es.patience >= 0, ">= 0 (0 = off)")
     check("trainer.early_stop.monitor", es.monitor in ("val/loss", "val/acc"), "val/loss or val/acc")

@@ -41,6 +41,48 @@ class DivergedError(DlzooError):
     """The loss became NaN or infinite."""
 
 
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C / SIGTERM) after writing a resumable checkpoint."""
+
+    def __init__(self, checkpoint: Path | None, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.checkpoint, self.signum = checkpoint, signum
+
+
+class StopFlag:
+    """Set from a signal handler (or a test); the loop checks it after every step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often the loop writes checkpoints.
+
+    Args:
+        folder: the run's checkpoints/ folder; last.pt (resumable) and best-*.pt (weights) live there.
+        every: write last.pt after every `every` epochs (and always at the end and on interruption).
+        top_k: keep the k best epochs' weights by `monitor`; 0 keeps none.
+        monitor: val/loss (lower is better) or val/acc (higher is better).
+        extra: stored in every checkpoint (the resolved config, run metadata).
+    """
+
+    folder: Path
+    every: int = 1
+    top_k: int = 1
+    monitor: str = "val/loss"
+    extra: dict[str, Any] = field(default_factory=dict)
+    best: list[tuple[float, Path]] = field(default_factory=list)  # (signed metric, file), best first
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+
 @dataclass
 class FitResult:
     epochs: int
@@ -139,6 +181,35 @@ class EarlyStopping:
         self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("best", "best_epoch", "bad_epochs", "best_state")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def rng_state(order: torch.Generator) -> dict[str, Any]:
+    """Every random stream a run draws from, so a resumed run draws the same numbers."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "order": order.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], order: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    order.set_state(state["order"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
 
 def fit(
     model: nn.Module,
@@ -157,8 +228,9 @@ def fit(
     regularizer: Regularizer | None = None,
     early_stopping: EarlyStopping | None = None,
     restore_best: bool = True,
-    checkpoint_path: Path | None = None,
-    checkpoint_extra: dict[str, Any] | None = None,
+    checkpointing: Checkpointing | None = None,
+    resume: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -168,9 +240,11 @@ def fit(
         regularizer: weight penalty, gradient clipping and max-norm around each step.
         early_stopping: stops on a stalled validation metric; with `restore_best`, the model ends with the best
             epoch's weights and the returned metrics are that epoch's.
-        checkpoint_path: if set, model + optimizer + epoch are written there (atomically) after every epoch, so
-            a crash or divergence leaves the last good epoch on disk.
-        checkpoint_extra: stored alongside (e.g. the resolved config).
+        checkpointing: writes last.pt (everything needed to resume) and the top-k best weights. Files are
+            replaced atomically, so a crash or divergence leaves the last good checkpoint on disk.
+        resume: a checkpoint dict from last.pt: training continues exactly where it stopped (on CPU the result
+            is bit-identical to an uninterrupted run), mid-epoch included.
+        stop: checked after every step; when set, last.pt is written and Interrupted raised.
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -180,20 +254,55 @@ def fit(
     n = len(data.y_train)
     steps_per_epoch = math.ceil(n / batch_size)
     order = torch.Generator(device=device).manual_seed(seed)
-    step, seen, train_time = 0, 0, 0.0
+    step, seen, train_time, first_epoch = 0, 0, 0.0, 1
     last_finite_loss = float("nan")
     history: list[dict[str, float]] = []
+    partial: dict[str, Any] | None = None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, seen, train_time = resume["step"], resume["seen"], resume["train_time"]
+        history = list(resume["history"])
+        first_epoch = resume["epoch"] + 1
+        partial = resume.get("partial_epoch")
+        if early_stopping is not None and resume.get("early_stopping"):
+            early_stopping.load_state_dict(resume["early_stopping"])
+        set_rng_state(resume["rng"], order)
     stopped_early = False
     model.train()
 
-    for epoch in range(1, epochs + 1):
+    def save(epoch_done: int, partial_epoch: dict[str, Any] | None = None) -> None:
+        if checkpointing is None:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch_done,
+            "step": step,
+            "seen": seen,
+            "train_time": train_time,
+            "history": history,
+            "rng": rng_state(order),
+            "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+            "partial_epoch": partial_epoch,
+        }
+        save_checkpoint(checkpointing.last, state | checkpointing.extra)
+
+    for epoch in range(first_epoch, epochs + 1):
         tracker.on_epoch_start(epoch, steps_per_epoch)
-        perm = torch.randperm(n, generator=order, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        epoch_seen = 0
+        if partial is not None:  # resuming mid-epoch: the same permutation, from the same batch on
+            perm, start = partial["perm"].to(device), partial["next_batch"]
+            loss_sum, correct = partial["loss_sum"].to(device), partial["correct"].to(device)
+            epoch_seen, partial = partial["epoch_seen"], None
+        else:
+            perm, start = torch.randperm(n, generator=order, device=device), 0
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            epoch_seen = 0
         t0 = time.perf_counter()
-        for i in range(steps_per_epoch):
+        for i in range(start, steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             x, y = data.prep(data.x_train[idx]), data.y_train[idx]
             logging_step = (step + 1) % log_every_n_steps == 0
@@ -219,10 +328,17 @@ def fit(
             if logging_step:
                 value = loss.item()  # the one host sync per logging interval
                 if not math.isfinite(value):
-                    raise _diverged(step, last_finite_loss, checkpoint_path)
+                    raise _diverged(step, last_finite_loss, checkpointing)
                 last_finite_loss = value
                 elapsed = time.perf_counter() - t0
                 tracker.log_step(step, value, scheduler.get_last_lr()[0], epoch_seen / max(elapsed, 1e-9))
+            if stop is not None and stop.signum is not None and i + 1 < steps_per_epoch:
+                train_time += time.perf_counter() - t0
+                # `seen` counts finished epochs; the partial one's count travels in its own state.
+                state = {"perm": perm.cpu(), "next_batch": i + 1, "loss_sum": loss_sum.cpu(),
+                         "correct": correct.cpu(), "epoch_seen": epoch_seen}  # fmt: skip
+                save(epoch - 1, state)
+                raise Interrupted(checkpointing.last if checkpointing else None, stop.signum)
             if max_steps is not None and step >= max_steps:
                 break
         if device.type == "cuda":
@@ -232,7 +348,7 @@ def fit(
 
         train_loss, train_acc = loss_sum.item() / epoch_seen, correct.item() / epoch_seen
         if not math.isfinite(train_loss):
-            raise _diverged(step, last_finite_loss, checkpoint_path)
+            raise _diverged(step, last_finite_loss, checkpointing)
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
         scheduler.epoch_end(val_loss)
         metrics = {
@@ -244,12 +360,16 @@ def fit(
         }
         history.append({"epoch": epoch, **metrics})
         tracker.log_epoch(epoch, step, metrics)
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, optimizer, epoch, step, checkpoint_extra or {})
+        finished = epoch == epochs or (max_steps is not None and step >= max_steps)
         if early_stopping is not None and early_stopping.update(epoch, metrics, model):
-            stopped_early = True
-            break
-        if max_steps is not None and step >= max_steps:
+            stopped_early = finished = True
+        if checkpointing is not None:
+            save_best(checkpointing, model, epoch, metrics)
+            if finished or epoch % checkpointing.every == 0 or (stop is not None and stop.signum is not None):
+                save(epoch)
+        if stop is not None and stop.signum is not None and not finished:
+            raise Interrupted(checkpointing.last if checkpointing else None, stop.signum)
+        if finished:
             break
 
     final = history[-1]
@@ -271,26 +391,47 @@ def fit(
     )
 
 
-def _diverged(step: int, last_finite: float, checkpoint_path: Path | None) -> DivergedError:
+def _diverged(step: int, last_finite: float, checkpointing: Checkpointing | None) -> DivergedError:
     kept = (
-        f" The last good epoch's checkpoint is kept at {checkpoint_path}."
-        if checkpoint_path is not None and checkpoint_path.exists()
+        f" The last good checkpoint is kept at {checkpointing.last}."
+        if checkpointing is not None and checkpointing.last.exists()
         else ""
     )
     return DivergedError(
         f"Training diverged: the loss became NaN or infinite by step {step} (last finite loss "
         f"{last_finite:.4g}).{kept} Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
-        "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch."
+        "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
+        "trainer.detect_anomaly=true finds the operation that produced it."
     )
 
 
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: Optimizer, epoch: int, step: int, extra: dict[str, Any]
-) -> None:
-    """Write the checkpoint to a temporary file and rename it over `path`, so a crash mid-write never
-    leaves a corrupt checkpoint behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_best(ck: Checkpointing, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+    """Keep the top-k epochs' weights by the monitored metric as best-epochNNN.pt, dropping those pushed out."""
+    if ck.top_k <= 0:
+        return
+    value = metrics[ck.monitor] * (1.0 if ck.monitor.endswith("loss") else -1.0)
+    if len(ck.best) >= ck.top_k and value >= ck.best[-1][0]:
+        return
+    path = ck.folder / f"best-epoch{epoch:03d}.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": epoch, ck.monitor: metrics[ck.monitor]} | ck.extra)
+    ck.best = sorted([*ck.best, (value, path)], key=lambda item: item[0])
+    for _, old in ck.best[ck.top_k :]:
+        old.unlink(missing_ok=True)
+    ck.best = ck.best[: ck.top_k]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file and rename it over `path`, so a crash or a full disk mid-write never leaves a
+    corrupt checkpoint behind: the previous file stays until the new one is complete."""
     tmp = path.with_name(path.name + ".tmp")
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step}
-    torch.save(state | extra, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = f" The previous {path.name} is intact." if path.exists() else ""
+        raise DlzooError(
+            f"Could not write the checkpoint {path}: {e.strerror or e}.{kept} Fix: free disk space or point "
+            "hydra.run.dir at a writable folder, then resume with trainer.resume=<that run folder>."
+        ) from None

@@ -236,6 +236,11 @@ class Scheduler:
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("step_count", "plateau_scale", "best_loss", "bad_epochs")}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+        self._apply()
+
 
 def build_scheduler(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int, total_steps: int) -> Scheduler:
     """The schedule named `cfg.name` driving `optimizer` over a run of `total_steps` steps."""

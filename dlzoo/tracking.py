@@ -76,10 +76,12 @@ class RunTracker:
         log_dir: the run's output folder.
         epochs: planned epochs, for the progress display.
         progress: show the live progress bar (per-epoch lines are printed regardless).
+        purge_step: when resuming, the first step to (re)write.
     """
 
-    def __init__(self, log_dir: Path, epochs: int, progress: bool = True) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    def __init__(self, log_dir: Path, epochs: int, progress: bool = True, purge_step: int | None = None) -> None:
+        # purge_step drops events a crashed run logged after its checkpoint, so a resumed run's curves join up.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self.epochs = epochs
         self._progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -101,6 +103,7 @@ class RunTracker:
 
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         self.writer.add_scalar("train/loss_step", loss, step)
+        self.writer.add_scalar("lr_step", lr, step)  # per-step schedules (power, 1cycle, cosine) seen as they run
         self._progress.update(self._task, completed=step - self._epoch_first_step, loss=loss, speed=samples_per_s)
 
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None:
@@ -122,6 +125,11 @@ class RunTracker:
     def log_test(self, epoch: int, metrics: dict[str, float]) -> None:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, epoch)
+
+    def log_text(self, tag: str, values: dict[str, Any]) -> None:
+        """A two-column markdown table in TensorBoard's text tab."""
+        rows = "\n".join(f"| {k} | {v} |" for k, v in values.items())
+        self.writer.add_text(tag, "| key | value |\n|---|---|\n" + rows, 0)
 
     def log_hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         """Write the flattened config and final metrics into this run's own event file, so every run of a

@@ -1,14 +1,18 @@
 """`dlzoo train`: the @hydra.main entry point. Config -> build data, model, optimizer, schedule -> fit ->
-evaluate on the test set -> metrics.json, checkpoint, TensorBoard events in the run's Hydra output folder."""
+evaluate on the test set -> metrics.json, checkpoints, TensorBoard events in the run's Hydra output folder."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -17,27 +21,59 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config import register_configs, validate, warnings
 from dlzoo.data import load_splits
-from dlzoo.engine import EarlyStopping, evaluate, fit, mc_evaluate, resolve_device, seed_everything
+from dlzoo.engine import (
+    Checkpointing,
+    EarlyStopping,
+    Interrupted,
+    StopFlag,
+    evaluate,
+    fit,
+    mc_evaluate,
+    resolve_device,
+    seed_everything,
+)
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.summary import summarize
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
 from dlzoo.regularize import build_regularizer
-from dlzoo.tracking import RunTracker, print_error, print_final, print_summary, print_warning
+from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata
+from dlzoo.tracking import RunTracker, console, print_error, print_final, print_summary, print_warning
 
 register_configs()
 
 
-def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
-    """Train and test one configuration, writing everything into `out_dir`; returns the final metrics."""
+def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[str, Any]:
+    """Train and test one configuration, writing everything into `out_dir` (or into the run being resumed);
+    returns the final metrics. Raises DlzooError for anything the user can fix, Interrupted on a stop request."""
     started = time.perf_counter()
     validate(cfg)
     for message in warnings(cfg):
         print_warning(message)
     t = cfg.trainer
+    resume_path = find_resume(t.resume, out_dir, cfg)
+    resume = None
+    if resume_path is not None:
+        resume = load_checkpoint(resume_path)
+        for change in check_compatible(resume["config"], cfg):
+            print_warning(f"resuming with a changed setting: {change}")
+        if "rng" not in resume:
+            raise DlzooError(f"{resume_path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
+        out_dir = resume_path.parent.parent
+        console.print(f"resuming [bold]{out_dir}[/] after epoch {resume['epoch']}, step {resume['step']}")
+    elif t.resume == "auto":
+        console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
+    check_writable(out_dir)
+
     if t.threads is not None:
         torch.set_num_threads(t.threads)
+    if t.deterministic:
+        # cuBLAS needs this workspace setting for deterministic matmuls (PyTorch's reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    torch.autograd.set_detect_anomaly(t.detect_anomaly)
     device = resolve_device(t.device)
     seed_everything(t.seed)
     d = cfg.data
@@ -55,9 +91,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = RunTracker(out_dir, t.epochs, t.progress)
+    meta = metadata(t.seed, device)
+    meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
+    ck = t.checkpoint
+    checkpointing = (
+        Checkpointing(out_dir / "checkpoints", ck.every, ck.top_k, ck.monitor, {"config": config, "meta": meta})
+        if ck.enabled
+        else None
+    )
+    if checkpointing is not None and resume is not None:  # keep counting the best epochs the run already kept
+        checkpointing.best = _existing_best(checkpointing, resume)
     es = t.early_stop
+    tracker = RunTracker(out_dir, t.epochs, t.progress, purge_step=resume["step"] + 1 if resume else None)
+    tracker.log_text("run/meta", meta)
     try:
         result = fit(
             model,
@@ -75,12 +121,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             regularizer=build_regularizer(cfg.reg),
             early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
             restore_best=es.restore_best,
-            checkpoint_path=out_dir / "checkpoints" / "last.pt" if t.checkpoint else None,
-            checkpoint_extra={"config": config},
+            checkpointing=checkpointing,
+            resume=resume,
+            stop=stop,
         )
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})
-        metrics = {
+        metrics: dict[str, Any] = {
             "train_loss": result.train_loss,
             "train_acc": result.train_acc,
             "val_loss": result.val_loss,
@@ -100,6 +147,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             )
             metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
             tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
+        metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
         tracker.log_hparams(config, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
     finally:
         tracker.close()
@@ -108,20 +156,56 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def _write_json(path: Path, payload: dict[str, float | int | bool]) -> None:
+def _existing_best(ck: Checkpointing, resume: dict[str, Any]) -> list[tuple[float, Path]]:
+    sign = 1.0 if ck.monitor.endswith("loss") else -1.0
+    by_epoch = {int(h["epoch"]): h[ck.monitor] for h in resume["history"]}
+    kept = [(sign * by_epoch[int(p.stem[len("best-epoch") :])], p) for p in ck.folder.glob("best-epoch*.pt")
+            if int(p.stem[len("best-epoch") :]) in by_epoch]  # fmt: skip
+    return sorted(kept, key=lambda item: item[0])
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after its current step and checkpoint; a second Ctrl-C
+    interrupts at once (files stay intact: every write is a rename of a complete temporary file)."""
+    stop = StopFlag()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.request(signum)
+        console.print("\n[yellow]stopping after this step and writing a checkpoint (Ctrl-C again to quit now)[/]")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: composes conf/train.yaml with the command line, one call per job of a multirun."""
     try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))["test_acc"]
+        with stop_on_signals() as stop:
+            return run(cfg, Path(HydraConfig.get().runtime.output_dir), stop)["test_acc"]
     except DlzooError as e:
         print_error(str(e))
         sys.exit(2)
+    except Interrupted as e:
+        where = e.checkpoint.parent.parent if e.checkpoint else None
+        hint = f" Resume with: dlzoo train <same overrides> trainer.resume={where}" if where else ""
+        print_error(f"Interrupted; the last checkpoint is {e.checkpoint}.{hint}")
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

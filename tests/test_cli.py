@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,7 +132,9 @@ def test_techniques_compose_in_one_run(fmnist_root: Path, tmp_path: Path) -> Non
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"test/mc_acc", "act_mean/layers.fc1.act", "act_dead/layers.fc4.act", "lr"} <= tags
+    assert {"test/mc_acc", "act_mean/layers.fc1.act", "act_dead/layers.fc4.act", "lr", "lr_step"} <= tags
+    lrs = [e.value for e in events.Scalars("lr_step")]
+    assert max(lrs) > 5 * 0.001  # 1cycle climbs from nadam's lr 0.001 towards max_lr 0.01
 
 
 def test_validate_prints_the_config_or_the_problem(tmp_path: Path) -> None:
@@ -180,3 +184,67 @@ def test_lab10_5_recipe_reaches_088_on_fashion_mnist(fmnist_root: Path, tmp_path
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 15 and metrics["test_acc"] >= 0.88
+
+
+def test_unwritable_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = dlzoo("train", *FAST, f"hydra.run.dir={blocker}/run", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_root: Path, tmp_path: Path) -> None:
+    args = ["train", "model=mlp", "model.dropout=0.2", "data=fashion_mnist", f"data.root={fmnist_root}",
+            "data.train_subset=4000", "data.val_size=500", "trainer.epochs=12", "trainer.threads=1",
+            "trainer.log_every_n_steps=10"]  # fmt: skip
+    full = dlzoo(*args, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+
+    run_dir = tmp_path / "interrupted"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([*DLZOO, *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)  # epoch 1 is done: interrupt during epoch 2 or later
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "trainer.resume=" in " ".join(stderr.split()) and not (run_dir / "metrics.json").exists()
+
+    resumed = dlzoo(*args, "trainer.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "steps", "epochs"):
+        assert a[key] == b[key], key  # bit-identical, not merely close
+
+
+def test_sigterm_checkpoints_and_exits_143(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*DLZOO, "train", "model=mlp", "data=fashion_mnist", f"data.root={fmnist_root}",
+                             "trainer.epochs=50", "trainer.threads=1", "data.train_subset=4000",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    state = __import__("torch").load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] >= 1 and state["epoch"] < 50
+
+
+def test_resume_refuses_a_different_architecture(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    base = [*FAST, "data=fashion_mnist", f"data.root={fmnist_root}"]
+    assert dlzoo("train", *base, "model=mlp", f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    proc = dlzoo("train", *base, "model=mlp_deep", f"trainer.resume={run_dir}",
+                 f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "does not match the config: model.hidden" in " ".join(proc.stderr.split())

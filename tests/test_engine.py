@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from dlzoo.config import OptimConfig, SchedConfig
 from dlzoo.data import Splits, load_splits
-from dlzoo.engine import DivergedError, EarlyStopping, evaluate, fit, mc_evaluate, seed_everything
+from dlzoo.engine import Checkpointing, DivergedError, EarlyStopping, evaluate, fit, mc_evaluate, seed_everything
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.probes import layer_stats
@@ -91,28 +91,95 @@ def test_layer_stats_cover_every_weight_matrix(toy: Splits) -> None:
 
 
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(toy: Splits, tmp_path: Path) -> None:
-    ckpt = tmp_path / "last.pt"
-    train(toy, epochs=1, checkpoint_path=ckpt)
-    good = torch.load(ckpt, weights_only=False)["model"]
+    ck = Checkpointing(tmp_path)
+    train(toy, epochs=1, checkpointing=ck)
+    good = torch.load(ck.last, weights_only=False)
     with pytest.raises(DivergedError) as info:
-        train(toy, epochs=3, optim="sgd", lr=1e30, init_scale=1e6, checkpoint_path=ckpt)
+        train(toy, epochs=3, optim="sgd", lr=1e30, init_scale=1e6, checkpointing=Checkpointing(tmp_path))
     message = str(info.value)
-    assert "NaN or infinite" in message and "lower optim.lr" in message
-    state = torch.load(ckpt, weights_only=False)
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert state["model"].keys() == good.keys()
+    assert "NaN or infinite" in message and "lower optim.lr" in message and str(ck.last) in message
+    state = torch.load(ck.last, weights_only=False)
+    assert state["epoch"] == 1 and all(torch.equal(state["model"][k], good["model"][k]) for k in good["model"])
 
 
-def test_checkpoint_holds_model_optimizer_epoch_and_extra(toy: Splits, tmp_path: Path) -> None:
-    ckpt = tmp_path / "ckpt" / "last.pt"
-    model, _, _ = train(toy, epochs=2, checkpoint_path=ckpt, checkpoint_extra={"config": {"a": 1}})
-    state = torch.load(ckpt, weights_only=False)
+def test_checkpoint_holds_everything_to_resume(toy: Splits, tmp_path: Path) -> None:
+    ck = Checkpointing(tmp_path / "ckpt", extra={"config": {"a": 1}})
+    model, _, _ = train(toy, epochs=2, checkpointing=ck)
+    state = torch.load(ck.last, weights_only=False)
     assert state["epoch"] == 2 and state["step"] == 32 and state["config"] == {"a": 1}
-    assert state["optimizer"]["state"]  # Adam moments are saved
+    assert {"optimizer", "scheduler", "rng", "history", "seen", "train_time"} <= state.keys()
+    assert state["optimizer"]["state"] and len(state["history"]) == 2
     fresh = MLP(784, 10, [64, 64])
     fresh.load_state_dict(state["model"])
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), model.parameters(), strict=True))
-    assert not list(ckpt.parent.glob("*.tmp"))
+    assert not list(ck.folder.glob("*.tmp"))
+
+
+def test_top_k_keeps_the_best_epochs_weights(toy: Splits, tmp_path: Path) -> None:
+    ck = Checkpointing(tmp_path, top_k=2, monitor="val/acc")
+    _, _, recorder = train(toy, epochs=4, checkpointing=ck)
+    accs = {e + 1: m["val/acc"] for e, m in enumerate(recorder.epochs)}
+    kept = sorted(int(p.stem.removeprefix("best-epoch")) for p in tmp_path.glob("best-epoch*.pt"))
+    assert len(kept) == 2
+    assert min(accs[e] for e in kept) >= max(accs[e] for e in accs if e not in kept)
+
+
+def resumed_run(toy: Splits, tmp_path: Path, stop_at_step: int) -> tuple[torch.nn.Module, object]:
+    """Train 3 epochs but stop after `stop_at_step`, then resume from last.pt in a fresh model/optimizer."""
+    from dlzoo.engine import Interrupted, StopFlag
+
+    stop = StopFlag()
+
+    class StopAt(Recorder):
+        def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+            if step == stop_at_step:
+                stop.request(2)
+
+    ck = Checkpointing(tmp_path)
+    seed_everything(0)
+    model = MLP(784, 10, [64, 64], dropout=0.2)  # dropout: the global RNG must resume exactly too
+    opt = build_optimizer(OmegaConf.structured(OptimConfig(name="adam", lr=1e-3)), model.parameters())
+    sched = build_scheduler(OmegaConf.structured(SchedConfig(name="cosine")), opt, 16, 48)
+    kwargs = dict(epochs=3, batch_size=32, seed=0, log_every_n_steps=1, checkpointing=ck)
+    with pytest.raises(Interrupted):
+        fit(model, toy, opt, sched, StopAt(), stop=stop, **kwargs)
+    torch.manual_seed(1234)  # the resumed process starts from different RNG states
+    model = MLP(784, 10, [64, 64], dropout=0.2)
+    opt = build_optimizer(OmegaConf.structured(OptimConfig(name="adam", lr=1e-3)), model.parameters())
+    sched = build_scheduler(OmegaConf.structured(SchedConfig(name="cosine")), opt, 16, 48)
+    result = fit(model, toy, opt, sched, Recorder(), resume=torch.load(ck.last, weights_only=False), **kwargs)
+    return model, result
+
+
+@pytest.mark.parametrize("stop_at_step", [16, 21])  # after epoch 1 exactly; in the middle of epoch 2
+def test_resume_is_bit_identical_to_an_uninterrupted_run(toy: Splits, tmp_path: Path, stop_at_step: int) -> None:
+    seed_everything(0)
+    model = MLP(784, 10, [64, 64], dropout=0.2)
+    opt = build_optimizer(OmegaConf.structured(OptimConfig(name="adam", lr=1e-3)), model.parameters())
+    sched = build_scheduler(OmegaConf.structured(SchedConfig(name="cosine")), opt, 16, 48)
+    full = fit(model, toy, opt, sched, Recorder(), epochs=3, batch_size=32, seed=0, log_every_n_steps=1)
+    resumed_model, resumed = resumed_run(toy, tmp_path, stop_at_step)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed_model.parameters(), strict=True))
+    assert resumed.history == full.history
+    assert (resumed.steps, resumed.train_samples, resumed.val_acc) == (full.steps, full.train_samples, full.val_acc)
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(toy: Splits, tmp_path: Path, monkeypatch) -> None:
+    from dlzoo.errors import DlzooError
+
+    ck = Checkpointing(tmp_path, top_k=0)
+    train(toy, epochs=1, checkpointing=ck)
+    before = ck.last.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(DlzooError, match=r"No space left on device\. The previous last\.pt is intact"):
+        train(toy, epochs=2, checkpointing=Checkpointing(tmp_path, top_k=0))
+    assert ck.last.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
 
 
 def test_early_stopping_stops_after_patience_and_remembers_the_best() -> None:

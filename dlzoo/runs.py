@@ -1,0 +1,147 @@
+"""Run folders and checkpoints: finding what to resume, checking it fits the config, loading it, and the
+metadata that makes a run reproducible (seed, versions, device, git commit)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo import __version__
+from dlzoo.errors import DlzooError
+
+# What must match for trainer.resume=auto to pick a run: the experiment itself, not how it is being run.
+IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with a clear error for a missing, truncated or foreign file."""
+    if not path.is_file():
+        raise DlzooError(f"No checkpoint at {path}. Fix: give a run folder with checkpoints/last.pt or a .pt file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle/zip errors all mean the same thing to the user
+        raise DlzooError(
+            f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
+            "(checkpoints/best-*.pt, or an earlier run)."
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    return state
+
+
+def _select(container: dict[str, Any], dotted: str) -> Any:
+    return OmegaConf.select(OmegaConf.create(container), dotted)
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: OmegaConf.to_container(v) if OmegaConf.is_config(v := _select(config, key)) else v
+            for key in IDENTITY_KEYS}  # fmt: skip
+
+
+def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | None:
+    """The last.pt that trainer.resume names: auto looks in this run's folder, then for the newest unfinished
+    sibling run with the same experiment; a folder or file names one directly."""
+    if value is None:
+        return None
+    if value != "auto":
+        path = Path(value).expanduser()
+        if path.is_dir():
+            path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+        if not path.is_file():
+            raise DlzooError(
+                f"trainer.resume={value!r}: no checkpoint there (looked for checkpoints/last.pt in a run folder, "
+                "or a .pt file). Fix: point it at the run folder printed when the run stopped, or use auto."
+            )
+        return path
+    own = out_dir / "checkpoints" / "last.pt"
+    if own.is_file() and not (out_dir / "metrics.json").is_file():
+        return own
+    wanted = identity(OmegaConf.to_container(cfg, resolve=True))
+    candidates = sorted(out_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        run = path.parent.parent
+        if run == out_dir or (run / "metrics.json").is_file():
+            continue
+        try:
+            if identity(load_checkpoint(path)["config"]) == wanted:
+                return path
+        except DlzooError:
+            continue
+    return None
+
+
+def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """Refuse a checkpoint whose model differs from the config; list the other settings that changed."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    diffs = _diff(saved, current)
+    model_diffs = [d for d in diffs if d.startswith("model.")]
+    if model_diffs or saved["data"]["name"] != current["data"]["name"]:
+        raise DlzooError(
+            "The checkpoint's model does not match the config: "
+            + "; ".join(model_diffs or ["data.name"])
+            + ". Fix: resume with the same model settings (they are in the run's .hydra/config.yaml), or start "
+            "a new run without trainer.resume."
+        )
+    ignored = ("trainer.resume", "trainer.progress")
+    return [d for d in diffs if not d.startswith(ignored)]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work if the run folder cannot take files."""
+    probe = folder / "checkpoints" / ".write-test"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise DlzooError(
+            f"The output folder {folder} is not writable ({e.strerror or e}). Fix: free disk space, fix its "
+            "permissions, or choose another with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
+        ) from None
+
+
+def metadata(seed: int, device: torch.device) -> dict[str, Any]:
+    """What it takes to reproduce the numbers: seed, versions, device and the code's git commit."""
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "seed": seed,
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dlzoo": __version__,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the dlzoo checkout this code runs from (with -dirty), or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
