@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 USAGE = """usage: dlzoo <command> [args]
 
@@ -13,6 +17,8 @@ commands:
   train [overrides...]      train one config, or a sweep with -m (Hydra overrides, e.g. model=mlp_dropout)
   validate [overrides...]   compose and check a config without training; prints it
   ls [what]                 config groups and registries; `dlzoo ls activation` lists one
+  eval ckpt=<run|.pt>       score a checkpoint on val/test (eval.mc_samples=N for MC dropout)
+  predict ckpt=<run|.pt> input=<a.png,b.npy>   class and probabilities for new images
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
@@ -28,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
-        problem = _output_problem(rest)
+        problem = _output_problem(rest) or precheck(rest)
         if problem:
             from dlzoo.tracking import print_error
 
@@ -41,13 +47,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "validate":
         return _validate(rest)
+    if command in ("eval", "predict"):
+        from dlzoo import inference
+        from dlzoo.errors import DlzooError
+        from dlzoo.tracking import print_error
+
+        try:
+            (inference.eval_command if command == "eval" else inference.predict_command)(rest)
+        except DlzooError as e:
+            print_error(str(e))
+            return 2
+        return 0
     if command == "ls":
         parser = argparse.ArgumentParser(prog="dlzoo ls")
         parser.add_argument("what", nargs="?", help="a config group or registry name")
         return _ls(parser.parse_args(rest).what)
     from dlzoo.tracking import print_error
 
-    print_error(f"unknown command {command!r}; choices: train, validate, ls. See `dlzoo --help`.")
+    print_error(f"unknown command {command!r}; choices: train, validate, ls, eval, predict. See `dlzoo --help`.")
     return 2
 
 
@@ -124,24 +141,73 @@ def _ls(what: str | None) -> int:
     return 2
 
 
-def _validate(overrides: list[str]) -> int:
+def compose_and_validate(overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml with `overrides` and validate it; any failure is one DlzooError paragraph."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from dlzoo.config import register_configs, validate, warnings
+    from dlzoo.config import register_configs, validate
     from dlzoo.errors import DlzooError
     from dlzoo.paths import conf_dir
-    from dlzoo.tracking import console, print_error, print_warning
 
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
-        validate(cfg)
-    except (DlzooError, HydraException, OmegaConfBaseException) as e:
-        print_error(" ".join(str(e).split()))
+    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as e:
+        raise DlzooError(" ".join(str(e).split()) + " (see `dlzoo ls` for the groups and names)") from None
+    validate(cfg)
+    return cfg
+
+
+# Hydra flags that do not train (help, printing the config) or that change which config is composed.
+_SKIP_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-name", "-cn",
+                  "--config-path", "-cp", "--config-dir", "-cd", "--resolve", "--package", "-p", "--shell-completion",
+                  "-sc")  # fmt: skip
+MAX_PRECHECKED_JOBS = 500
+
+
+def precheck(args: list[str]) -> str | None:
+    """Validate every job a `dlzoo train` command will run before Hydra starts (and makes folders): a typo in
+    job 7 of a sweep fails at once, and no run ever starts with an invalid config."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from dlzoo.errors import DlzooError
+
+    if any(a.split("=")[0] in _SKIP_PRECHECK for a in args):
+        return None
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    try:
+        if any(a in ("-m", "--multirun") for a in args):
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        else:
+            jobs = [overrides]
+        for job in jobs[:MAX_PRECHECKED_JOBS]:
+            try:
+                compose_and_validate(list(job))
+            except DlzooError as e:
+                prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
+                return prefix + str(e)
+    except (HydraException, ValueError) as e:
+        return " ".join(str(e).split())
+    return None
+
+
+def _validate(overrides: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from dlzoo.config import warnings
+    from dlzoo.errors import DlzooError
+    from dlzoo.tracking import console, print_error, print_warning
+
+    try:
+        cfg = compose_and_validate(overrides)
+    except DlzooError as e:
+        print_error(str(e))
         return 2
     console.print(OmegaConf.to_yaml(cfg), highlight=False)
     for message in warnings(cfg):

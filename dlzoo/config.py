@@ -118,6 +118,7 @@ class TrainerConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
     deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)
+    max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
     detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
@@ -256,6 +257,7 @@ def validate(cfg: DictConfig) -> None:
     check("trainer.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null")
     check("trainer.threads", t.threads is None or t.threads >= 1, ">= 1 or null")
     check("trainer.log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
+    check("trainer.max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     check("trainer.device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")

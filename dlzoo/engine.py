@@ -231,6 +231,7 @@ def fit(
     checkpointing: Checkpointing | None = None,
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
+    max_loss: float | None = None,
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -245,6 +246,7 @@ def fit(
         resume: a checkpoint dict from last.pt: training continues exactly where it stopped (on CPU the result
             is bit-identical to an uninterrupted run), mid-epoch included.
         stop: checked after every step; when set, last.pt is written and Interrupted raised.
+        max_loss: a logged loss above this counts as divergence too (an exploded run is as useless as a NaN one).
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -327,8 +329,8 @@ def fit(
             epoch_seen += len(y)
             if logging_step:
                 value = loss.item()  # the one host sync per logging interval
-                if not math.isfinite(value):
-                    raise _diverged(step, last_finite_loss, checkpointing)
+                if not math.isfinite(value) or (max_loss is not None and value > max_loss):
+                    raise _diverged(step, last_finite_loss, checkpointing, value, max_loss)
                 last_finite_loss = value
                 elapsed = time.perf_counter() - t0
                 tracker.log_step(step, value, scheduler.get_last_lr()[0], epoch_seen / max(elapsed, 1e-9))
@@ -348,7 +350,7 @@ def fit(
 
         train_loss, train_acc = loss_sum.item() / epoch_seen, correct.item() / epoch_seen
         if not math.isfinite(train_loss):
-            raise _diverged(step, last_finite_loss, checkpointing)
+            raise _diverged(step, last_finite_loss, checkpointing, train_loss, max_loss)
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
         scheduler.epoch_end(val_loss)
         metrics = {
@@ -391,15 +393,22 @@ def fit(
     )
 
 
-def _diverged(step: int, last_finite: float, checkpointing: Checkpointing | None) -> DivergedError:
+def _diverged(
+    step: int, last_finite: float, checkpointing: Checkpointing | None, value: float, max_loss: float | None
+) -> DivergedError:
+    what = (
+        "became NaN or infinite"
+        if not math.isfinite(value)
+        else f"exploded to {value:.4g} (above trainer.max_loss={max_loss:g})"
+    )
     kept = (
         f" The last good checkpoint is kept at {checkpointing.last}."
         if checkpointing is not None and checkpointing.last.exists()
         else ""
     )
     return DivergedError(
-        f"Training diverged: the loss became NaN or infinite by step {step} (last finite loss "
-        f"{last_finite:.4g}).{kept} Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
+        f"Training diverged: the loss {what} at step {step} (last good logged loss {last_finite:.4g}).{kept}"
+        " Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
         "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
         "trainer.detect_anomaly=true finds the operation that produced it."
     )

@@ -124,6 +124,7 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
             checkpointing=checkpointing,
             resume=resume,
             stop=stop,
+            max_loss=t.max_loss,
         )
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})

@@ -43,6 +43,8 @@ def test_tiny_run_writes_metrics_checkpoint_and_dashboards(fmnist_root: Path, tm
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["test_acc"] > 0.4  # 20 steps of the lab 10-5 net already beat chance (0.1) by far
     assert metrics["epochs"] == 1 and metrics["steps"] == 20 and metrics["train_samples_per_s"] > 0
+    assert metrics["seed"] == 777 and metrics["torch"] and metrics["device"] == "cpu" and metrics["threads"] == 1
+    assert "git_commit" in metrics  # None when running from an installed wheel
 
     state = __import__("torch").load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "epoch", "config"} <= state.keys()
@@ -65,6 +67,7 @@ def test_tiny_run_writes_metrics_checkpoint_and_dashboards(fmnist_root: Path, tm
         "hparam/test_acc",
     }
     assert expected <= scalars, expected - scalars
+    assert "run/meta/text_summary" in events.Tags()["tensors"]  # the text tab: seed, versions, device, commit
     hparams = {}
     for metadata in events.summary_metadata.values():
         if metadata.plugin_data.plugin_name == "hparams":
@@ -115,6 +118,7 @@ def test_techniques_compose_in_one_run(fmnist_root: Path, tmp_path: Path) -> Non
         "reg.max_norm=3.0",
         "trainer.early_stop.patience=1",
         "eval.mc_samples=4",
+        "trainer.deterministic=true",
     ]
     proc = dlzoo(
         "train",
@@ -150,6 +154,7 @@ def test_validate_prints_the_config_or_the_problem(tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (["model=nope"], "Could not find 'model/nope'"),
+        (["model=0"], "Config group override must be a string"),
         (["trainer.epochs=abc"], "trainer.epochs"),
         (["model.activation=rleu"], "Did you mean 'relu'"),
         (["data.root=/no/such/folder"], "data.root='/no/such/folder' does not exist"),
@@ -161,12 +166,15 @@ def test_bad_input_gives_a_clear_error_and_non_zero_exit(args: list[str], expect
     assert proc.returncode != 0
     assert expected in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    if args[0].startswith("data"):  # found while loading data, inside the run
+        assert not (tmp_path / "run" / "metrics.json").exists()
+    else:  # config problems are refused before Hydra makes a folder
+        assert not (tmp_path / "run").exists()
 
 
 def test_unknown_command(tmp_path: Path) -> None:
     proc = dlzoo("trian", cwd=tmp_path)
-    assert proc.returncode == 2 and "train, validate, ls" in proc.stderr
+    assert proc.returncode == 2 and "train, validate, ls, eval, predict" in proc.stderr
 
 
 @pytest.mark.slow
@@ -248,3 +256,47 @@ def test_resume_refuses_a_different_architecture(fmnist_root: Path, tmp_path: Pa
     proc = dlzoo("train", *base, "model=mlp_deep", f"trainer.resume={run_dir}",
                  f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "does not match the config: model.hidden" in " ".join(proc.stderr.split())
+
+
+def test_eval_and_predict_a_checkpoint(fmnist_root: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from dlzoo.data import load_splits
+
+    run_dir = tmp_path / "run"
+    train = dlzoo("train", *FAST, "data=fashion_mnist", f"data.root={fmnist_root}", f"hydra.run.dir={run_dir}",
+                  cwd=tmp_path)  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    proc = dlzoo("eval", f"ckpt={run_dir}", "eval.mc_samples=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scored = json.loads((run_dir / "checkpoints" / "eval-last.json").read_text())
+    assert scored["test_acc"] == metrics["test_acc"] and 0 < scored["test_mc_acc"] <= 1
+
+    test = load_splits("fashion_mnist", str(fmnist_root), download=False)
+    np.save(tmp_path / "three.npy", test.x_test[:3, 0].numpy())
+    Image.fromarray(test.x_test[3, 0].numpy()).save(tmp_path / "one.png")
+    proc = dlzoo("predict", f"ckpt={run_dir}/checkpoints/last.pt", "input=three.npy,one.png", "format=json",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["input"] for r in rows] == ["three.npy[0]", "three.npy[1]", "three.npy[2]", "one.png"]
+    assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 and r["label"] for r in rows)
+    assert sum(r["class"] == int(y) for r, y in zip(rows, test.y_test[:4], strict=True)) >= 2  # 55% model
+
+    bad = dlzoo("predict", f"ckpt={run_dir}", "input=missing.png", cwd=tmp_path)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    bad = dlzoo("eval", f"ckpt={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert bad.returncode == 2 and "No checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_exploding_run_stops_with_a_clear_error_and_keeps_its_checkpoint(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = dlzoo("train", "model=mlp", "optim.lr=10", "data=fashion_mnist", f"data.root={fmnist_root}",
+                 "data.train_subset=3000", "trainer.epochs=3", "trainer.log_every_n_steps=5", "trainer.threads=1",
+                 f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Training diverged: the loss exploded" in message and "lower optim.lr" in message
+    assert "Traceback" not in proc.stderr and not (run_dir / "metrics.json").exists()

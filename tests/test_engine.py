@@ -4,6 +4,7 @@ last good checkpoint kept, and writes complete checkpoints."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         train(toy, epochs=3, optim="sgd", lr=1e30, init_scale=1e6, checkpointing=Checkpointing(tmp_path))
     message = str(info.value)
     assert "NaN or infinite" in message and "lower optim.lr" in message and str(ck.last) in message
+    assert re.search(r"at step \d+ \(last good logged loss", message)
     state = torch.load(ck.last, weights_only=False)
     assert state["epoch"] == 1 and all(torch.equal(state["model"][k], good["model"][k]) for k in good["model"])
 

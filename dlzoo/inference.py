@@ -1,0 +1,141 @@
+"""`dlzoo eval` and `dlzoo predict`: load a checkpoint with the config it was trained with, then score it on the
+test set (optionally with MC dropout) or classify new images (.npy arrays or image files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dlzoo.config import TrainConfig, validate
+from dlzoo.data import DATASETS, load_splits, to_float
+from dlzoo.engine import evaluate, mc_evaluate, resolve_device
+from dlzoo.errors import DlzooError
+from dlzoo.models import build_model
+from dlzoo.runs import load_checkpoint
+
+
+def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
+    """Split `key=value` words into this command's own keys (ckpt, input, format) and config overrides."""
+    own: dict[str, list[str]] = {}
+    overrides = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise DlzooError(f"{arg!r} is not key=value. Example: dlzoo eval ckpt=outputs/runs/<run> data.root=<dir>")
+        if key in ("ckpt", "input", "format"):
+            own.setdefault(key, []).extend(v for v in value.split(",") if v)
+        else:
+            overrides.append(arg)
+    for key in required:
+        if key not in own:
+            raise DlzooError(f"{key}=... is required. Example: dlzoo predict ckpt=outputs/runs/<run> input=digit.png")
+    return own, overrides
+
+
+def load_model(ckpt: str, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
+    """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied."""
+    path = Path(ckpt).expanduser()
+    if path.is_dir():
+        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    state = load_checkpoint(path)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise DlzooError(f"Bad override for this checkpoint: {' '.join(str(e).split())}") from None
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    meta = state.get("meta", {})
+    shape = (1, 28, 28)
+    batch = torch.zeros(2, *shape)  # LSUV already ran at training time: any batch will do to build the layers
+    model = build_model(cfg.model, shape, DATASETS.get(cfg.data.name).num_classes, batch)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, meta, path
+
+
+def eval_command(args: list[str]) -> dict[str, float]:
+    """Score a checkpoint on its dataset's validation and test splits; writes eval-<ckpt>.json beside it."""
+    from dlzoo.tracking import console, print_final
+
+    own, overrides = parse_args(args, ("ckpt",))
+    model, cfg, _, path = load_model(own["ckpt"][0], overrides)
+    d, device = cfg.data, next(model.parameters()).device
+    data = load_splits(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset, device, d.normalize)
+    bs = cfg.trainer.eval_batch_size
+    val_loss, val_acc = evaluate(model, data.x_val, data.y_val, bs, data.prep)
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test, bs, data.prep)
+    metrics = {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+    if cfg.eval.mc_samples > 0:
+        mc_acc, mc_entropy = mc_evaluate(model, data.x_test, data.y_test, cfg.eval.mc_samples, bs, data.prep)
+        metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
+    out = path.parent / f"eval-{path.stem}.json"
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    console.print(f"checkpoint {path}")
+    print_final(metrics, out.parent)
+    return metrics
+
+
+def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Images as (N, 1, 28, 28) uint8: .npy arrays of (28, 28), (N, 28, 28) or (N, 784) in [0, 255] or [0, 1],
+    or image files (converted to grayscale and resized to 28x28; MNIST digits are white on black)."""
+    names, arrays = [], []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DlzooError(f"input {name!r} does not exist. Fix: give .npy files or images, comma-separated.")
+        try:
+            if path.suffix == ".npy":
+                a = np.load(path)
+                a = a.reshape(-1, 28, 28)
+                if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
+                    a = a * 255.0
+            else:
+                from PIL import Image
+
+                a = np.asarray(Image.open(path).convert("L").resize((28, 28)))[None]
+        except (ValueError, OSError) as e:
+            raise DlzooError(
+                f"Cannot read {name} as 28x28 images: {e}. Fix: .npy of shape (N, 28, 28) or an image."
+            ) from None
+        arrays.append(np.clip(a, 0, 255).astype(np.uint8))
+        names += [name] if len(a) == 1 else [f"{name}[{i}]" for i in range(len(a))]
+    return names, torch.from_numpy(np.concatenate(arrays)).unsqueeze(1)
+
+
+@torch.inference_mode()
+def predict_command(args: list[str]) -> list[dict[str, Any]]:
+    """Class and probabilities for each input image; a table, or JSON lines with format=json."""
+    from rich.table import Table
+
+    from dlzoo.tracking import console
+
+    own, overrides = parse_args(args, ("ckpt", "input"))
+    model, cfg, meta, _ = load_model(own["ckpt"][0], overrides)
+    names, images = read_inputs(own["input"])
+    x = to_float(images.to(next(model.parameters()).device))
+    x = (x - meta.get("data_mean", 0.0)) / meta.get("data_std", 1.0)  # the training run's input scaling
+    probs = model(x).float().softmax(1).cpu()
+    classes = DATASETS.get(cfg.data.name).classes
+    rows = []
+    for name, p in zip(names, probs, strict=True):
+        top = p.argsort(descending=True)[:3].tolist()
+        rows.append({"input": name, "class": top[0], "label": classes[top[0]], "probability": p[top[0]].item(),
+                     "probabilities": [round(v, 6) for v in p.tolist()]})  # fmt: skip
+        rows[-1]["top3"] = [(classes[i], round(p[i].item(), 4)) for i in top]
+    if own.get("format") == ["json"]:
+        for row in rows:
+            print(json.dumps(row))
+        return rows
+    table = Table(title=f"predictions ({cfg.data.name})", title_justify="left")
+    for column in ("input", "class", "probability", "top 3"):
+        table.add_column(column)
+    for row in rows:
+        top3 = ", ".join(f"{label} {prob:.3f}" for label, prob in row["top3"])
+        table.add_row(row["input"], f"{row['class']} ({row['label']})", f"{row['probability']:.4f}", top3)
+    console.print(table)
+    return rows
