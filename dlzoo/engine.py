@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,9 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dlzoo.data import Splits, to_float
+from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
+from dlzoo.data import Splits
 from dlzoo.errors import DlzooError
-from dlzoo.models.blocks import is_dropout
+from dlzoo.evaluation import evaluate
 from dlzoo.optim import Scheduler
 from dlzoo.probes import activation_stats, layer_stats
 from dlzoo.regularize import Regularizer
@@ -60,30 +59,6 @@ class StopFlag:
 
 
 @dataclass
-class Checkpointing:
-    """Where and how often the loop writes checkpoints.
-
-    Args:
-        folder: the run's checkpoints/ folder; last.pt (resumable) and best-*.pt (weights) live there.
-        every: write last.pt after every `every` epochs (and always at the end and on interruption).
-        top_k: keep the k best epochs' weights by `monitor`; 0 keeps none.
-        monitor: val/loss (lower is better) or val/acc (higher is better).
-        extra: stored in every checkpoint (the resolved config, run metadata).
-    """
-
-    folder: Path
-    every: int = 1
-    top_k: int = 1
-    monitor: str = "val/loss"
-    extra: dict[str, Any] = field(default_factory=dict)
-    best: list[tuple[float, Path]] = field(default_factory=list)  # (signed metric, file), best first
-
-    @property
-    def last(self) -> Path:
-        return self.folder / "last.pt"
-
-
-@dataclass
 class FitResult:
     epochs: int
     steps: int
@@ -116,51 +91,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-Prep = Callable[[Tensor], Tensor]
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 10000, prep: Prep = to_float
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split in a few large batches (eval mode, restored after)."""
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=labels.device)
-    correct = torch.zeros((), device=labels.device, dtype=torch.long)
-    for start in range(0, len(labels), batch_size):
-        logits = model(prep(images[start : start + batch_size]))
-        y = labels[start : start + batch_size]
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
-
-
-@torch.inference_mode()
-def mc_evaluate(
-    model: nn.Module, images: Tensor, labels: Tensor, samples: int, batch_size: int = 10000, prep: Prep = to_float
-) -> tuple[float, float]:
-    """MC dropout (Gal & Ghahramani 2016): average the softmax of `samples` passes with dropout on (batch norm
-    stays in eval mode). Returns (accuracy, mean predictive entropy in nats) of the averaged prediction."""
-    was_training = model.training
-    model.eval()
-    for module in model.modules():
-        if is_dropout(module):
-            module.train()
-    correct = torch.zeros((), device=labels.device, dtype=torch.long)
-    entropy = torch.zeros((), device=labels.device)
-    for start in range(0, len(labels), batch_size):
-        x = prep(images[start : start + batch_size])
-        probs = torch.stack([model(x).float().softmax(1) for _ in range(samples)]).mean(0)
-        correct += (probs.argmax(1) == labels[start : start + batch_size]).sum()
-        entropy += -(probs * probs.clamp_min(1e-12).log()).sum()
-    model.train(was_training)
-    return correct.item() / len(labels), entropy.item() / len(labels)
-
-
 class EarlyStopping:
     """Stop after `patience` epochs without `monitor` improving by more than `min_delta`; remember the best
     epoch's weights (on their device) so they can be restored (Keras' EarlyStopping)."""
@@ -187,28 +117,6 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-def rng_state(order: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, so a resumed run draws the same numbers."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "order": order.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], order: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    order.set_state(state["order"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def fit(
@@ -412,35 +320,3 @@ def _diverged(
         "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
         "trainer.detect_anomaly=true finds the operation that produced it."
     )
-
-
-def save_best(ck: Checkpointing, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
-    """Keep the top-k epochs' weights by the monitored metric as best-epochNNN.pt, dropping those pushed out."""
-    if ck.top_k <= 0:
-        return
-    value = metrics[ck.monitor] * (1.0 if ck.monitor.endswith("loss") else -1.0)
-    if len(ck.best) >= ck.top_k and value >= ck.best[-1][0]:
-        return
-    path = ck.folder / f"best-epoch{epoch:03d}.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "epoch": epoch, ck.monitor: metrics[ck.monitor]} | ck.extra)
-    ck.best = sorted([*ck.best, (value, path)], key=lambda item: item[0])
-    for _, old in ck.best[ck.top_k :]:
-        old.unlink(missing_ok=True)
-    ck.best = ck.best[: ck.top_k]
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file and rename it over `path`, so a crash or a full disk mid-write never leaves a
-    corrupt checkpoint behind: the previous file stays until the new one is complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        kept = f" The previous {path.name} is intact." if path.exists() else ""
-        raise DlzooError(
-            f"Could not write the checkpoint {path}: {e.strerror or e}.{kept} Fix: free disk space or point "
-            "hydra.run.dir at a writable folder, then resume with trainer.resume=<that run folder>."
-        ) from None

@@ -14,8 +14,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dlzoo.config import TrainConfig, validate
 from dlzoo.data import DATASETS, load_splits, to_float
-from dlzoo.engine import evaluate, mc_evaluate, resolve_device
+from dlzoo.engine import resolve_device
 from dlzoo.errors import DlzooError
+from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models import build_model
 from dlzoo.runs import load_checkpoint
 

@@ -19,20 +19,19 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import register_configs, validate, warnings
 from dlzoo.data import load_splits
 from dlzoo.engine import (
-    Checkpointing,
     EarlyStopping,
     Interrupted,
     StopFlag,
-    evaluate,
     fit,
-    mc_evaluate,
     resolve_device,
     seed_everything,
 )
 from dlzoo.errors import DlzooError
+from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models import build_model
 from dlzoo.models.summary import summarize
 from dlzoo.optim import build_optimizer, build_scheduler

@@ -201,6 +201,17 @@ def test_unwritable_output_folder_is_refused_before_any_work(tmp_path: Path) -> 
     assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def start_and_signal(args: list[str], run_dir: Path, cwd: Path, signum: int) -> subprocess.CompletedProcess[str]:
+    """Start `dlzoo <args>` writing to `run_dir`, send `signum` once epoch 1's checkpoint exists, and wait."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([*DLZOO, *args, f"hydra.run.dir={run_dir}"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -217,13 +228,9 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
     assert full.returncode == 0, full.stderr
 
     run_dir = tmp_path / "interrupted"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    proc = subprocess.Popen([*DLZOO, *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(run_dir / "checkpoints" / "last.pt", proc)  # epoch 1 is done: interrupt during epoch 2 or later
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    stopped = start_and_signal(args, run_dir, tmp_path, signal.SIGINT)  # during epoch 2 or later
+    assert stopped.returncode == 130, stopped.stderr
+    stderr = stopped.stderr
     assert "trainer.resume=" in " ".join(stderr.split()) and not (run_dir / "metrics.json").exists()
 
     resumed = dlzoo(*args, "trainer.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -237,14 +244,9 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
 
 def test_sigterm_checkpoints_and_exits_143(fmnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([*DLZOO, "train", "model=mlp", "data=fashion_mnist", f"data.root={fmnist_root}",
-                             "trainer.epochs=50", "trainer.threads=1", "data.train_subset=4000",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(run_dir / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 143
+    args = ["train", "model=mlp", "data=fashion_mnist", f"data.root={fmnist_root}", "trainer.epochs=50",
+            "trainer.threads=1", "data.train_subset=4000"]  # fmt: skip
+    assert start_and_signal(args, run_dir, tmp_path, signal.SIGTERM).returncode == 143
     state = __import__("torch").load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] >= 1 and state["epoch"] < 50
 

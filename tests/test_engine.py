@@ -11,9 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import OptimConfig, SchedConfig
 from dlzoo.data import Splits, load_splits
-from dlzoo.engine import Checkpointing, DivergedError, EarlyStopping, evaluate, fit, mc_evaluate, seed_everything
+from dlzoo.engine import DivergedError, EarlyStopping, fit, seed_everything
+from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.probes import layer_stats
