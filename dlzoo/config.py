@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
@@ -30,7 +31,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "mlp"  # registry: dlzoo ls arch
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # width of each hidden layer; [] = softmax
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths ([] = softmax); rnn: layers
+    blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
+    cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
     activation: str = "relu"  # registry: dlzoo ls activation
     init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
     bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
@@ -146,12 +149,16 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
     from dlzoo.models import ARCHS
     from dlzoo.models.blocks import ACTIVATIONS, DROPOUTS, NORMS
     from dlzoo.models.init import INITIALIZERS
+    from dlzoo.models.layers import BLOCKS
+    from dlzoo.models.rnn import CELLS
     from dlzoo.optim import OPTIMIZERS, SCHEDULES
 
     return {
         "activation": (ACTIVATIONS, ["model.activation"]),
         "init": (INITIALIZERS, ["model.init", "model.bias_init"]),
         "norm": (NORMS, ["model.norm"]),
+        "block": (BLOCKS, []),
+        "cell": (CELLS, ["model.cell"]),
         "dropout": (DROPOUTS, ["model.dropout_kind"]),
         "arch": (ARCHS, ["model.arch"]),
         "optimizer": (OPTIMIZERS, ["optim.name"]),
@@ -262,9 +269,25 @@ def validate(cfg: DictConfig) -> None:
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
 
+    if not problems and m.arch != "mlp":
+        problems += _dry_build(cfg)
     if problems:
-        fix = "Fix the value on the command line (e.g. `dlzoo train optim.lr=0.001`) or in your YAML."
+        fix = "Fix it on the command line or in your YAML; `dlzoo validate <overrides>` checks without training."
         raise DlzooError("Invalid config: " + " ".join(problems) + " " + fix)
+
+
+def _dry_build(cfg: DictConfig) -> list[str]:
+    """Build the model once against the dataset's input shape, so a block list that cannot work is refused
+    before any data is read (its error names the block and both shapes)."""
+    from dlzoo.data import DATASETS
+    from dlzoo.models import build_model
+
+    spec = DATASETS.get(cfg.data.name)
+    try:
+        build_model(cfg.model, spec.shape, spec.num_classes, init_batch=torch.zeros(2, *spec.shape))
+    except DlzooError as e:
+        return [str(e)]
+    return []
 
 
 def _get(cfg: DictConfig, dotted: str) -> Any:

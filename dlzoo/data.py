@@ -31,6 +31,7 @@ class DatasetSpec:
     folder_names: tuple[str, ...]  # sub-folder names a local copy commonly lives under
     num_classes: int
     classes: tuple[str, ...]
+    shape: tuple[int, ...] = (1, 28, 28)  # one sample: (C, H, W)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "data.name")

@@ -41,7 +41,7 @@ def test_register_rejects_duplicates_and_bad_names() -> None:
 @pytest.mark.parametrize("kind", list(registries()))
 def test_every_registry_is_documented(kind: str) -> None:
     registry, keys = registries()[kind]
-    assert len(registry) >= 1 and keys
+    assert len(registry) >= 1 and (keys or kind == "block")  # block types live inside model.blocks lists
     for name in registry:
         assert registry.doc(name), f"{kind} {name!r} has no one-line doc for `dlzoo ls`"
 

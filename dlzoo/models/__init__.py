@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from dlzoo.errors import DlzooError
 from dlzoo.models.blocks import ActArgs
 from dlzoo.models.init import DATA_DRIVEN, InitArgs, init_weights, lsuv_
+from dlzoo.models.layers import Defaults, build_blocks
 from dlzoo.models.mlp import MLP
+from dlzoo.models.rnn import RowRNN
 from dlzoo.registry import Registry
 
 ArchBuilder = Callable[[tuple[int, ...], int, DictConfig], nn.Module]
@@ -31,6 +33,26 @@ def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) 
         dropout_kind=cfg.dropout_kind,
         act_args=_plain(ActArgs, cfg.act_args),
     )
+
+
+@ARCHS.register("sequential", "any net written as model.blocks: conv, pools, linear, residual, branches, ...")
+def _build_sequential(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) -> nn.Module:
+    defaults = Defaults(cfg.activation, _plain(ActArgs, cfg.act_args), float(cfg.dropout), cfg.dropout_kind)
+    blocks = OmegaConf.to_container(cfg.blocks, resolve=True)
+    model, out = build_blocks(blocks, tuple(input_shape), defaults)
+    if out != (num_classes,):
+        raise DlzooError(
+            f"model.blocks ends with shape {out}, but the dataset has {num_classes} classes. Fix: end with "
+            f"{{type: flatten}} (if needed) and {{type: linear, out: {num_classes}}}."
+        )
+    return model
+
+
+@ARCHS.register("rnn", "rows as a sequence: model.cell (rnn|lstm|gru) layers of model.hidden widths + a linear head")
+def _build_rnn(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) -> nn.Module:
+    if not cfg.hidden:
+        raise DlzooError("arch=rnn needs at least one recurrent layer: model.hidden=[128].")
+    return RowRNN(tuple(input_shape), num_classes, list(cfg.hidden), cfg.cell, float(cfg.dropout), cfg.dropout_kind)
 
 
 def _plain(kind: type, node: DictConfig) -> object:

@@ -110,7 +110,9 @@ def init_weights(model: nn.Module, init: str, bias_init: str, init_args: InitArg
     weight_fn, bias_fn = INITIALIZERS.get(init), INITIALIZERS.get(bias_init)
     for module in model.modules():
         if isinstance(module, WEIGHTED):
-            weight_fn(module.weight, init_args)
+            # A block may carry its own weight initializer (the labs' conv W ~ N(0, 0.01)); see models/layers.py.
+            name, args = getattr(module, "dlzoo_init", (None, init_args))
+            (INITIALIZERS.get(name) if name else weight_fn)(module.weight, args)
             if module.bias is not None:
                 bias_fn(module.bias, bias_args)
 

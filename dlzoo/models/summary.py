@@ -29,7 +29,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], device: torch.devi
     rows: list[LayerRow] = []
     hooks = []
     for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
+        # Leaves, plus the merge points (residual sums, branch concats) whose shapes a reader needs to see.
+        if next(module.children(), None) is not None and not getattr(module, "show_in_summary", False):
             continue
 
         def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
