@@ -163,8 +163,7 @@ def compose_and_validate(overrides: list[str]) -> DictConfig:
 
 # Hydra flags that do not train (help, printing the config) or that change which config is composed.
 _SKIP_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-name", "-cn",
-                  "--config-path", "-cp", "--config-dir", "-cd", "--resolve", "--package", "-p", "--shell-completion",
-                  "-sc")  # fmt: skip
+                  "--config-path", "-cp", "--resolve", "--package", "-p", "--shell-completion", "-sc")  # fmt: skip
 MAX_PRECHECKED_JOBS = 500
 
 
@@ -179,7 +178,16 @@ def precheck(args: list[str]) -> str | None:
 
     if any(a.split("=")[0] in _SKIP_PRECHECK for a in args):
         return None
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    # A user's own config folder (--config-dir my_conf) joins the search path, as Hydra will do for the run.
+    extra_dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
+    extra_dirs += [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
+    dir_args = {a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--config-dir", "-cd")}
+    overrides = [
+        a for a in args
+        if not a.startswith("-") and a not in dir_args and not a.startswith(("hydra.", "hydra/", "+hydra"))
+    ]  # fmt: skip
+    if extra_dirs:
+        overrides.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).absolute()}" for d in extra_dirs) + "]")
     try:
         if any(a in ("-m", "--multirun") for a in args):
             parsed = OverridesParser.create().parse_overrides(overrides)

@@ -103,6 +103,12 @@ class CheckpointConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    size: int = 1  # train this many members (seeds trainer.seed, +1, ...) and combine them; 1 = a single model
+    combine: str = "sum_logits"  # sum_logits (lab 11-5's rule) or mean_probs
+
+
+@dataclass
 class EvalConfig:
     mc_samples: int = 0  # MC dropout (Gal & Ghahramani 2016): average N stochastic test passes; 0 = off
 
@@ -136,6 +142,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 def register_configs() -> None:
@@ -227,6 +234,14 @@ def validate(cfg: DictConfig) -> None:
     check("trainer.early_stop.monitor", es.monitor in ("val/loss", "val/acc"), "val/loss or val/acc")
     check("trainer.early_stop.min_delta", es.min_delta >= 0, ">= 0")
     check("eval.mc_samples", cfg.eval.mc_samples >= 0, ">= 0 (0 = off)")
+    check("ensemble.size", cfg.ensemble.size >= 1, ">= 1")
+    check("ensemble.combine", cfg.ensemble.combine in ("sum_logits", "mean_probs"), "sum_logits or mean_probs")
+    check(
+        "trainer.resume",
+        cfg.ensemble.size == 1 or cfg.trainer.resume is None,
+        "null when ensemble.size > 1 "
+        "(resuming ensembles is not supported yet; resume a member's folder as a single run)",
+    )
     check("data.normalize", cfg.data.normalize in ("none", "standardize"), "none or standardize")
     check("optim.lr", o.lr > 0, "> 0")
     check("optim.weight_decay", o.weight_decay >= 0, ">= 0")

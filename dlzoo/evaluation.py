@@ -55,3 +55,29 @@ def mc_evaluate(
         entropy += -(probs * probs.clamp_min(1e-12).log()).sum()
     model.train(was_training)
     return correct.item() / len(labels), entropy.item() / len(labels)
+
+
+COMBINES = ("sum_logits", "mean_probs")
+
+
+@torch.inference_mode()
+def evaluate_ensemble(
+    models: list[nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    combine: str,
+    batch_size: int = 10000,
+    prep: Prep = to_float,
+) -> float:
+    """Accuracy of the members' combined prediction: summed logits (lab 11-5's rule) or averaged softmax."""
+    for m in models:
+        m.eval()
+    correct = torch.zeros((), device=labels.device, dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        x = prep(images[start : start + batch_size])
+        outs = [m(x).float() for m in models]
+        score = (
+            torch.stack(outs).sum(0) if combine == "sum_logits" else torch.stack([o.softmax(1) for o in outs]).mean(0)
+        )
+        correct += (score.argmax(1) == labels[start : start + batch_size]).sum()
+    return correct.item() / len(labels)

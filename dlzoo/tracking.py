@@ -141,6 +141,12 @@ class RunTracker:
         for tag, value in tagged.items():
             self.writer.add_scalar(tag, value, 0)
 
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._progress.stop()
         self.writer.flush()

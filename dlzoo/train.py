@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import register_configs, validate, warnings
-from dlzoo.data import load_splits
+from dlzoo.data import Splits, load_splits
 from dlzoo.engine import (
     EarlyStopping,
     Interrupted,
@@ -31,7 +31,7 @@ from dlzoo.engine import (
     seed_everything,
 )
 from dlzoo.errors import DlzooError
-from dlzoo.evaluation import evaluate, mc_evaluate
+from dlzoo.evaluation import evaluate, evaluate_ensemble, mc_evaluate
 from dlzoo.models import build_model
 from dlzoo.models.summary import summarize
 from dlzoo.optim import build_optimizer, build_scheduler
@@ -44,8 +44,9 @@ register_configs()
 
 
 def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[str, Any]:
-    """Train and test one configuration, writing everything into `out_dir` (or into the run being resumed);
-    returns the final metrics. Raises DlzooError for anything the user can fix, Interrupted on a stop request."""
+    """Train and test one configuration (or an ensemble of `ensemble.size` members), writing everything into
+    `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
+    user can fix, Interrupted on a stop request."""
     started = time.perf_counter()
     validate(cfg)
     for message in warnings(cfg):
@@ -74,23 +75,71 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
         torch.backends.cudnn.benchmark = False
     torch.autograd.set_detect_anomaly(t.detect_anomaly)
     device = resolve_device(t.device)
-    seed_everything(t.seed)
     d = cfg.data
     data = load_splits(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset, device, d.normalize)
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    size = cfg.ensemble.size
+    members = []
+    for i in range(size):
+        folder = out_dir if size == 1 else out_dir / f"member{i}"
+        if size > 1:
+            console.print(f"[bold]ensemble member {i + 1}/{size}[/] (seed {t.seed + i}) -> {folder}")
+        members.append(_train_member(cfg, config, data, device, folder, t.seed + i, resume, stop))
+    metrics = members[0][1]
+    if size > 1:
+        models = [m for m, _ in members]
+        tests = [m["test_acc"] for _, m in members]
+        ensemble_acc = evaluate_ensemble(
+            models, data.x_test, data.y_test, cfg.ensemble.combine, t.eval_batch_size, data.prep
+        )
+        metrics = {
+            "test_acc": ensemble_acc,
+            "ensemble_size": size,
+            "member_test_acc": tests,
+            "member_test_acc_mean": sum(tests) / size,
+            **{k: sum(m[k] for _, m in members) / size for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+            "test_loss": None,  # the ensemble's rule combines scores, not a calibrated distribution
+            "epochs": metrics["epochs"],
+            "steps": sum(m["steps"] for _, m in members),
+            "train_samples_per_s": sum(m["train_samples_per_s"] for _, m in members) / size,
+        }
+        with RunTracker(out_dir, t.epochs, progress=False) as tracker:
+            tracker.log_test(t.epochs, {"ensemble/test_acc": ensemble_acc, "ensemble/member_mean_test_acc":
+                                        metrics["member_test_acc_mean"]})  # fmt: skip
+            tracker.log_hparams(config, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]})
+        metrics |= {k: v for k, v in members[0][1].items() if k in ("seed", "device", "torch", "git_commit")}
+    metrics["wall_time_s"] = time.perf_counter() - started
+    _write_json(out_dir / "metrics.json", metrics)
+    print_final(metrics, out_dir)
+    return metrics
+
+
+def _train_member(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    out_dir: Path,
+    seed: int,
+    resume: dict[str, Any] | None,
+    stop: StopFlag | None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
+    t = cfg.trainer
+    seed_everything(seed)
     init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
     model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
     print_summary(
         summarize(model, data.input_shape, device),
-        title=f"{cfg.model.arch} on {d.name} ({len(data.y_train):,} train / {len(data.y_val):,} val / "
+        title=f"{cfg.model.arch} on {cfg.data.name} ({len(data.y_train):,} train / {len(data.y_val):,} val / "
         f"{len(data.y_test):,} test from {data.source}), device {device}",
     )
-
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    meta = metadata(t.seed, device)
+    meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
     ck = t.checkpoint
     checkpointing = (
@@ -101,9 +150,8 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
     if checkpointing is not None and resume is not None:  # keep counting the best epochs the run already kept
         checkpointing.best = _existing_best(checkpointing, resume)
     es = t.early_stop
-    tracker = RunTracker(out_dir, t.epochs, t.progress, purge_step=resume["step"] + 1 if resume else None)
-    tracker.log_text("run/meta", meta)
-    try:
+    with RunTracker(out_dir, t.epochs, t.progress, purge_step=resume["step"] + 1 if resume else None) as tracker:
+        tracker.log_text("run/meta", meta)
         result = fit(
             model,
             data,
@@ -112,7 +160,7 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
             tracker,
             epochs=t.epochs,
             batch_size=t.batch_size,
-            seed=t.seed,
+            seed=seed,
             max_steps=t.max_steps,
             eval_batch_size=t.eval_batch_size,
             log_every_n_steps=t.log_every_n_steps,
@@ -136,7 +184,6 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
             "test_acc": test_acc,
             "epochs": result.epochs,
             "steps": result.steps,
-            "wall_time_s": time.perf_counter() - started,
             "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
@@ -149,11 +196,9 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
             tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
         tracker.log_hparams(config, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
-    finally:
-        tracker.close()
-    _write_json(out_dir / "metrics.json", metrics)
-    print_final(metrics, out_dir)
-    return metrics
+    if cfg.ensemble.size > 1:
+        _write_json(out_dir / "metrics.json", metrics)
+    return model, metrics
 
 
 def _existing_best(ck: Checkpointing, resume: dict[str, Any]) -> list[tuple[float, Path]]:

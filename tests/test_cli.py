@@ -302,3 +302,58 @@ def test_exploding_run_stops_with_a_clear_error_and_keeps_its_checkpoint(fmnist_
     message = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Training diverged: the loss exploded" in message and "lower optim.lr" in message
     assert "Traceback" not in proc.stderr and not (run_dir / "metrics.json").exists()
+
+
+CUSTOM_NET = """
+# A residual CNN with a split & merge block, in YAML only.
+arch: sequential
+bias_init: zeros
+blocks:
+  - {type: conv, out: 16}
+  - {type: act}
+  - type: residual
+    blocks: [{type: conv, out: 16}, {type: act}, {type: conv, out: 16}]
+  - type: branches
+    merge: concat
+    paths: [[{type: conv, out: 8, kernel: 1}], [{type: conv, out: 8, kernel: 3}, {type: act}]]
+  - {type: maxpool, kernel: 4}
+  - {type: flatten}
+  - {type: linear, out: 10}
+"""
+
+
+def test_yaml_only_custom_net_trains_end_to_end(fmnist_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "res_branch.yaml").write_text(CUSTOM_NET)
+    run_dir = tmp_path / "run"
+    proc = dlzoo("train", "--config-dir", "my_conf", "model=res_branch", *FAST, "data=fashion_mnist",
+                 f"data.root={fmnist_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Residual" in proc.stdout and "Branches" in proc.stdout and "(N, 16, 7, 7)" in proc.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["test_acc"] > 0.2
+
+    broken = CUSTOM_NET.replace("{type: linear, out: 10}", "{type: linear, out: 10, in: 999}")
+    (tmp_path / "my_conf" / "model" / "res_branch.yaml").write_text(broken)
+    proc = dlzoo("train", "--config-dir", "my_conf", "model=res_branch", *FAST, f"hydra.run.dir={tmp_path / 'bad'}",
+                 cwd=tmp_path)  # fmt: skip
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "model.blocks[6] (linear) expects 999 input features" in message
+    assert "gives 784" in message and not (tmp_path / "bad").exists()  # refused before any work
+
+
+def test_ensemble_trains_members_and_combines_them(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = dlzoo("train", "model=mlp", "ensemble.size=3", *FAST, "data=fashion_mnist", f"data.root={fmnist_root}",
+                 f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["ensemble_size"] == 3 and len(metrics["member_test_acc"]) == 3
+    assert len(set(metrics["member_test_acc"])) > 1  # different seeds, different members
+    assert 0 < metrics["test_acc"] <= 1
+    for i in range(3):
+        member = json.loads((run_dir / f"member{i}" / "metrics.json").read_text())
+        assert member["seed"] == 777 + i and member["test_acc"] == metrics["member_test_acc"][i]
+        assert list((run_dir / f"member{i}").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert "ensemble/test_acc" in events.Tags()["scalars"]

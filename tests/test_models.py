@@ -26,7 +26,8 @@ def model_cfg(**overrides: object) -> OmegaConf:
 
 @pytest.mark.parametrize("arch", ARCHS.names())
 def test_every_arch_builds_and_maps_images_to_logits(arch: str) -> None:
-    model = build_model(model_cfg(arch=arch), (1, 28, 28), 10)
+    extra = {"blocks": [{"type": "flatten"}, {"type": "linear", "out": 10}]} if arch == "sequential" else {}
+    model = build_model(model_cfg(arch=arch, **extra), (1, 28, 28), 10)
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
@@ -161,3 +162,10 @@ def test_init_args_reach_the_initializer() -> None:
     model = build_model(cfg, (1, 28, 28), 10)
     assert model.layers.fc1.linear.weight.std().item() == pytest.approx(0.01, rel=0.02)
     assert (model.layers.out.bias == 0.1).all()
+
+
+def test_sequential_without_blocks_says_how_to_write_them() -> None:
+    from dlzoo.errors import DlzooError
+
+    with pytest.raises(DlzooError, match="non-empty list of blocks"):
+        build_model(model_cfg(arch="sequential"), (1, 28, 28), 10)

@@ -131,9 +131,17 @@ def _pool(kind: type[nn.Module]) -> Callable[[dict[str, Any], Shape, Defaults, s
         k = int(spec.get("kernel", 2))
         s = int(spec.get("stride", k))
         same = spec.get("padding", "valid") == "same"
-        # TF's 'same' pooling keeps partial windows at the edges: pad (k-1)//2 and round up, output ceil(N / s).
-        p = (k - 1) // 2 if same else 0
-        size = (lambda n: math.ceil((n + 2 * p - k) / s) + 1) if same else (lambda n: (n - k) // s + 1)
+
+        # TF's 'same': output ceil(N / s) with pad_total = (out - 1) * s + k - N split left/right (the odd one
+        # on the right, which ceil_mode's extra window reproduces).
+        def size(n: int) -> int:
+            if not same:
+                return (n - k) // s + 1
+            pad = max((math.ceil(n / s) - 1) * s + k - n, 0) // 2
+            out = math.ceil((n + 2 * pad - k) / s) + 1
+            return out - 1 if (out - 1) * s >= n + pad else out  # ceil_mode never starts a window past the input
+
+        p = max((math.ceil(h / s) - 1) * s + k - h, 0) // 2 if same else 0
         if size(h) < 1 or size(w) < 1:
             raise DlzooError(f"{path} ({spec['type']}): a {k}x{k} window on a {h}x{w} input leaves nothing.")
         extra = {"count_include_pad": False} if kind is nn.AvgPool2d else {}  # TF averages real pixels only
