@@ -184,7 +184,8 @@ def precheck(args: list[str]) -> str | None:
     dir_args = {a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--config-dir", "-cd")}
     overrides = [
         a for a in args
-        if not a.startswith("-") and a not in dir_args and not a.startswith(("hydra.", "hydra/", "+hydra"))
+        if not a.startswith("-") and a not in dir_args
+        and (a.startswith("hydra.searchpath=") or not a.startswith(("hydra.", "hydra/", "+hydra")))
     ]  # fmt: skip
     if extra_dirs:
         overrides.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).absolute()}" for d in extra_dirs) + "]")

@@ -23,6 +23,10 @@ LECTURE = {
     "lab10_4_deep": ("10-4 deep & wide 512x4", 0.9742),
     "lab10_5_dropout": ("10-5 + dropout 0.3", 0.9804),
     "lab10_7_bn": ("10-7 batch norm, Adam 0.01", 0.9826),
+    "lab11_1_cnn": ("11-1 CNN 32-64", 0.9885),
+    "lab11_2_cnn_deep": ("11-2 deep CNN 32-64-128 + dropout", 0.9938),
+    "lab11_4_layers": ("11-4 deep CNN, tf.layers defaults", None),
+    "lab11_5_ensemble": ("11-5 ensemble of 7 deep CNNs", 0.9952),
 }
 
 
@@ -68,7 +72,8 @@ def main(sweeps: list[Path]) -> None:
     print("|---" * (head.count("|") - 1 + 5) + "|")
     for key in order:
         rows = groups[key]
-        first = f"| {LECTURE[key][0]} (`{key}`) | {LECTURE[key][1]} |" if ladder else f"| `{key}` |"
+        lecture = LECTURE[key][1] if ladder and LECTURE[key][1] is not None else "–"
+        first = f"| {LECTURE[key][0]} (`{key}`) | {lecture} |" if ladder else f"| `{key}` |"
         print(
             f"{first} {fmt([r['test_acc'] for r in rows])} | {len(rows)} ({', '.join(str(r['seed']) for r in rows)})"
             f" | {rows[0]['epochs']} | {rows[0]['data']} | {statistics.fmean(r['wall_time_s'] for r in rows):.0f} |"

@@ -72,3 +72,11 @@ def test_a_sweep_is_checked_job_by_job_before_it_starts() -> None:
     assert problem is not None and problem.startswith("job ") and "optim.lr=-1" in problem
     assert precheck(["-m", "model=mlp,mlp_deep", "optim.lr=0.001,0.01"]) is None
     assert precheck(["--cfg", "job", "model=nope"]) is None  # Hydra's own flags pass through
+
+
+def test_user_config_folders_are_searched_by_the_precheck(tmp_path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("arch: mlp\nhidden: [32]\n")
+    assert precheck(["--config-dir", str(tmp_path), "model=mine"]) is None
+    assert precheck([f"hydra.searchpath=[file://{tmp_path}]", "model=mine"]) is None
+    assert "Could not find 'model/mine'" in (precheck(["model=mine"]) or "")
