@@ -179,7 +179,7 @@ def test_unknown_command(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lab10_5_recipe_reaches_088_on_fashion_mnist(fmnist_root: Path, tmp_path: Path) -> None:
-    """The issue's bar: the full 15-epoch lab 10-5 recipe on the 2-core CPU (about 2 minutes)."""
+    """The issue's bar: the full 15-epoch lab 10-5 recipe on the 2-core CPU (66 s when the machine is idle)."""
     run_dir = tmp_path / "run"
     proc = dlzoo(
         "train",
