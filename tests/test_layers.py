@@ -154,3 +154,17 @@ def test_ensemble_rules_differ_where_they_should() -> None:
     assert evaluate_ensemble([a, b, b, b], x, y, "sum_logits") == 0.0  # 10 > 3: A's confidence wins
     assert evaluate_ensemble([a, b, b, b], x, y, "mean_probs") == 1.0  # (0 + 3 * 0.73) / 4 = 0.55 > 0.5
     assert evaluate_ensemble([b], x, y, "sum_logits") == 1.0
+
+
+def test_the_mlp_presets_are_expressible_as_blocks() -> None:
+    from dlzoo.models.mlp import MLP
+
+    mlp = MLP(784, 10, [256, 256])  # lab 10-3's net
+    blocks = [{"type": "flatten"}, {"type": "linear", "out": 256}, {"type": "act"}, {"type": "linear", "out": 256},
+              {"type": "act"}, {"type": "linear", "out": 10}]  # fmt: skip
+    seq, shape = build_blocks(blocks, (1, 28, 28), Defaults())
+    assert shape == (10,)
+    assert sum(p.numel() for p in seq.parameters()) == sum(p.numel() for p in mlp.parameters())
+    seq.load_state_dict(dict(zip(seq.state_dict(), mlp.state_dict().values(), strict=True)))
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(seq(x), mlp(x))
