@@ -1,0 +1,153 @@
+"""Training throughput, side by side in one process: (a) the per-sample pipeline most tutorials write
+(pytorch/examples mnist: a Dataset that turns each uint8 image into PIL -> ToTensor -> Normalize, through a
+DataLoader), (b) dlzoo's own loop (engine.fit on whole device tensors), (c) the compute-only bound (the same step
+on one fixed device-resident batch). Same net, optimizer and batch size for all three; warm-up excluded; the median
+of several timed repeats. Prints a table and writes JSON.
+
+    python scripts/bench.py --data ../shared/data --models mlp_dropout,cnn_deep --out outputs/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from dlzoo.config import register_configs
+from dlzoo.data import Splits, load_splits
+from dlzoo.engine import fit
+from dlzoo.evaluation import evaluate
+from dlzoo.models import build_model
+from dlzoo.optim import build_optimizer, build_scheduler
+from dlzoo.paths import conf_dir
+
+
+class PerSample(Dataset):
+    """The usual pipeline: one uint8 image at a time through PIL and torchvision's transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.0,), (1.0,))])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+
+
+class Quiet:
+    """A tracker that records nothing, so the benchmark measures the loop, not TensorBoard writes."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def setup(model_name: str, data_root: str, device: torch.device) -> tuple[DictConfig, Splits, nn.Module, Optimizer]:
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model_name}", "data=fashion_mnist"])
+    torch.manual_seed(0)
+    data = load_splits("fashion_mnist", data_root, download=False, device=device)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:256]).cpu()).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    return cfg, data, model, optimizer
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: allocator, kernels, first-touch
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(model_name: str, data_root: str, steps: int, repeats: int, device: torch.device) -> dict:
+    cfg, data, model, optimizer = setup(model_name, data_root, device)
+    bs = cfg.trainer.batch_size
+    n = steps * bs
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    images, labels = data.x_train[:n, 0].cpu().numpy(), data.y_train[:n].cpu().numpy()
+    loader = DataLoader(PerSample(images, labels), batch_size=bs, shuffle=True, num_workers=0)
+
+    def per_sample() -> None:
+        for x, y in loader:
+            step(x.to(device), y.to(device))
+
+    sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n]})
+    scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
+
+    def engine() -> None:
+        fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0, log_every_n_steps=50,
+            layer_stats_enabled=True, eval_batch_size=10000)  # fmt: skip
+
+    xb, yb = data.prep(data.x_train[:bs]), data.y_train[:bs]
+
+    def compute_only() -> None:
+        for _ in range(steps):
+            step(xb, yb)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    t_a, t_b, t_c = timed(per_sample, repeats), timed(engine, repeats), timed(compute_only, repeats)
+    # The engine's epoch includes one validation pass over 5,000 images; time it alone and take it out.
+    t_val = timed(lambda: evaluate(model, data.x_val, data.y_val, 10000, data.prep), repeats)
+    t_eval = timed(lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep), repeats)
+    a, b, c = n / t_a, n / max(t_b - t_val, 1e-9), n / t_c
+    return {"model": model_name, "batch_size": bs, "steps": steps, "per_sample_samples_per_s": a,
+            "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c, "dlzoo_over_per_sample": b / a,
+            "dlzoo_over_compute_only": b / c, "eval_samples_per_s": len(data.y_test) / t_eval}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data", help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--models", default="mlp_dropout,cnn_deep")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="outputs/bench.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    register_configs()
+    device = torch.device(args.device)
+    rows = [bench(m, args.data, args.steps, args.repeats, device) for m in args.models.split(",")]
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}  # fmt: skip
+    print(f"{'model':<14}{'per-sample':>12}{'dlzoo':>10}{'compute':>10}{'dlzoo/per-sample':>18}{'dlzoo/compute':>15}")
+    for r in rows:
+        print(f"{r['model']:<14}{r['per_sample_samples_per_s']:>12,.0f}{r['dlzoo_samples_per_s']:>10,.0f}"
+              f"{r['compute_only_samples_per_s']:>10,.0f}{r['dlzoo_over_per_sample']:>17.2f}x"
+              f"{r['dlzoo_over_compute_only']:>14.2f}x")  # fmt: skip
+    print(f"samples/s, batch {rows[0]['batch_size']}, {env['threads']} threads, torch {env['torch']}, {env['device']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
