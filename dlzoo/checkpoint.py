@@ -39,6 +39,21 @@ class Checkpointing:
     def last(self) -> Path:
         return self.folder / "last.pt"
 
+    def best_path(self, epoch: int) -> Path:
+        return self.folder / f"best-epoch{epoch:03d}.pt"
+
+    def adopt_best(self, history: list[dict[str, float]]) -> None:
+        """On resume: count the best-epochNNN.pt files the run already kept, so top-k carries on from them."""
+        by_epoch = {int(h["epoch"]): h[self.monitor] for h in history}
+        kept = [(int(p.stem.removeprefix("best-epoch")), p) for p in self.folder.glob("best-epoch*.pt")]
+        self.best = sorted(((signed(self.monitor, by_epoch[e]), p) for e, p in kept if e in by_epoch),
+                           key=lambda item: item[0])  # fmt: skip
+
+
+def signed(monitor: str, value: float) -> float:
+    """`value` turned so that lower is better: losses as they are, accuracies negated."""
+    return value if monitor.endswith("loss") else -value
+
 
 def rng_state(order: torch.Generator) -> dict[str, Any]:
     """Every random stream a run draws from, so a resumed run draws the same numbers."""
@@ -66,10 +81,10 @@ def save_best(ck: Checkpointing, model: nn.Module, epoch: int, metrics: dict[str
     """Keep the top-k epochs' weights by the monitored metric as best-epochNNN.pt, dropping those pushed out."""
     if ck.top_k <= 0:
         return
-    value = metrics[ck.monitor] * (1.0 if ck.monitor.endswith("loss") else -1.0)
+    value = signed(ck.monitor, metrics[ck.monitor])
     if len(ck.best) >= ck.top_k and value >= ck.best[-1][0]:
         return
-    path = ck.folder / f"best-epoch{epoch:03d}.pt"
+    path = ck.best_path(epoch)
     save_checkpoint(path, {"model": model.state_dict(), "epoch": epoch, ck.monitor: metrics[ck.monitor]} | ck.extra)
     ck.best = sorted([*ck.best, (value, path)], key=lambda item: item[0])
     for _, old in ck.best[ck.top_k :]:

@@ -1,5 +1,5 @@
-"""The one training loop, evaluation (plain and MC dropout), early stopping, seeding and checkpoints. Data stays
-on the device as whole tensors; batches are drawn by index and the loop reads values back to the host only at
+"""The one training loop, with early stopping, exact resume, divergence checks and stop requests. Data stays on
+the device as whole tensors; batches are drawn by index and the loop reads values back to the host only at
 logging intervals."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
+from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state, signed
 from dlzoo.data import Splits
 from dlzoo.errors import DlzooError
 from dlzoo.evaluation import evaluate
@@ -97,13 +97,12 @@ class EarlyStopping:
 
     def __init__(self, patience: int, monitor: str = "val/loss", min_delta: float = 0.0) -> None:
         self.patience, self.monitor, self.min_delta = patience, monitor, min_delta
-        self.sign = 1.0 if monitor.endswith("loss") else -1.0  # minimize losses, maximize accuracies
         self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
         self.best_state: dict[str, Tensor] | None = None
 
     def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
         """Record this epoch; True when training should stop."""
-        value = self.sign * metrics[self.monitor]
+        value = signed(self.monitor, metrics[self.monitor])
         if value < self.best - self.min_delta:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())

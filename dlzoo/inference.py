@@ -18,7 +18,7 @@ from dlzoo.engine import resolve_device
 from dlzoo.errors import DlzooError
 from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models import build_model
-from dlzoo.runs import load_checkpoint
+from dlzoo.runs import checkpoint_file, load_checkpoint
 
 
 def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
@@ -41,9 +41,7 @@ def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, li
 
 def load_model(ckpt: str, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
     """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied."""
-    path = Path(ckpt).expanduser()
-    if path.is_dir():
-        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    path = checkpoint_file(Path(ckpt).expanduser())
     state = load_checkpoint(path)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))

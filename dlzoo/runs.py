@@ -18,6 +18,13 @@ from dlzoo.errors import DlzooError
 IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
 
 
+def checkpoint_file(path: Path) -> Path:
+    """A run folder means its checkpoints/last.pt (or a checkpoints folder's last.pt); a file is itself."""
+    if path.is_dir():
+        return next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    return path
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load with a clear error for a missing, truncated or foreign file."""
     if not path.is_file():
@@ -49,9 +56,7 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
     if value is None:
         return None
     if value != "auto":
-        path = Path(value).expanduser()
-        if path.is_dir():
-            path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+        path = checkpoint_file(Path(value).expanduser())
         if not path.is_file():
             raise DlzooError(
                 f"trainer.resume={value!r}: no checkpoint there (looked for checkpoints/last.pt in a run folder, "

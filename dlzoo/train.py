@@ -148,7 +148,7 @@ def _train_member(
         else None
     )
     if checkpointing is not None and resume is not None:  # keep counting the best epochs the run already kept
-        checkpointing.best = _existing_best(checkpointing, resume)
+        checkpointing.adopt_best(resume["history"])
     es = t.early_stop
     with RunTracker(out_dir, t.epochs, t.progress, purge_step=resume["step"] + 1 if resume else None) as tracker:
         tracker.log_text("run/meta", meta)
@@ -199,14 +199,6 @@ def _train_member(
     if cfg.ensemble.size > 1:
         _write_json(out_dir / "metrics.json", metrics)
     return model, metrics
-
-
-def _existing_best(ck: Checkpointing, resume: dict[str, Any]) -> list[tuple[float, Path]]:
-    sign = 1.0 if ck.monitor.endswith("loss") else -1.0
-    by_epoch = {int(h["epoch"]): h[ck.monitor] for h in resume["history"]}
-    kept = [(sign * by_epoch[int(p.stem[len("best-epoch") :])], p) for p in ck.folder.glob("best-epoch*.pt")
-            if int(p.stem[len("best-epoch") :]) in by_epoch]  # fmt: skip
-    return sorted(kept, key=lambda item: item[0])
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
