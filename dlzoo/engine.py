@@ -8,6 +8,7 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,6 +140,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
     max_loss: float | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -154,6 +156,8 @@ def fit(
             is bit-identical to an uninterrupted run), mid-epoch included.
         stop: checked after every step; when set, last.pt is written and Interrupted raised.
         max_loss: a logged loss above this counts as divergence too (an exploded run is as useless as a NaN one).
+        on_epoch_end: called with (epoch, metrics) after each epoch is validated, logged and checkpointed; the
+            caller's way in (a search pruning a trial by raising, a schedule of frozen layers).
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -276,6 +280,8 @@ def fit(
             save_best(checkpointing, model, epoch, metrics)
             if finished or epoch % checkpointing.every == 0 or (stop is not None and stop.signum is not None):
                 save(epoch)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
         if stop is not None and stop.signum is not None and not finished:
             raise Interrupted(checkpointing.last if checkpointing else None, stop.signum)
         if finished:

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,16 @@ from dlzoo.tracking import RunTracker, console, print_error, print_final, print_
 register_configs()
 
 
-def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    out_dir: Path,
+    stop: StopFlag | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Train and test one configuration (or an ensemble of `ensemble.size` members), writing everything into
     `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
-    user can fix, Interrupted on a stop request."""
+    user can fix, Interrupted on a stop request. `on_epoch_end(epoch, metrics)` runs after every validated epoch
+    (see engine.fit)."""
     started = time.perf_counter()
     validate(cfg)
     for message in warnings(cfg):
@@ -85,7 +91,7 @@ def run(cfg: DictConfig, out_dir: Path, stop: StopFlag | None = None) -> dict[st
         folder = out_dir if size == 1 else out_dir / f"member{i}"
         if size > 1:
             console.print(f"[bold]ensemble member {i + 1}/{size}[/] (seed {t.seed + i}) -> {folder}")
-        members.append(_train_member(cfg, config, data, device, folder, t.seed + i, resume, stop))
+        members.append(_train_member(cfg, config, data, device, folder, t.seed + i, resume, stop, on_epoch_end))
     metrics = members[0][1]
     if size > 1:
         models = [m for m, _ in members]
@@ -124,6 +130,7 @@ def _train_member(
     seed: int,
     resume: dict[str, Any] | None,
     stop: StopFlag | None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
     t = cfg.trainer
@@ -172,6 +179,7 @@ def _train_member(
             resume=resume,
             stop=stop,
             max_loss=t.max_loss,
+            on_epoch_end=on_epoch_end,
         )
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})

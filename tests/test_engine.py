@@ -249,3 +249,19 @@ def test_penalty_and_max_norm_apply_in_fit(toy: Splits) -> None:
 
     model, _, _ = train(toy, epochs=1, regularizer=Regularizer(l2=1e-3, max_norm=0.5, clip_norm=1.0))
     assert (model.layers.fc1.linear.weight.norm(dim=1) <= 0.5 + 1e-5).all()
+
+
+def test_on_epoch_end_sees_every_validated_epoch_and_can_stop_the_run(toy: Splits) -> None:
+    seen: list[tuple[int, float]] = []
+    _, _, recorder = train(toy, on_epoch_end=lambda epoch, m: seen.append((epoch, m["val/acc"])))
+    assert [e for e, _ in seen] == [1, 2, 3] and [a for _, a in seen] == [m["val/acc"] for m in recorder.epochs]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        train(toy, on_epoch_end=prune)
