@@ -1,153 +1,31 @@
-"""Typed config schemas (stored in Hydra's ConfigStore, so a wrong type fails at composition) and
-`validate`, which checks every name against its registry and every number against its range before any work."""
+"""`validate`, which checks every name against its registry and every number against its range before any work,
+`warnings` for legal but doubtful combinations, and `registries` for `dlzoo ls`. The schemas live in schema.py."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from dlzoo.errors import DlzooError
-from dlzoo.models.blocks import ActArgs
-from dlzoo.models.init import DISTRIBUTIONS, MODES, InitArgs
+from dlzoo.models.init import DISTRIBUTIONS, MODES
 from dlzoo.registry import Registry
-
-
-@dataclass
-class DataConfig:
-    name: str = "mnist"  # registry: dlzoo ls dataset
-    root: str | None = None  # a folder with the four IDX files; else $DLZOO_DATA, then the cache
-    download: bool = True  # fetch through torchvision when no local copy is found
-    val_size: int = 5000  # held out of the 60k train images (TF input_data's 55k/5k split)
-    split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
-    train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
-    normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "mlp"  # registry: dlzoo ls arch
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths ([] = softmax); rnn: layers
-    blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
-    cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
-    activation: str = "relu"  # registry: dlzoo ls activation
-    init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
-    bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
-    dropout: float = 0.0  # drop probability after each hidden activation (TF keep_prob = 1 - dropout)
-    dropout_kind: str = "dropout"  # registry: dlzoo ls dropout (alpha_dropout for SELU)
-    norm: str = "none"  # registry: dlzoo ls norm
-    norm_position: str = "before"  # "before" or "after" the activation
-    act_args: ActArgs = field(default_factory=ActArgs)  # slopes, alpha, maxout's k
-    init_args: InitArgs = field(default_factory=InitArgs)  # std, range, scale/mode/distribution, gain
-    bias_init_args: InitArgs = field(default_factory=InitArgs)  # the same for biases (std 1: TF random_normal)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # registry: dlzoo ls optimizer
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # momentum, nesterov (and rmsprop's optional momentum)
-    rho: float = 0.9  # rmsprop's decay of the squared-gradient average (Keras' rho)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamax, nadam, adamw
-    eps: float = 1e-8
-
-
-@dataclass
-class SchedConfig:
-    name: str = "constant"  # registry: dlzoo ls schedule; each schedule's YAML sets the keys it reads
-    min_lr: float = 0.0  # cosine's end point; plateau's floor
-    warmup_steps: int = 0  # cosine
-    decay_steps: float = 1000.0  # power (s), exponential_step
-    power: float = 1.0  # power (c)
-    decay_epochs: float = 10.0  # exponential (s)
-    decay_rate: float = 0.1  # exponential_step
-    staircase: bool = False  # exponential_step
-    boundaries: list[int] = field(default_factory=lambda: [5, 15])  # piecewise, in epochs
-    lr_values: list[float] = field(default_factory=lambda: [0.01, 0.005, 0.001])  # piecewise lrs
-    factor: float = 0.5  # plateau
-    patience: int = 5  # plateau, in epochs
-    max_lr: float = 0.01  # onecycle peak
-    final_fraction: float = 0.1  # onecycle: share of the run spent in the final anneal
-    final_div: float = 1000.0  # onecycle: the anneal ends at lr0 / final_div
-    momentum_range: list[float] = field(default_factory=lambda: [0.85, 0.95])  # onecycle
-
-
-@dataclass
-class RegConfig:
-    l1: float = 0.0  # lambda of the L1 penalty sum|W| added to the loss (weights only, not biases)
-    l2: float = 0.0  # lambda of the L2 penalty sum W^2 added to the loss (lecture 10-5: cost + lambda sum W^2)
-    max_norm: float | None = None  # cap each unit's incoming weight vector norm after every step (Srivastava 2014)
-    clip_value: float | None = None  # clip each gradient component to [-v, v] (Keras clipvalue)
-    clip_norm: float | None = None  # rescale the whole gradient to at most this global L2 norm (Keras clipnorm)
-
-
-@dataclass
-class EarlyStopConfig:
-    patience: int = 0  # epochs without improvement before stopping; 0 = off
-    monitor: str = "val/loss"  # val/loss (lower is better) or val/acc (higher is better)
-    min_delta: float = 0.0  # smaller changes do not count as improvement
-    restore_best: bool = True  # end with the best epoch's weights (Keras restore_best_weights)
-
-
-@dataclass
-class CheckpointConfig:
-    enabled: bool = True
-    every: int = 1  # write checkpoints/last.pt (everything needed to resume) every N epochs
-    top_k: int = 1  # keep the k best epochs' weights as checkpoints/best-epochNNN.pt; 0 = none
-    monitor: str = "val/loss"  # what "best" means: val/loss (lower) or val/acc (higher)
-
-
-@dataclass
-class EnsembleConfig:
-    size: int = 1  # train this many members (seeds trainer.seed, +1, ...) and combine them; 1 = a single model
-    combine: str = "sum_logits"  # sum_logits (lab 11-5's rule) or mean_probs
-
-
-@dataclass
-class EvalConfig:
-    mc_samples: int = 0  # MC dropout (Gal & Ghahramani 2016): average N stochastic test passes; 0 = off
-
-
-@dataclass
-class TrainerConfig:
-    epochs: int = 15
-    batch_size: int = 100
-    eval_batch_size: int = 10000  # evaluation runs in a few large batches, never per sample
-    seed: int = 777
-    device: str = "auto"  # auto = cuda when available, else cpu
-    max_steps: int | None = None  # caps the run (smoke tests, benchmarks)
-    threads: int | None = None  # torch CPU threads; None keeps torch's default
-    log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
-    layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
-    deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)
-    max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
-    detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
-    progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
-    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-
-
-@dataclass
-class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    reg: RegConfig = field(default_factory=RegConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-
-
-def register_configs() -> None:
-    """Store the schema under `train_schema`; conf/train.yaml lists it first in its defaults."""
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+from dlzoo.schema import (  # noqa: F401  (re-exported: the schemas are part of dlzoo.config's interface)
+    CheckpointConfig,
+    DataConfig,
+    EarlyStopConfig,
+    EnsembleConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    RegConfig,
+    SchedConfig,
+    TrainConfig,
+    TrainerConfig,
+    register_configs,
+)
 
 
 def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
