@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from dlzoo.engine import PRECISIONS
 from dlzoo.errors import DlzooError
 from dlzoo.models.init import DISTRIBUTIONS, MODES
 from dlzoo.registry import Registry
@@ -159,6 +160,14 @@ def validate(cfg: DictConfig) -> None:
     check("trainer.log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
     check("trainer.max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     check("trainer.device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
+    check("trainer.precision", t.precision in PRECISIONS, " | ".join(PRECISIONS))
+    if t.precision == "fp16" and not (
+        t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available())
+    ):
+        problems.append(
+            "trainer.precision=fp16 needs a CUDA device (loss scaling is a GPU technique); use trainer.precision=bf16 "
+            "on the CPU."
+        )
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
 

@@ -27,6 +27,10 @@ from dlzoo.optim import Scheduler
 from dlzoo.probes import activation_stats, layer_stats
 from dlzoo.regularize import Regularizer
 
+# Mixed precision for the training step. The weights, the optimizer and evaluation stay fp32.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class Tracker(Protocol):
     """What the loop reports to (dlzoo.tracking.RunTracker; tests may pass a stub)."""
@@ -141,6 +145,7 @@ def fit(
     stop: StopFlag | None = None,
     max_loss: float | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    precision: str = "fp32",
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -158,6 +163,8 @@ def fit(
         max_loss: a logged loss above this counts as divergence too (an exploded run is as useless as a NaN one).
         on_epoch_end: called with (epoch, metrics) after each epoch is validated, logged and checkpointed; the
             caller's way in (a search pruning a trial by raising, a schedule of frozen layers).
+        precision: fp32, or bf16/fp16 autocast for the forward pass and loss (fp16 adds dynamic loss scaling,
+            because its gradients underflow; bf16 has fp32's exponent range and needs none).
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -182,6 +189,10 @@ def fit(
         if early_stopping is not None and resume.get("early_stopping"):
             early_stopping.load_state_dict(resume["early_stopping"])
         set_rng_state(resume["rng"], order)
+    # Disabled for fp32/bf16, where scale() and step() pass straight through.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if resume is not None and resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
     stopped_early = False
     model.train()
 
@@ -200,6 +211,7 @@ def fit(
             "rng": rng_state(order),
             "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
             "partial_epoch": partial_epoch,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
         save_checkpoint(checkpointing.last, state | checkpointing.extra)
 
@@ -219,20 +231,23 @@ def fit(
             idx = perm[i * batch_size : (i + 1) * batch_size]
             x, y = data.prep(data.x_train[idx]), data.y_train[idx]
             logging_step = (step + 1) % log_every_n_steps == 0
-            if logging_step and layer_stats_enabled:
-                with activation_stats(model) as act:
+            with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
+                if logging_step and layer_stats_enabled:
+                    with activation_stats(model) as act:
+                        logits = model(x)
+                else:
                     logits = model(x)
-            else:
-                logits = model(x)
-            loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y)
             penalty = reg.penalty(model)
             optimizer.zero_grad(set_to_none=True)
-            (loss if penalty is None else loss + penalty).backward()
+            scaler.scale(loss if penalty is None else loss + penalty).backward()
+            scaler.unscale_(optimizer)  # clipping and the logged gradient norms need the true gradients
             reg.clip_(model)
             step += 1
             if logging_step and layer_stats_enabled:
                 tracker.log_layer_stats(step, layer_stats(model) | act)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             reg.constrain_(model)
             scheduler.step()
             loss_sum += loss.detach() * len(y)

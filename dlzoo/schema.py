@@ -125,6 +125,8 @@ class TrainerConfig:
     max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
     detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + loss scaling, CUDA only)
+    channels_last: bool = True  # NHWC weights for conv nets: faster convolutions on CPU (oneDNN) and tensor cores
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 

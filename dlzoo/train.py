@@ -137,6 +137,8 @@ def _train_member(
     seed_everything(seed)
     init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
     model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
+    if t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
     print_summary(
         summarize(model, data.input_shape, device),
         title=f"{cfg.model.arch} on {cfg.data.name} ({len(data.y_train):,} train / {len(data.y_val):,} val / "
@@ -180,6 +182,7 @@ def _train_member(
             stop=stop,
             max_loss=t.max_loss,
             on_epoch_end=on_epoch_end,
+            precision=t.precision,
         )
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})

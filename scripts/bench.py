@@ -4,7 +4,8 @@ DataLoader), (b) dlzoo's own loop (engine.fit on whole device tensors), (c) the 
 on one fixed device-resident batch). Same net, optimizer and batch size for all three; warm-up excluded; the median
 of several timed repeats. Prints a table and writes JSON.
 
-    python scripts/bench.py --data ../shared/data --models mlp_dropout,cnn_deep --out outputs/bench.json
+    python scripts/bench.py --data ../shared/data --models mlp_dropout,cnn_deep --precision fp32,bf16
+    python scripts/bench.py --quick   # a seconds-long smoke check (the test suite runs it)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from torchvision import transforms
 
 from dlzoo.config import register_configs
 from dlzoo.data import Splits, load_splits
-from dlzoo.engine import fit
+from dlzoo.engine import _AUTOCAST, fit
 from dlzoo.evaluation import evaluate
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
@@ -78,13 +80,18 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(model_name: str, data_root: str, steps: int, repeats: int, device: torch.device) -> dict:
+def bench(
+    model_name: str, data_root: str, steps: int, repeats: int, device: torch.device, precisions: list[str]
+) -> list[dict]:
+    """One row per precision: (a) is always the fp32 per-sample pipeline; (b) and (c) run in that precision."""
     cfg, data, model, optimizer = setup(model_name, data_root, device)
     bs = cfg.trainer.batch_size
     n = steps * bs
+    precision = "fp32"
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
+            loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -101,7 +108,7 @@ def bench(model_name: str, data_root: str, steps: int, repeats: int, device: tor
 
     def engine() -> None:
         fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0, log_every_n_steps=50,
-            layer_stats_enabled=True, eval_batch_size=10000)  # fmt: skip
+            layer_stats_enabled=True, eval_batch_size=10000, precision=precision)  # fmt: skip
 
     xb, yb = data.prep(data.x_train[:bs]), data.y_train[:bs]
 
@@ -111,14 +118,20 @@ def bench(model_name: str, data_root: str, steps: int, repeats: int, device: tor
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    t_a, t_b, t_c = timed(per_sample, repeats), timed(engine, repeats), timed(compute_only, repeats)
+    a = n / timed(per_sample, repeats)  # the usual pipeline: fp32, default memory layout
+    if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # as `dlzoo train` does for conv nets
     # The engine's epoch includes one validation pass over 5,000 images; time it alone and take it out.
     t_val = timed(lambda: evaluate(model, data.x_val, data.y_val, 10000, data.prep), repeats)
     t_eval = timed(lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep), repeats)
-    a, b, c = n / t_a, n / max(t_b - t_val, 1e-9), n / t_c
-    return {"model": model_name, "batch_size": bs, "steps": steps, "per_sample_samples_per_s": a,
-            "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c, "dlzoo_over_per_sample": b / a,
-            "dlzoo_over_compute_only": b / c, "eval_samples_per_s": len(data.y_test) / t_eval}  # fmt: skip
+    rows = []
+    for precision in precisions:  # step() and engine() read it
+        b, c = n / max(timed(engine, repeats) - t_val, 1e-9), n / timed(compute_only, repeats)
+        rows.append({"model": model_name, "precision": precision, "batch_size": bs, "steps": steps,
+                     "per_sample_samples_per_s": a, "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c,
+                     "dlzoo_over_per_sample": b / a, "dlzoo_over_compute_only": b / c,
+                     "eval_samples_per_s": len(data.y_test) / t_eval})  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -129,21 +142,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16 for (b) and (c)")
+    parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, fp32: a smoke check, not a figure")
     parser.add_argument("--out", default="outputs/bench.json")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeats, args.precision = 5, 1, "fp32"
     if args.threads:
         torch.set_num_threads(args.threads)
     register_configs()
     device = torch.device(args.device)
-    rows = [bench(m, args.data, args.steps, args.repeats, device) for m in args.models.split(",")]
+    precisions = args.precision.split(",")
+    models = args.models.split(",")
+    rows = [r for m in models for r in bench(m, args.data, args.steps, args.repeats, device, precisions)]
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}  # fmt: skip
-    print(f"{'model':<14}{'per-sample':>12}{'dlzoo':>10}{'compute':>10}{'dlzoo/per-sample':>18}{'dlzoo/compute':>15}")
+           "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    print(f"{'model':<14}{'prec':<6}{'per-sample':>12}{'dlzoo':>10}{'compute':>10}{'dlzoo/per-sample':>18}"
+          f"{'dlzoo/compute':>15}{'eval':>10}")  # fmt: skip
     for r in rows:
-        print(f"{r['model']:<14}{r['per_sample_samples_per_s']:>12,.0f}{r['dlzoo_samples_per_s']:>10,.0f}"
+        print(f"{r['model']:<14}{r['precision']:<6}{r['per_sample_samples_per_s']:>12,.0f}"
+              f"{r['dlzoo_samples_per_s']:>10,.0f}"
               f"{r['compute_only_samples_per_s']:>10,.0f}{r['dlzoo_over_per_sample']:>17.2f}x"
-              f"{r['dlzoo_over_compute_only']:>14.2f}x")  # fmt: skip
+              f"{r['dlzoo_over_compute_only']:>14.2f}x{r['eval_samples_per_s']:>10,.0f}")  # fmt: skip
     print(f"samples/s, batch {rows[0]['batch_size']}, {env['threads']} threads, torch {env['torch']}, {env['device']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")

@@ -111,6 +111,8 @@ def test_unknown_group_member_fails_at_composition() -> None:
         ("data.normalize=zscore", "none or standardize"),
         ("sched=piecewise sched.lr_values=[0.1]", "3 positive lrs"),
         ("sched=onecycle sched.momentum_range=[0.95,0.85]", "low <= high"),
+        ("trainer.precision=fp8", "fp32 | bf16 | fp16"),
+        ("trainer.precision=fp16 trainer.device=cpu", "use trainer.precision=bf16 on the CPU"),
     ],
 )
 def test_validate_names_key_value_and_choices(override: str, expected: str) -> None:

@@ -265,3 +265,9 @@ def test_on_epoch_end_sees_every_validated_epoch_and_can_stop_the_run(toy: Split
 
     with pytest.raises(Pruned):
         train(toy, on_epoch_end=prune)
+
+
+def test_bf16_autocast_learns_as_fp32_does_and_keeps_fp32_weights(toy: Splits) -> None:
+    model, result, _ = train(toy, precision="bf16")
+    assert result.val_acc > 0.9
+    assert all(p.dtype == torch.float32 for p in model.parameters())
