@@ -98,7 +98,7 @@ def _tune(args: argparse.Namespace) -> int:
     with _lock(out), stop_on_signals() as stop:
         storage = optuna.storages.RDBStorage(f"sqlite:///{db.absolute()}")
         study = optuna.create_study(study_name=STUDY, storage=storage, direction=search.direction, load_if_exists=True)
-        spec = {"metric": search.metric, "direction": search.direction, "base": base_args,
+        spec = {"metric": search.metric, "direction": search.direction, "overrides": base_args,
                 "space": OmegaConf.to_container(search.space)}  # fmt: skip
         _check_same_search(study, spec, overrides)
         _requeue_interrupted(study, out)
@@ -218,7 +218,7 @@ def _check_same_search(study: optuna.Study, spec: dict[str, Any], args: list[str
     changed = [key for key in spec if saved.get(key) != spec[key]]
     if changed:
         raise DlzooError(
-            f"This folder's study searched a different {', '.join(changed)} (it ran: dlzoo tune "
+            f"The study in this folder differs from this one in: {', '.join(changed)} (it ran: dlzoo tune "
             f"{' '.join(study.user_attrs.get('args', []))}). Fix: resume with those arguments (or none: "
             "--resume alone reuses them), or start the new search in another --out."
         )
