@@ -151,7 +151,7 @@ class SamplerConfig:
 class PrunerConfig:
     name: str = "median"  # registry: dlzoo ls pruner
     n_startup_trials: int = 5  # median: trials that always run to the end, so the median means something
-    n_warmup_steps: int = 1  # median: epochs every trial gets before it can be pruned
+    n_warmup_steps: int = 1  # median: the first epoch at which a trial can be pruned (Optuna's steps are epochs)
     min_resource: int = 1  # successive_halving: epochs before the first rung (Jamieson & Talwalkar 2016)
     reduction_factor: int = 3  # successive_halving: keep the best 1/reduction_factor at each rung
 

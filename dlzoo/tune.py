@@ -153,11 +153,11 @@ def _run_trial(
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_status(folder, status)
     try:
         cfg = compose_and_validate(base + drawn)
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        _write_status(folder, status)
         value = run(cfg, folder, stop, on_epoch_end=on_epoch_end)[search.metric]
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)

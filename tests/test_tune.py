@@ -194,3 +194,36 @@ def test_drawn_values_survive_the_trip_through_override_syntax() -> None:
     for key, value in values.items():
         got = OmegaConf.select(cfg, key)
         assert (OmegaConf.to_container(got) if OmegaConf.is_config(got) else got) == value, key
+
+
+DIVERGING_SEARCH = """\
+n_trials: 3
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+overrides: [data=fashion_mnist, model=mlp_xavier, "model.hidden=[16]", data.train_subset=200, data.val_size=100,
+            trainer.epochs=1, trainer.log_every_n_steps=1, trainer.layer_stats=false, trainer.progress=false]
+space:
+  trainer.max_loss: {{type: categorical, choices: {choices}}}  # 0.5 is below the first loss (~2.3): diverged
+"""
+
+
+def test_a_diverged_trial_fails_and_the_search_goes_on_unless_every_trial_fails_alike(
+    fmnist_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf" / "search").mkdir(parents=True)
+    (tmp_path / "conf" / "search" / "mixed.yaml").write_text(DIVERGING_SEARCH.format(choices="[0.5, 100.0]"))
+    (tmp_path / "conf" / "search" / "doomed.yaml").write_text(DIVERGING_SEARCH.format(choices="[0.5]"))
+    common = ["--config-dir", str(tmp_path / "conf"), f"data.root={fmnist_slice}", *FAST]
+
+    assert main(["tune", "search=mixed", *common, "--out", "mixed"]) == 0
+    trials = trials_in(tmp_path / "mixed")
+    assert {t.state for t in trials} == {optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE}
+    failed = next(t for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert status(tmp_path / "mixed", failed.number)["state"] == "failed"
+    assert "Training diverged" in status(tmp_path / "mixed", failed.number)["error"]
+    assert len(trials) == 3 and (tmp_path / "mixed" / "best.yaml").is_file()
+
+    assert main(["tune", "search=doomed", *common, "--out", "doomed"]) == 2
+    assert "3 trials in a row failed the same way" in capsys.readouterr().err
+    assert len(trials_in(tmp_path / "doomed")) == 3
