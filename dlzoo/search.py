@@ -65,7 +65,8 @@ def _check_choices(key: str, spec: DictConfig) -> list[str]:
 
 
 def _suggest_float(trial: optuna.Trial, key: str, spec: DictConfig) -> float:
-    return trial.suggest_float(key, spec.low, spec.high, log=spec.log, step=spec.step)
+    value = trial.suggest_float(key, spec.low, spec.high, log=spec.log, step=spec.step)
+    return round(value, 12) if spec.step is not None else value  # a grid point: 0.3, not 0.30000000000000004
 
 
 def _suggest_int(trial: optuna.Trial, key: str, spec: DictConfig) -> int:
