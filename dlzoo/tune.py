@@ -55,44 +55,28 @@ def tune_command(argv: list[str]) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import optuna
 
-    from dlzoo.cli import compose_and_validate, config_groups
     from dlzoo.engine import Interrupted
-    from dlzoo.search import build_pruner, build_sampler, check_search
+    from dlzoo.search import build_pruner, build_sampler
     from dlzoo.train import stop_on_signals
     from dlzoo.tune_report import report
 
-    extra = [f"hydra.searchpath=[file://{args.config_dir.absolute()}]"] if args.config_dir else []
     if args.resume and args.out is None:
         raise DlzooError("--resume needs --out <the search's folder> (printed when the search started).")
-    out = args.out
-    db = out / "study.db" if out else None
-    stored = _stored_args(db) if args.resume and db and db.is_file() else None
-    overrides = args.overrides or (stored or [])
-    name = next((o.split("=", 1)[1] for o in overrides if o.startswith("search=")), None)
-    if name is None:
-        searches = ", ".join(config_groups().get("search", []))
-        raise DlzooError(f"Name a search space: dlzoo tune search=<name>; choices: {searches} (conf/search/).")
-    search_args = [o for o in overrides if o.startswith(("search=", "search."))]
-    train_args = [o for o in overrides if o not in search_args]
-    search = compose_and_validate(search_args + extra).search
-    searched = {o.lstrip("+~").split("=", 1)[0] for o in train_args} & set(search.space)
-    if searched:
-        raise DlzooError(f"{', '.join(sorted(searched))} is searched by search={name}; drop it from the command "
-                         "line, or from the search's space to fix it.")  # fmt: skip
-    base_args = [*search.overrides, *train_args]
-    check_search(search, compose_and_validate(base_args + extra), config_groups())
+    if args.resume and not (args.out / "study.db").is_file():
+        raise DlzooError(f"No search to resume in {args.out} (no study.db). Fix: check --out, or drop --resume.")
+    # A user's config folder joins Hydra's search path for the search file and for every trial's groups.
+    extra = [f"hydra.searchpath=[file://{args.config_dir.absolute()}]"] if args.config_dir else []
+    stored = _stored_args(args.out / "study.db") if args.resume else []
+    overrides = [*args.overrides, *extra] or stored
+    name, search, base_args = _compose_search(overrides)
     n_trials = args.trials if args.trials is not None else search.n_trials
     if n_trials < 1:
         raise DlzooError(f"--trials {n_trials}: a search needs at least one trial.")
 
-    out = out or Path("outputs/tune") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{name}"
+    out = args.out or Path("outputs/tune") / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{name}"
     db = out / "study.db"
     if db.is_file() and not args.resume:
         raise DlzooError(f"{out} already holds a search. Fix: add --resume to continue it, or pick another --out.")
-    if args.resume and not db.is_file():
-        raise DlzooError(
-            f"No search to resume in {out} (no study.db). Fix: check --out, or start one without --resume."
-        )
     out.mkdir(parents=True, exist_ok=True)
     args.out = out  # for the resume hint if the search is interrupted
     with _lock(out), stop_on_signals() as stop:
@@ -111,7 +95,7 @@ def _tune(args: argparse.Namespace) -> int:
         same_failures: list[str] = []
         try:
             while (done := _counted(study)) < n_trials and stop.signum is None:
-                error = _run_trial(study, search, base_args + extra, out, stop, f"{done + 1}/{n_trials}")
+                error = _run_trial(study, search, base_args, out, stop, f"{done + 1}/{n_trials}")
                 same_failures = [*same_failures, error][-SAME_FAILURES_TO_STOP:] if error else []
                 if len(same_failures) == SAME_FAILURES_TO_STOP and len(set(same_failures)) == 1:
                     raise DlzooError(f"{SAME_FAILURES_TO_STOP} trials in a row failed the same way, so the setup "
@@ -122,6 +106,28 @@ def _tune(args: argparse.Namespace) -> int:
         if stop.signum is not None:
             raise Interrupted(None, stop.signum)
     return 0
+
+
+def _compose_search(overrides: list[str]) -> tuple[str, DictConfig, list[str]]:
+    """Compose and check the search named by `search=<name>` in `overrides`. Returns its name, the search node,
+    and the overrides every trial starts from: the search file's, then the command line's other ones."""
+    from dlzoo.cli import compose_and_validate, config_groups
+    from dlzoo.search import check_search
+
+    name = next((o.split("=", 1)[1] for o in overrides if o.startswith("search=")), None)
+    if name is None:
+        searches = ", ".join(config_groups().get("search", []))
+        raise DlzooError(f"Name a search space: dlzoo tune search=<name>; choices: {searches} (conf/search/).")
+    search_args = [o for o in overrides if o.startswith(("search=", "search.", "hydra.searchpath="))]
+    train_args = [o for o in overrides if not o.startswith(("search=", "search."))]
+    search = compose_and_validate(search_args).search
+    searched = {o.lstrip("+~").split("=", 1)[0] for o in train_args} & set(search.space)
+    if searched:
+        raise DlzooError(f"{', '.join(sorted(searched))} is searched by search={name}; drop it from the command "
+                         "line, or from the search's space to fix it.")  # fmt: skip
+    base_args = [*search.overrides, *train_args]
+    check_search(search, compose_and_validate(base_args), config_groups())
+    return name, search, base_args
 
 
 def _run_trial(
@@ -227,8 +233,11 @@ def _check_same_search(study: optuna.Study, spec: dict[str, Any], args: list[str
 def _stored_args(db: Path) -> list[str]:
     import optuna
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db.absolute()}")
-    return list(optuna.load_study(study_name=STUDY, storage=storage).user_attrs.get("args", []))
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{db.absolute()}")
+        return list(optuna.load_study(study_name=STUDY, storage=storage).user_attrs.get("args", []))
+    except Exception as e:  # SQLAlchemy, Alembic and Optuna each have their own error types for a bad file
+        raise DlzooError(f"Cannot read the search in {db}: {e}. Fix: point --out at a dlzoo tune folder.") from None
 
 
 def _write_status(folder: Path, status: dict[str, Any]) -> None:

@@ -154,6 +154,12 @@ def test_a_bad_search_file_fails_before_any_trial(tmp_path: Path, capsys: pytest
     )
     assert main(["tune", "search=smoke", "optim.lr=0.1"]) == 2
     assert "optim.lr is searched by search=smoke" in capsys.readouterr().err
+    assert main(["tune", "search=smoke", "--trials", "0"]) == 2 and "at least one trial" in capsys.readouterr().err
+    assert main(["tune", "--resume", "--out", str(out)]) == 2 and "No search to resume" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "study.db").write_text("not a database")
+    assert main(["tune", "--resume", "--out", str(tmp_path / "junk")]) == 2
+    assert "Cannot read the search" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
