@@ -18,8 +18,9 @@ from dlzoo.cli import compose_and_validate, config_groups, main
 from dlzoo.data import read_idx
 from dlzoo.errors import DlzooError
 from dlzoo.search import check_search, override_value
-from tests.conftest import write_idx
-from tests.test_cli import DLZOO, dlzoo
+
+from .conftest import write_idx
+from .test_cli import DLZOO, dlzoo
 
 FAST = ["trainer.threads=1"]  # conf/search/smoke.yaml already makes each trial a 1,000-image, 4-epoch run
 
