@@ -165,7 +165,7 @@ def check_search(search: DictConfig, base: DictConfig, groups: dict[str, list[st
         problems.append(f"search.n_trials={search.n_trials} must be >= 1.")
     for registry, name in ((SAMPLERS, search.sampler.name), (PRUNERS, search.pruner.name)):
         if name not in registry:
-            problems.append(registry.unknown_message(name))
+            problems.append(_unknown(registry, name, registry.config_key))
     p = search.pruner
     if p.n_startup_trials < 0 or p.n_warmup_steps < 0 or p.min_resource < 1 or p.reduction_factor < 2:
         problems.append(
@@ -180,7 +180,7 @@ def check_search(search: DictConfig, base: DictConfig, groups: dict[str, list[st
                 "(see `dlzoo validate` for the keys, `dlzoo ls` for the groups)."
             )
         elif spec.type not in DISTRIBUTIONS:
-            problems.append(DISTRIBUTIONS.unknown_message(spec.type).replace("<key>", key))
+            problems.append(_unknown(DISTRIBUTIONS, spec.type, f"search.space.{key}.type"))
         else:
             problems += DISTRIBUTIONS.get(spec.type).check(key, spec)
             if key in groups and spec.type != "categorical":
@@ -199,6 +199,10 @@ def check_search(search: DictConfig, base: DictConfig, groups: dict[str, list[st
 
 
 _MISSING = object()
+
+
+def _unknown(registry: Registry[Any], name: str, key: str) -> str:
+    return f"Unknown {registry.kind} {name!r} for {key}; choices: {', '.join(registry.names())}."
 
 
 def suggest_overrides(trial: optuna.Trial, space: DictConfig) -> list[str]:

@@ -18,6 +18,8 @@ from dlzoo.errors import DlzooError
 if TYPE_CHECKING:
     import optuna
 
+    from dlzoo.engine import StopFlag
+
 STUDY = "dlzoo"  # one study per output folder, so its name carries nothing
 SAME_FAILURES_TO_STOP = 3  # this many trials failing with one message means the setup is broken, not the draws
 
@@ -36,11 +38,12 @@ def tune_command(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     try:
         import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.ERROR)  # dlzoo prints each trial's outcome itself
-        return _tune(args)
     except ImportError as e:
         print_error(f"dlzoo tune needs Optuna ({e}). Fix: pip install 'dlzoo[tune]'.")
+        return 2
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # dlzoo prints each trial's outcome itself
+    try:
+        return _tune(args)
     except DlzooError as e:
         print_error(str(e))
     except Interrupted as e:
@@ -131,7 +134,7 @@ def _compose_search(overrides: list[str]) -> tuple[str, DictConfig, list[str]]:
 
 
 def _run_trial(
-    study: optuna.Study, search: DictConfig, base: list[str], out: Path, stop: Any, progress: str
+    study: optuna.Study, search: DictConfig, base: list[str], out: Path, stop: StopFlag, progress: str
 ) -> str | None:
     """Ask the study for one trial, train it as a normal run in out/trial_<k>, and tell the study how it ended.
     Returns the error message of a failed trial, else None."""
