@@ -19,6 +19,7 @@ commands:
   ls [what]                 config groups and registries; `dlzoo ls activation` lists one
   eval ckpt=<run|.pt>       score a checkpoint on val/test (eval.mc_samples=N for MC dropout)
   predict ckpt=<run|.pt> input=<a.png,b.npy>   class and probabilities for new images
+  tune search=<name> [--trials N] [--out DIR] [--resume] [overrides...]   Optuna search with pruning (conf/search/)
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             print_error(str(e))
             return 2
         return 0
+    if command == "tune":
+        from dlzoo.tune import tune_command
+
+        return tune_command(rest)
     if command == "ls":
         parser = argparse.ArgumentParser(prog="dlzoo ls")
         parser.add_argument("what", nargs="?", help="a config group or registry name")

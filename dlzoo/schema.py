@@ -131,6 +131,47 @@ class TrainerConfig:
 
 
 @dataclass
+class ParamSpaceConfig:
+    """One searched config key (dlzoo tune): a distribution from `dlzoo ls distribution` and its bounds."""
+
+    type: str = "float"  # float | int | categorical
+    low: float | None = None  # float, int: the smallest value
+    high: float | None = None  # float, int: the largest value (inclusive)
+    log: bool = False  # sample uniformly in log space (learning rates, weight decays span decades)
+    step: float | None = None  # float, int: a grid spacing (int defaults to 1); not with log
+    choices: list[Any] | None = None  # categorical: values, lists or config-group names (model: [mlp, mlp_bn])
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"  # registry: dlzoo ls sampler
+    seed: int = 0  # the search is repeatable; a resumed search draws on from a seed it has not used
+    n_startup_trials: int = 10  # tpe: random trials before the density model takes over (Optuna's default)
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "median"  # registry: dlzoo ls pruner
+    n_startup_trials: int = 5  # median: trials that always run to the end, so the median means something
+    n_warmup_steps: int = 1  # median: the first epoch at which a trial can be pruned (Optuna's steps are epochs)
+    min_resource: int = 1  # successive_halving: epochs before the first rung (Jamieson & Talwalkar 2016)
+    reduction_factor: int = 3  # successive_halving: keep the best 1/reduction_factor at each rung
+
+
+@dataclass
+class SearchConfig:
+    """A `dlzoo tune` search (conf/search/*.yaml); `dlzoo train` ignores it."""
+
+    metric: str = "val_acc"  # val_acc | val_loss: the search never looks at the test set
+    direction: str = "maximize"  # maximize for val_acc, minimize for val_loss
+    n_trials: int = 20  # `--trials N` overrides it
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    overrides: list[str] = field(default_factory=list)  # every trial's base: `dlzoo train` overrides
+    space: dict[str, ParamSpaceConfig] = field(default_factory=dict)  # dotted key or config group -> distribution
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -140,6 +181,7 @@ class TrainConfig:
     reg: RegConfig = field(default_factory=RegConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    search: SearchConfig | None = None  # set only by `dlzoo tune search=<name>`
 
 
 def register_configs() -> None:

@@ -152,3 +152,13 @@ class RunTracker:
         self.writer.flush()
         self.writer.close()
         sys.stdout.flush()
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
+    """A titled table of strings (`dlzoo tune`'s trials); columns named with a leading '>' are right-aligned."""
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column in columns:
+        table.add_column(column.lstrip(">"), justify="right" if column.startswith(">") else "left")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
