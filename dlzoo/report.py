@@ -252,7 +252,7 @@ def write_csv(report: Report, path: Path) -> None:
         stats = [f"{m}_{s}" for m in [*report.metrics, "wall_time_s"] for s in ("mean", "std")]
         writer.writerow([*report.keys, "n", "seeds", *stats, "failed", "runs"])
         for g in report.groups:
-            numbers = [_num(f(m)) for m in [*report.metrics, "wall_time_s"] for f in (g.mean, g.std)]
+            numbers = [plain_number(f(m)) for m in [*report.metrics, "wall_time_s"] for f in (g.mean, g.std)]
             folders = " ".join(_relative(r.folder, report.root) for r in g.runs + g.failed)
             seeds = " ".join(map(str, g.seeds()))
             writer.writerow([*(_fmt_value(v) for _, v in g.key), len(g.runs), seeds, *numbers, len(g.failed), folders])
@@ -263,8 +263,11 @@ def hparams_sessions(report: Report) -> list[tuple[str, dict[str, Any], dict[str
     sessions = []
     for r in (r for g in report.groups for r in g.runs):
         hparams = {k: _hparam_value(r.value(k)) for k in report.keys} | {"trainer.seed": r.seed}
-        metrics = {m: float(v) for m in ("val_acc", "val_loss", "test_acc", "test_loss", report.metric)
-                   if isinstance(v := (r.metrics or {}).get(m), (int, float))}  # fmt: skip
+        metrics = {
+            m: float(v)
+            for m in ("val_acc", "val_loss", "test_acc", "test_loss", report.metric)
+            if isinstance(v := (r.metrics or {}).get(m), (int, float))
+        }
         sessions.append((_relative(r.folder, report.root), hparams, metrics))
     return sessions
 
@@ -326,5 +329,5 @@ def _hparam_value(value: Any) -> float | str | bool:
     return value if isinstance(value, (bool, int, float, str)) else _fmt_value(value)
 
 
-def _num(value: float | None) -> str:
+def plain_number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
