@@ -63,7 +63,7 @@ def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str],
 
 def check(jobs: list[Job]) -> None:
     """Validate every job's config and find each dataset before the first run, so a typo or missing data fails
-    at once instead of after hours of earlier rungs."""
+    at once instead of after hours of earlier rungs. Spaces the seeds of ensemble rungs (see below)."""
     from dlzoo.cli import compose_and_validate
     from dlzoo.data import locate
 
@@ -74,6 +74,12 @@ def check(jobs: list[Job]) -> None:
         except DlzooError as e:
             raise DlzooError(f"rung {job.rung}, seed {job.seed}: {e}") from None
         datasets.add((cfg.data.name, cfg.data.root, cfg.data.download))
+        size = cfg.ensemble.size
+        if size > 1:
+            # Members train seeds s, s+1, ...: ensemble k starts at (k-1)*size+1 so no two ensembles share a
+            # member (seeds 1..N would share all but one, and their spread would understate the real one).
+            seed = (job.seed - 1) * size + 1
+            job.overrides = [f"trainer.seed={seed}" if o.startswith("trainer.seed=") else o for o in job.overrides]
     for name, root, download in sorted(datasets, key=str):
         locate(name, root, download)
 
@@ -124,7 +130,7 @@ def collect(jobs: list[Job]) -> list[Rung]:
     return [Rung(r, groups.get(r), [j for j in failed if j.rung == r]) for r in rungs]
 
 
-HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs previous", "epochs", "s / run"]
+HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above", "epochs", "s / run"]
 
 
 def rows(rungs: list[Rung]) -> list[list[str]]:
@@ -160,16 +166,24 @@ def _epochs(r: Rung) -> str:
 
 def caption(rungs: list[Rung], seeds: int, command: str) -> str:
     run = next((g.runs[0] for r in rungs if (g := r.group) and g.runs), None)
-    where = (
-        f"{run.config.data.name}, device {run.metrics['device']} ({run.metrics.get('device_name')}, "  # type: ignore[index]
-        f"{run.metrics.get('threads')} threads)"  # type: ignore[union-attr]
-        if run
-        else "no finished run"
-    )
+    where = "no finished run"
+    if run is not None and run.metrics is not None:
+        device, name = run.metrics.get("device"), run.metrics.get("device_name")
+        where = f"{run.config.data.name}, {device}" + (f" ({name})" if name and name != device else "")
+        threads = run.metrics.get("threads")
+        where += f", {threads} thread(s)" if threads else ""
     return (
-        f"Test accuracy, mean ± sample std over {seeds} seed(s) (trainer.seed=1..{seeds}) on {where}; the lecture's "
-        f"figures are its TF labs on MNIST. Command: {command}"
+        f"Test accuracy, mean ± sample std over {seeds} seed(s) per rung (trainer.seed=1..{seeds}; an ensemble k "
+        f"trains members from seed (k-1)×size+1 on) on {where}. The lecture's figures are its TF labs on MNIST. "
+        f"Command: {command}"
     )
+
+
+def write_markdown(rungs: list[Rung], table: list[list[str]], text: str, path: Path) -> None:
+    failed = [(r.name, j) for r in rungs for j in r.failed]
+    lines = [f"- {rung} seed {job.seed} (`{job.folder}`): {last_error(job.folder)}" for rung, job in failed]
+    tail = f"\n## Failed runs ({len(failed)})\n\n" + "\n".join(lines) + "\n" if failed else ""
+    path.write_text(f"{text}\n\n{markdown(HEADER, table)}\n{tail}")
 
 
 def write_csv(rungs: list[Rung], path: Path) -> None:
@@ -289,7 +303,7 @@ def ladder_command(argv: list[str]) -> int:
     command = "dlzoo ladder " + " ".join(argv)
     table = rows(rungs)
     print_table(f"ladder: {out}", HEADER, table, caption(rungs, args.seeds, command), right_from=2)
-    (out / "ladder.md").write_text(f"{caption(rungs, args.seeds, command)}\n\n{markdown(HEADER, table)}\n")
+    write_markdown(rungs, table, caption(rungs, args.seeds, command), out / "ladder.md")
     write_csv(rungs, out / "ladder.csv")
     dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
     draw_chart(rungs, f"accuracy ladder on {dataset}: {args.seeds} seed(s)", out / "ladder.png")
