@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlzoo.checkpoint import signed
 from dlzoo.errors import DlzooError
 
 METRICS = ("val_acc", "test_acc", "test_loss")  # always tabulated; --metric adds its own column
@@ -143,10 +144,6 @@ def shared_overrides(runs: list[Run]) -> list[str]:
     return [o for o in runs[0].overrides if o in common and not _override_key(o).startswith("hydra")] if runs else []
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")
-
-
 def group_runs(runs: list[Run], keys: list[str], metric: str) -> list[Group]:
     """One group per distinct value of `keys`, best `metric` mean first; groups with no value for it come last."""
     groups: dict[tuple[tuple[str, Any], ...], Group] = {}
@@ -159,7 +156,7 @@ def group_runs(runs: list[Run], keys: list[str], metric: str) -> list[Group]:
         mean = g.mean(metric)
         if mean is None or math.isnan(mean):
             return (1, 0.0)
-        return (0, mean if lower_is_better(metric) else -mean)
+        return (0, signed(metric, mean))
 
     return sorted(groups.values(), key=rank)
 
@@ -203,7 +200,7 @@ class Report:
         return rows
 
     def caption(self) -> str:
-        order = "lower" if lower_is_better(self.metric) else "higher"
+        order = "lower" if signed(self.metric, 1.0) > 0 else "higher"
         shared = " ".join(shared_overrides(self.runs)) or "(defaults)"
         return (
             f"{len(self.runs)} runs in {self.root}; sorted by {self.metric} ({order} is better); mean ± sample std "
@@ -262,7 +259,7 @@ def hparams_sessions(report: Report) -> list[tuple[str, dict[str, Any], dict[str
     """(sub-run name, hyperparameters, final metrics) per finished run: the swept keys and the seed as columns."""
     sessions = []
     for r in (r for g in report.groups for r in g.runs):
-        hparams = {k: _hparam_value(r.value(k)) for k in report.keys} | {"trainer.seed": r.seed}
+        hparams = {k: r.value(k) for k in report.keys} | {"trainer.seed": r.seed}
         metrics = {
             m: float(v)
             for m in ("val_acc", "val_loss", "test_acc", "test_loss", report.metric)
@@ -323,10 +320,6 @@ def _hashable(value: Any) -> Any:
 
 def _fmt_value(value: Any) -> str:
     return "null" if value is None else str(value)
-
-
-def _hparam_value(value: Any) -> float | str | bool:
-    return value if isinstance(value, (bool, int, float, str)) else _fmt_value(value)
 
 
 def plain_number(value: float | None) -> str:

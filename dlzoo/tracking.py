@@ -169,12 +169,11 @@ def print_table(
     console.print(table)
 
 
-def write_hparams_experiment(
-    log_dir: Path, sessions: list[tuple[str, dict[str, bool | float | str], dict[str, float]]]
-) -> None:
+def write_hparams_experiment(log_dir: Path, sessions: list[tuple[str, dict[str, Any], dict[str, float]]]) -> None:
     """One TensorBoard HParams experiment over many finished runs, so they line up in one table: the experiment
     (every column and metric) in `log_dir` itself, and one session per run in `log_dir/<name>` holding its
-    hyperparameters and, as step-0 scalars, its final metrics."""
+    hyperparameters (a column whose values are not all numbers becomes text) and, as step-0 scalars, its final
+    metrics."""
     keys = list(dict.fromkeys(k for _, hparams, _ in sessions for k in hparams))
     metric_tags = list(dict.fromkeys(f"hparam/{m}" for _, _, metrics in sessions for m in metrics))
     numeric = {k for k in keys if all(isinstance(h.get(k), (int, float)) for _, h, _ in sessions)}
