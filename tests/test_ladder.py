@@ -48,7 +48,9 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_pa
     rows = _rows(out)
     assert rows["lab10_1_softmax"]["n"] == "0" and rows["lab10_1_softmax"]["failed"] == "1"
     assert rows["lab10_3_xavier"]["n"] == "1" and rows["lab10_3_xavier"]["failed"] == "0"
-    assert "failed" in (out / "ladder.md").read_text().splitlines()[-2]
+    md = (out / "ladder.md").read_text()
+    assert next(line for line in md.splitlines() if "(lab10_1_softmax)" in line).count("– (1 failed)") == 1
+    assert "## Failed runs (1)" in md and "- lab10_1_softmax seed 1" in md and "Training diverged" in md
     kept = {p: p.stat().st_mtime_ns for p in out.glob("lab10_3_xavier/seed1/metrics.json")}
 
     # Without the cap and with a second seed, --resume reruns the failed run and keeps the finished one.
