@@ -295,9 +295,11 @@ def ladder_command(argv: list[str]) -> int:
             return 130
         done = (job.folder / "metrics.json").is_file()
         what = (load_run(job.folder).metrics or {}).get("test_acc") if done else None
-        result = f"test acc {what:.4f}" if isinstance(what, float) else f"[red]failed (exit {code})[/]: "
+        result = f"test acc {what:.4f}" if isinstance(what, float) else f"FAILED (exit {code}): "
         result += "" if done else last_error(job.folder)
-        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({time.perf_counter() - started:.0f} s)")
+        took = time.perf_counter() - started
+        # markup off: an error line may hold brackets that rich would read as style tags
+        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({took:.0f} s)", markup=False)
 
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)

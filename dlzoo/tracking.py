@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -160,12 +161,13 @@ class RunTracker:
 def print_table(
     title: str, header: list[str], rows: list[list[str]], caption: str | None = None, right_from: int | None = None
 ) -> None:
-    """A plain table of strings; columns from index `right_from` on are right-aligned (numbers)."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    """A table of plain strings (never read as rich markup: values and error lines may hold brackets); columns
+    from index `right_from` on are right-aligned (numbers)."""
+    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left")
     for i, name in enumerate(header):
-        table.add_column(name, justify="right" if right_from is not None and i >= right_from else "left")
+        table.add_column(Text(name), justify="right" if right_from is not None and i >= right_from else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
 
 
