@@ -20,6 +20,8 @@ commands:
   eval ckpt=<run|.pt>       score a checkpoint on val/test (eval.mc_samples=N for MC dropout)
   predict ckpt=<run|.pt> input=<a.png,b.npy>   class and probabilities for new images
   tune search=<name> [--trials N] [--out DIR] [--resume] [overrides...]   Optuna search with pruning (conf/search/)
+  report <folder> [--metric M] [--out DIR]      sweep/runs folder -> mean ± std table, report.md/csv, HParams
+  ladder [--seeds N] [--epochs E] [--rungs a,b] [--resume --out DIR] [overrides...]   the lecture's accuracy ladder
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
@@ -63,13 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         from dlzoo.tune import tune_command
 
         return tune_command(rest)
+    if command in ("report", "ladder"):
+        from dlzoo.errors import DlzooError
+        from dlzoo.tracking import print_error
+
+        try:
+            if command == "report":
+                from dlzoo.report import report_command
+
+                return report_command(rest)
+            from dlzoo.ladder import ladder_command
+
+            return ladder_command(rest)
+        except DlzooError as e:
+            print_error(str(e))
+            return 2
     if command == "ls":
         parser = argparse.ArgumentParser(prog="dlzoo ls")
         parser.add_argument("what", nargs="?", help="a config group or registry name")
         return _ls(parser.parse_args(rest).what)
     from dlzoo.tracking import print_error
 
-    print_error(f"unknown command {command!r}; choices: train, validate, ls, eval, predict. See `dlzoo --help`.")
+    commands = "train, validate, ls, eval, predict, tune, report, ladder"
+    print_error(f"unknown command {command!r}; choices: {commands}. See `dlzoo --help`.")
     return 2
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -22,8 +24,11 @@ err_console = Console(stderr=True)
 
 
 def print_error(message: str) -> None:
-    """A user-facing error: one paragraph on stderr, no traceback."""
+    """A user-facing error: one paragraph on stderr, no traceback; inside a run also in its train.log, where
+    `dlzoo report` finds why a job failed."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if log.hasHandlers():  # set up by Hydra inside a run; outside one, logging's fallback would print it twice
+        log.error(message)
 
 
 def print_warning(message: str) -> None:
@@ -154,11 +159,42 @@ class RunTracker:
         sys.stdout.flush()
 
 
-def print_table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
-    """A titled table of strings (`dlzoo tune`'s trials); columns named with a leading '>' are right-aligned."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column in columns:
-        table.add_column(column.lstrip(">"), justify="right" if column.startswith(">") else "left")
+def print_table(
+    title: str, header: list[str], rows: list[list[str]], caption: str | None = None, right: Iterable[int] = ()
+) -> None:
+    """A table of plain strings (never read as rich markup: values and error lines may hold brackets); the
+    columns at indices `right` are right-aligned (numbers)."""
+    right = set(right)
+    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(Text(name), justify="right" if i in right else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
+
+
+def write_hparams_experiment(log_dir: Path, sessions: list[tuple[str, dict[str, Any], dict[str, float]]]) -> None:
+    """One TensorBoard HParams experiment over many finished runs, so they line up in one table: the experiment
+    (every column and metric) in `log_dir` itself, and one session per run in `log_dir/<name>` holding its
+    hyperparameters (a column whose values are not all numbers becomes text) and, as step-0 scalars, its final
+    metrics."""
+    keys = list(dict.fromkeys(k for _, hparams, _ in sessions for k in hparams))
+    metric_tags = list(dict.fromkeys(f"hparam/{m}" for _, _, metrics in sessions for m in metrics))
+    numeric = {k for k in keys if all(isinstance(h.get(k), (int, float)) for _, h, _ in sessions)}
+
+    def typed(key: str, value: object) -> float | str:
+        # One type per column: TensorBoard drops a session whose value does not fit the column's type.
+        return float(value) if key in numeric else str(value)  # type: ignore[arg-type]
+
+    domains = {k: sorted({typed(k, h.get(k)) for _, h, _ in sessions}) for k in keys}  # type: ignore[type-var]
+    exp, _, _ = hparams_summary({k: domains[k][0] for k in keys}, dict.fromkeys(metric_tags, 0.0), domains)
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.file_writer.add_summary(exp)  # type: ignore[union-attr]
+    for name, hparams, metrics in sessions:
+        tagged = {f"hparam/{m}": v for m, v in metrics.items()}
+        _, ssi, sei = hparams_summary({k: typed(k, hparams.get(k)) for k in keys}, tagged)
+        with SummaryWriter(log_dir=str(log_dir / name)) as writer:
+            for summary in (ssi, sei):
+                writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
+            for tag, value in tagged.items():
+                writer.add_scalar(tag, value, 0)

@@ -41,8 +41,8 @@ def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
                      " ".join(t.user_attrs.get("overrides", []))])  # fmt: skip
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     caption = "  ·  ".join(f"{n} {s}" for s, n in counts.items() if n) + f"  ·  study: {out / 'study.db'}"
-    print_table(f"dlzoo tune search={name}: {metric} per trial", [">trial", "state", f">{metric}", ">epochs",
-                "params"], rows, caption)  # fmt: skip
+    print_table(f"dlzoo tune search={name}: {metric} per trial", ["trial", "state", metric, "epochs", "params"],
+                rows, caption, right=(0, 2, 3))  # fmt: skip
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         console.print("[yellow]no trial completed, so there is no best config yet[/]")

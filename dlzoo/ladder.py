@@ -1,0 +1,320 @@
+"""`dlzoo ladder`: the lectures' accuracy ladder (labs 10-1 to 11-5), each rung × seed a normal `dlzoo train` run
+in <out>/<rung>/seed<k>/, then one table (terminal, ladder.md, ladder.csv) and a bar chart (ladder.png) against
+the lecture's figures."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from dlzoo.errors import DlzooError
+from dlzoo.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
+
+# rung (= conf/experiment/<rung>.yaml): (label, what changed from the rung before, lecture test accuracy on MNIST).
+# The figures are the TF labs of hunkim/DeepLearningZeroToAll, as quoted in each experiment's YAML.
+RUNGS: dict[str, tuple[str, str, float | None]] = {
+    "lab10_1_softmax": ("10-1 softmax", "softmax regression, N(0,1) init", 0.9194),
+    "lab10_2_mlp": ("10-2 NN", "+ 2 hidden ReLU layers of 256", 0.9455),
+    "lab10_3_xavier": ("10-3 Xavier", "Xavier init instead of N(0,1)", 0.9783),
+    "lab10_4_deep": ("10-4 deep", "deeper and wider: 4 × 512", 0.9742),
+    "lab10_5_dropout": ("10-5 dropout", "+ dropout 0.3", 0.9804),
+    "lab10_7_bn": ("10-7 batch norm", "+ batch norm, Adam lr 0.01", 0.9826),
+    "lab11_1_cnn": ("11-1 CNN", "a 2-layer CNN (32, 64) instead of the MLP", 0.9885),
+    "lab11_2_cnn_deep": ("11-2 deep CNN", "3 conv layers (32, 64, 128), FC 625, dropout", 0.9938),
+    "lab11_5_ensemble": ("11-5 ensemble", "7 deep CNNs, summed logits, 20 epochs", 0.9952),
+}
+# The ladder owns these; a user override of them would break the <rung>/seed<k> layout.
+OWNED = ("experiment", "trainer.seed", "hydra.run.dir", "hydra.sweep.dir", "trainer.resume")
+
+
+@dataclass
+class Job:
+    rung: str
+    seed: int
+    folder: Path
+    overrides: list[str]
+
+
+def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str], out: Path) -> list[Job]:
+    """One job per rung × seed (seeds 1..N), in ladder order; data=mnist unless the overrides pick another."""
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown:
+        raise DlzooError(f"unknown rung(s) {', '.join(unknown)}; choices: {', '.join(RUNGS)}.")
+    owned = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in OWNED or o.startswith("-")]
+    if owned:
+        raise DlzooError(
+            f"dlzoo ladder sets {', '.join(owned)} itself. Fix: drop it; use --seeds N, --rungs, --out, --resume."
+        )
+    if seeds < 1 or (epochs is not None and epochs < 1):
+        raise DlzooError(f"--seeds {seeds} / --epochs {epochs}: both must be at least 1.")
+    extra = [f"trainer.epochs={epochs}"] if epochs is not None else []
+    return [
+        Job(rung, seed, out / rung / f"seed{seed}", [f"experiment={rung}", f"trainer.seed={seed}", *extra, *overrides])
+        for rung in rungs
+        for seed in range(1, seeds + 1)
+    ]
+
+
+def check(jobs: list[Job]) -> None:
+    """Validate every job's config and find each dataset before the first run, so a typo or missing data fails
+    at once instead of after hours of earlier rungs. Spaces the seeds of ensemble rungs (see below)."""
+    from dlzoo.cli import compose_and_validate
+    from dlzoo.data import locate
+
+    datasets = set()
+    for job in jobs:
+        try:
+            cfg = compose_and_validate(job.overrides)
+        except DlzooError as e:
+            raise DlzooError(f"rung {job.rung}, seed {job.seed}: {e}") from None
+        datasets.add((cfg.data.name, cfg.data.root, cfg.data.download))
+        size = cfg.ensemble.size
+        if size > 1:
+            # Members train seeds s, s+1, ...: ensemble k starts at (k-1)*size+1 so no two ensembles share a
+            # member (seeds 1..N would share all but one, and their spread would understate the real one).
+            seed = (job.seed - 1) * size + 1
+            job.overrides = [f"trainer.seed={seed}" if o.startswith("trainer.seed=") else o for o in job.overrides]
+    for name, root, download in sorted(datasets, key=str):
+        locate(name, root, download)
+
+
+def run_job(job: Job, resume: bool) -> int:
+    """One `dlzoo train` in a subprocess (a crash or leak stays in it); its output goes to <run>/ladder.log."""
+    overrides = list(job.overrides)
+    if resume and (job.folder / "checkpoints" / "last.pt").is_file():
+        overrides.append(f"trainer.resume={job.folder}")  # an unfinished run continues from its last epoch
+    job.folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "dlzoo.train", *overrides, f"hydra.run.dir={job.folder}"]
+    with (job.folder / "ladder.log").open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.wait()  # the same Ctrl-C reached the run, which now writes its checkpoint
+            raise
+
+
+@dataclass
+class Rung:
+    """One row of the ladder: the rung's finished runs (as report groups them) and its failed jobs."""
+
+    name: str
+    group: Group | None
+    failed: list[Job]
+
+    @property
+    def mean(self) -> float | None:
+        return self.group.mean("test_acc") if self.group else None
+
+    @property
+    def std(self) -> float | None:
+        return self.group.std("test_acc") if self.group else None
+
+    @property
+    def n(self) -> int:
+        return len(self.group.runs) if self.group else 0
+
+
+def collect(jobs: list[Job]) -> list[Rung]:
+    """The ladder's rows in rung order, aggregated by dlzoo.report from the jobs' run folders."""
+    runs = [load_run(j.folder) for j in jobs if (j.folder / ".hydra" / "config.yaml").is_file()]
+    groups = {g.key[0][1]: g for g in group_runs(runs, ["experiment"], "test_acc")}
+    rungs = list(dict.fromkeys(j.rung for j in jobs))
+    failed = [j for j in jobs if not (j.folder / "metrics.json").is_file()]
+    return [Rung(r, groups.get(r), [j for j in failed if j.rung == r]) for r in rungs]
+
+
+HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above", "epochs", "s / run"]
+
+
+def rows(rungs: list[Rung]) -> list[list[str]]:
+    out, previous = [], None
+    for r in rungs:
+        label, change, lecture = RUNGS[r.name]
+        ours = mean_std(r.mean, r.std) + (f" ({len(r.failed)} failed)" if r.failed else "")
+        delta = f"{r.mean - previous:+.4f}" if r.mean is not None and previous is not None else "–"
+        wall = r.group.mean("wall_time_s") if r.group else None
+        out.append(
+            [
+                f"{label} ({r.name})",
+                change,
+                "–" if lecture is None else f"{lecture:.4f}",
+                ours,
+                str(r.n),
+                delta,
+                _epochs(r),
+                "–" if wall is None else f"{wall:.0f}",
+            ]
+        )
+        previous = r.mean if r.mean is not None else previous
+    return out
+
+
+def _epochs(r: Rung) -> str:
+    if not r.group or not r.group.runs:
+        return "–"
+    config = r.group.runs[0].config
+    size = config.ensemble.size
+    return f"{config.trainer.epochs}" + (f" × {size} members" if size > 1 else "")
+
+
+def caption(rungs: list[Rung], seeds: int, command: str) -> str:
+    run = next((g.runs[0] for r in rungs if (g := r.group) and g.runs), None)
+    where = "no finished run"
+    if run is not None and run.metrics is not None:
+        device, name = run.metrics.get("device"), run.metrics.get("device_name")
+        where = f"{run.config.data.name}, {device}" + (f" ({name})" if name and name != device else "")
+        threads = run.metrics.get("threads")
+        where += f", {threads} thread(s)" if threads else ""
+    return (
+        f"Test accuracy, mean ± sample std over {seeds} seed(s) per rung (trainer.seed=1..{seeds}; an ensemble k "
+        f"trains members from seed (k-1)×size+1 on) on {where}. The lecture's figures are its TF labs on MNIST. "
+        f"Command: {command}"
+    )
+
+
+def write_markdown(rungs: list[Rung], table: list[list[str]], text: str, path: Path) -> None:
+    failed = [(r.name, j) for r in rungs for j in r.failed]
+    lines = [f"- {rung} seed {job.seed} (`{job.folder}`): {last_error(job.folder)}" for rung, job in failed]
+    tail = f"\n## Failed runs ({len(failed)})\n\n" + "\n".join(lines) + "\n" if failed else ""
+    path.write_text(f"{text}\n\n{markdown(HEADER, table)}\n{tail}")
+
+
+def write_csv(rungs: list[Rung], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "rung",
+                "label",
+                "change",
+                "lecture_mnist",
+                "test_acc_mean",
+                "test_acc_std",
+                "n",
+                "failed",
+                "epochs",
+                "wall_time_s_mean",
+            ]
+        )
+        for r in rungs:
+            label, change, lecture = RUNGS[r.name]
+            wall = r.group.mean("wall_time_s") if r.group else None
+            writer.writerow(
+                [
+                    r.name,
+                    label,
+                    change,
+                    lecture,
+                    plain_number(r.mean),
+                    plain_number(r.std),
+                    r.n,
+                    len(r.failed),
+                    _epochs(r),
+                    plain_number(wall),
+                ]
+            )
+
+
+def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
+    """Bars of our mean test accuracy with std error bars; the lecture's MNIST figure as a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    x = range(len(rungs))
+    means = [r.mean if r.mean is not None else 0.0 for r in rungs]
+    stds = [r.std or 0.0 for r in rungs]
+    lectures = [RUNGS[r.name][2] for r in rungs]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rungs) + 2), 4.5))
+    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", label="ours: mean ± std over seeds")
+    marked = [(i, v) for i, v in enumerate(lectures) if v is not None]
+    ax.scatter(
+        [i for i, _ in marked],
+        [v for _, v in marked],
+        marker="D",
+        color="tab:red",
+        zorder=3,
+        label="lecture (MNIST, TF)",
+    )
+    shown = [m for m, r in zip(means, rungs, strict=True) if r.mean is not None] + [v for _, v in marked]
+    # Accuracies of a ladder sit close together: start the axis just below the lowest bar so the steps show.
+    ax.set_ylim(max(0.0, min(shown, default=0.0) - 0.05), 1.0)
+    ax.set_xticks(
+        list(x), [RUNGS[r.name][0] + ("\n(failed)" if r.mean is None else "") for r in rungs], rotation=30, ha="right"
+    )
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ladder_command(argv: list[str]) -> int:
+    """`dlzoo ladder [--seeds N] [--epochs E] [--resume] [--rungs a,b] [--out DIR] [overrides...]`."""
+    from dlzoo.tracking import console, print_error, print_table
+
+    parser = argparse.ArgumentParser(prog="dlzoo ladder", description="Run the lectures' accuracy ladder.")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per rung: trainer.seed=1..N (default 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for every rung (default: each lab's own)")
+    parser.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of: {', '.join(RUNGS)}")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/ladder/<timestamp>)")
+    parser.add_argument("--resume", action="store_true", help="with --out: skip runs that have a metrics.json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data=fashion_mnist")
+    args = parser.parse_intermixed_args(argv)
+
+    if args.resume and args.out is None:
+        raise DlzooError("--resume needs --out <the earlier ladder's folder> to know which ladder to continue.")
+    out = args.out or Path("outputs/ladder") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    jobs = plan([r for r in args.rungs.split(",") if r], args.seeds, args.epochs, args.overrides, out)
+    if not args.resume and any((j.folder / ".hydra").is_dir() for j in jobs):
+        raise DlzooError(f"{out} already holds ladder runs. Fix: add --resume to continue it, or choose a new --out.")
+    check(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+
+    todo = [j for j in jobs if not (args.resume and (j.folder / "metrics.json").is_file())]
+    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in [bold]{out}[/]")
+    for i, job in enumerate(todo, 1):
+        started = time.perf_counter()
+        try:
+            code = run_job(job, args.resume)
+        except KeyboardInterrupt:
+            print_error(
+                f"Interrupted during {job.rung} seed {job.seed}; finished runs are kept. Continue with: "
+                f"dlzoo ladder <the same arguments> --resume --out {out}"
+            )
+            return 130
+        done = (job.folder / "metrics.json").is_file()
+        what = (load_run(job.folder).metrics or {}).get("test_acc") if done else None
+        result = f"test acc {what:.4f}" if isinstance(what, float) else f"FAILED (exit {code}): "
+        result += "" if done else last_error(job.folder)
+        took = time.perf_counter() - started
+        # markup off: an error line may hold brackets that rich would read as style tags
+        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({took:.0f} s)", markup=False)
+
+    rungs = collect(jobs)
+    command = "dlzoo ladder " + " ".join(argv)
+    table = rows(rungs)
+    print_table(f"ladder: {out}", HEADER, table, caption(rungs, args.seeds, command), right=range(2, len(HEADER)))
+    write_markdown(rungs, table, caption(rungs, args.seeds, command), out / "ladder.md")
+    write_csv(rungs, out / "ladder.csv")
+    dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
+    draw_chart(rungs, f"accuracy ladder on {dataset}: {args.seeds} seed(s)", out / "ladder.png")
+    console.print(f"wrote {out}/ladder.md, ladder.csv, ladder.png; dashboards: tensorboard --logdir {out}")
+    failed = [j for r in rungs for j in r.failed]
+    if failed:
+        print_error(
+            f"{len(failed)} run(s) failed: "
+            + "; ".join(f"{j.rung} seed {j.seed} ({j.folder}/ladder.log)" for j in failed)
+        )
+        return 1
+    return 0

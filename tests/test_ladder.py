@@ -1,0 +1,118 @@
+"""`dlzoo ladder` end to end on Fashion-MNIST: two rungs × two seeds as real runs, a rung that fails, --resume
+rerunning only what is missing, the table files against each run's metrics.json, and bad input refused up front."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from dlzoo.errors import DlzooError
+from dlzoo.ladder import RUNGS, ladder_command
+from dlzoo.paths import conf_dir
+from tests.test_cli import FAST, dlzoo
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "ladder.csv").open() as f:
+        return {row["rung"]: row for row in csv.DictReader(f)}
+
+
+def _test_accs(out: Path, rung: str) -> list[float]:
+    return [json.loads((out / rung / f"seed{k}" / "metrics.json").read_text())["test_acc"] for k in (1, 2)]
+
+
+def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ladder"
+    args = [
+        "ladder",
+        "--rungs",
+        "lab10_1_softmax,lab10_3_xavier",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *FAST,
+        "data=fashion_mnist",
+        f"data.root={fmnist_root}",
+    ]
+    # The N(0,1)-initialized softmax logs losses of 9-16 in its first steps, the Xavier net under 2: a cap of 5
+    # makes one rung fail while the other still runs.
+    proc = dlzoo(*args, "--seeds", "1", "trainer.max_loss=5", cwd=tmp_path)
+    assert proc.returncode == 1 and "1 run(s) failed" in proc.stderr, proc.stdout + proc.stderr
+    assert "Training diverged" in proc.stdout  # the failed run's own error line
+    rows = _rows(out)
+    assert rows["lab10_1_softmax"]["n"] == "0" and rows["lab10_1_softmax"]["failed"] == "1"
+    assert rows["lab10_3_xavier"]["n"] == "1" and rows["lab10_3_xavier"]["failed"] == "0"
+    md = (out / "ladder.md").read_text()
+    assert next(line for line in md.splitlines() if "(lab10_1_softmax)" in line).count("– (1 failed)") == 1
+    assert "## Failed runs (1)" in md and "- lab10_1_softmax seed 1" in md and "Training diverged" in md
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("lab10_3_xavier/seed1/metrics.json")}
+
+    # Without the cap and with a second seed, --resume reruns the failed run and keeps the finished one.
+    args += ["--seeds", "2"]
+    proc = dlzoo(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 runs (1 already done)" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    rows, md = _rows(out), (out / "ladder.md").read_text()
+    means = {}
+    for rung in ("lab10_1_softmax", "lab10_3_xavier"):
+        accs = _test_accs(out, rung)
+        means[rung] = statistics.fmean(accs)
+        assert float(rows[rung]["test_acc_mean"]) == pytest.approx(means[rung], rel=1e-5)
+        assert float(rows[rung]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), rel=1e-4)
+        assert rows[rung]["n"] == "2" and rows[rung]["epochs"] == "1"
+        assert float(rows[rung]["lecture_mnist"]) == RUNGS[rung][2]
+        assert f"{means[rung]:.4f} ± {statistics.stdev(accs):.4f}" in md
+        for k in (1, 2):
+            run = out / rung / f"seed{k}"
+            assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+            assert any(run.glob("events.out.tfevents.*"))
+    assert "| 0.9194 |" in md and "| 0.9783 |" in md and "fashion_mnist" in md
+    assert f"{means['lab10_3_xavier'] - means['lab10_1_softmax']:+.4f}" in md  # the step between rungs
+    assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A finished ladder: --resume has nothing left to run.
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/ladder.log")}
+    proc = dlzoo(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0 and "4 runs (4 already done)" in proc.stdout, proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rungs", "lab10_1_softmax,lab99_magic"], "unknown rung"),
+        (["trainer.seed=5"], "sets trainer.seed=5 itself"),
+        (["--seeds", "0"], "at least 1"),
+        (["--rungs", "lab10_3_xavier", "model.activation=rleu"], "rung lab10_3_xavier, seed 1: .*rleu"),
+        (["data=fashion_mnist", "data.root=missing_folder"], "missing_folder' does not exist"),
+    ],
+)
+def test_bad_input_fails_before_any_run(argv: list[str], expected: str, tmp_path: Path) -> None:
+    out = tmp_path / "ladder"
+    with pytest.raises(DlzooError, match=expected):
+        ladder_command(["--out", str(out), *argv])
+    assert not out.exists()
+
+
+def test_resume_needs_out_and_a_used_folder_needs_resume(tmp_path: Path) -> None:
+    with pytest.raises(DlzooError, match="--resume needs --out"):
+        ladder_command(["--resume"])
+    (tmp_path / "lab10_1_softmax" / "seed1" / ".hydra").mkdir(parents=True)
+    with pytest.raises(DlzooError, match="already holds ladder runs"):
+        ladder_command(["--out", str(tmp_path)])
+    proc = dlzoo("ladder", "--rungs", "nope", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown rung(s) nope; choices: lab10_1_softmax" in proc.stderr
+
+
+def test_lecture_figures_are_the_ones_quoted_in_the_experiment_configs() -> None:
+    for rung, (_, _, figure) in RUNGS.items():
+        text = (conf_dir() / "experiment" / f"{rung}.yaml").read_text()
+        quoted = re.search(r"Lecture accuracy ([0-9.]+)", text)
+        assert quoted is not None and float(quoted.group(1).rstrip(".")) == figure, rung
