@@ -19,6 +19,7 @@ commands:
   ls [what]                 config groups and registries; `dlzoo ls activation` lists one
   eval ckpt=<run|.pt>       score a checkpoint on val/test (eval.mc_samples=N for MC dropout)
   predict ckpt=<run|.pt> input=<a.png,b.npy>   class and probabilities for new images
+  transfer [seeds=5] [out=<dir>] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
@@ -58,13 +59,25 @@ def main(argv: list[str] | None = None) -> int:
             print_error(str(e))
             return 2
         return 0
+    if command == "transfer":
+        from dlzoo.errors import DlzooError
+        from dlzoo.tracking import console, print_error
+        from dlzoo.transfer_experiment import transfer_command
+
+        try:
+            console.print(f"report: {transfer_command(rest) / 'report.md'}")
+        except DlzooError as e:
+            print_error(str(e))
+            return 2
+        return 0
     if command == "ls":
         parser = argparse.ArgumentParser(prog="dlzoo ls")
         parser.add_argument("what", nargs="?", help="a config group or registry name")
         return _ls(parser.parse_args(rest).what)
     from dlzoo.tracking import print_error
 
-    print_error(f"unknown command {command!r}; choices: train, validate, ls, eval, predict. See `dlzoo --help`.")
+    choices = "train, validate, ls, eval, predict, transfer"
+    print_error(f"unknown command {command!r}; choices: {choices}. See `dlzoo --help`.")
     return 2
 
 
