@@ -45,7 +45,9 @@ def transfer_command(args: list[str]) -> Path:
     seeds, out, overrides = parse_args(args)
     first = compose_and_validate(["experiment=transfer_a", *overrides])
     compose_and_validate(["experiment=transfer_b", *overrides])
-    compose_and_validate(["experiment=transfer_b_on_a", *overrides, "transfer.ckpt=model_A"])  # fail before training
+    on_a = compose_and_validate(["experiment=transfer_b_on_a", *overrides, "transfer.ckpt=A"])  # fail before training
+    recipe = {"epochs": on_a.trainer.epochs, "batch_size": on_a.trainer.batch_size, "lr": on_a.optim.lr,
+              "freeze_epochs": on_a.transfer.freeze_epochs, "unfreeze_lr": on_a.transfer.unfreeze_lr}  # fmt: skip
     out = out or Path("outputs") / "transfer" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["dlzoo", "transfer", *args])
@@ -59,7 +61,7 @@ def transfer_command(args: list[str]) -> Path:
             row[arm] = metrics["test_acc"]
             row["device"] = metrics.get("device_name") or metrics.get("device")
         rows.append(row)
-        write_report(out, rows, command, OmegaConf.to_container(first.trainer, resolve=True))
+        write_report(out, rows, command, recipe)
     return out
 
 
@@ -98,8 +100,9 @@ def error_reduction(acc_b: float, acc_b_on_a: float) -> float:
     return (err_b - err_b_on_a) / err_b if err_b > 0 else math.nan
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], command: str, trainer: dict[str, Any]) -> None:
-    """report.csv (one row per seed), results.json and report.md (mean ± std over the seeds) in `out`."""
+def write_report(out: Path, rows: list[dict[str, Any]], command: str, recipe: dict[str, Any]) -> None:
+    """report.csv (one row per seed), results.json and report.md (mean ± std over the seeds) in `out`; `recipe`
+    holds model_B_on_A's epochs, batch_size, lr, freeze_epochs and unfreeze_lr for the text."""
     for row in rows:
         row["error_reduction"] = error_reduction(row["model_B"], row["model_B_on_A"])
     columns = ["seed", *ARMS, "error_reduction", "device"]
@@ -108,7 +111,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], command: str, trainer: d
         writer.writeheader()
         writer.writerows(rows)
     summary = {key: mean_std([r[key] for r in rows]) for key in [*ARMS, "error_reduction"]}
-    (out / "results.json").write_text(json.dumps({"command": command, "rows": rows, "summary": summary}, indent=2))
+    results = {"command": command, "recipe": recipe, "rows": rows, "summary": summary}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
 
     def cell(key: str, scale: float = 1.0) -> str:
         mean, std = summary[key]
@@ -118,8 +122,9 @@ def write_report(out: Path, rows: list[dict[str, Any]], command: str, trainer: d
     lines = [
         "# Transfer learning on Fashion-MNIST (Géron ch. 11.2)",
         "",
-        f"{len(rows)} seeds ({seeds}), mean ± sample std; device {rows[0]['device']}; trainer settings of model_A: "
-        f"{trainer['epochs']} epochs, batch {trainer['batch_size']}.",
+        f"{len(rows)} seeds ({seeds}), mean ± sample std; device {rows[0]['device']}. Every model: "
+        f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']:g}; model_B_on_A's copied "
+        f"layers frozen for {recipe['freeze_epochs']} epochs, then lr {recipe['unfreeze_lr'] or recipe['lr']:g}.",
         f"Command: `{command}`",
         "",
         "| model | task | test accuracy | per seed |",
@@ -128,7 +133,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], command: str, trainer: d
     tasks = {
         "model_A": "A: 8 classes (no sandal, no shirt)",
         "model_B": "B: shirt vs sandal, 200 images, from scratch",
-        "model_B_on_A": "B on model_A's layers (frozen 4 epochs)",
+        "model_B_on_A": "B on model_A's hidden layers",
     }
     for arm, task in tasks.items():
         lines.append(f"| {arm} | {task} | {cell(arm)} | {', '.join(f'{r[arm]:.4f}' for r in rows)} |")
