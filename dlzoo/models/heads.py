@@ -17,7 +17,7 @@ HEADS: Registry[HeadBuilder] = Registry("head", "model.head")
 class SigmoidHead(nn.Linear):
     """One output unit z, returned as the two logits [0, z]. Softmax over them gives p(class 1) = e^z / (1 + e^z)
     = sigmoid(z), so softmax cross-entropy on these logits IS binary cross-entropy on sigmoid(z), gradients
-    included, and argmax picks class 1 exactly when sigmoid(z) > 0.5."""
+    included, and argmax picks class 1 exactly when z > 0 (sigmoid(z) > 0.5)."""
 
     def __init__(self, in_features: int) -> None:
         super().__init__(in_features, 1)
