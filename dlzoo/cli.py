@@ -22,6 +22,7 @@ commands:
   tune search=<name> [--trials N] [--out DIR] [--resume] [overrides...]   Optuna search with pruning (conf/search/)
   report <folder> [--metric M] [--out DIR]      sweep/runs folder -> mean ± std table, report.md/csv, HParams
   ladder [--seeds N] [--epochs E] [--rungs a,b] [--resume --out DIR] [overrides...]   the lecture's accuracy ladder
+  transfer [seeds=5] [out=<dir>] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
@@ -80,13 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         except DlzooError as e:
             print_error(str(e))
             return 2
+    if command == "transfer":
+        from dlzoo.errors import DlzooError
+        from dlzoo.tracking import console, print_error
+        from dlzoo.transfer_experiment import transfer_command
+
+        try:
+            console.print(f"report: {transfer_command(rest) / 'report.md'}")
+        except DlzooError as e:
+            print_error(str(e))
+            return 2
+        return 0
     if command == "ls":
         parser = argparse.ArgumentParser(prog="dlzoo ls")
         parser.add_argument("what", nargs="?", help="a config group or registry name")
         return _ls(parser.parse_args(rest).what)
     from dlzoo.tracking import print_error
 
-    commands = "train, validate, ls, eval, predict, tune, report, ladder"
+    commands = "train, validate, ls, eval, predict, tune, report, ladder, transfer"
     print_error(f"unknown command {command!r}; choices: {commands}. See `dlzoo --help`.")
     return 2
 

@@ -27,6 +27,7 @@ from dlzoo.schema import (  # noqa: F401  (re-exported: the schemas are part of 
     TrainerConfig,
     register_configs,
 )
+from dlzoo.splits import data_problems, num_classes
 
 
 def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
@@ -34,6 +35,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
     from dlzoo.data import DATASETS
     from dlzoo.models import ARCHS
     from dlzoo.models.blocks import ACTIVATIONS, DROPOUTS, NORMS
+    from dlzoo.models.heads import HEADS
     from dlzoo.models.init import INITIALIZERS
     from dlzoo.models.layers import BLOCKS
     from dlzoo.models.rnn import CELLS
@@ -41,6 +43,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
 
     return {
         "activation": (ACTIVATIONS, ["model.activation"]),
+        "head": (HEADS, ["model.head"]),
         "init": (INITIALIZERS, ["model.init", "model.bias_init"]),
         "norm": (NORMS, ["model.norm"]),
         "block": (BLOCKS, []),
@@ -170,6 +173,15 @@ def validate(cfg: DictConfig) -> None:
         )
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
+    problems += data_problems(d)
+    if not problems and m.head == "sigmoid":
+        check("model.head", m.arch == "mlp", "softmax for arch=" + m.arch + " (the sigmoid head is built by arch=mlp)")
+        check("model.head", num_classes(d) == 2, f"softmax: {d.name} has {num_classes(d)} classes here, and a "
+              "sigmoid unit scores 2 (data.binary_positive=<class> makes any dataset binary)")  # fmt: skip
+    tr = cfg.transfer
+    check("transfer.reuse_layers", tr.reuse_layers is None or tr.reuse_layers >= 1, ">= 1 or null (all but the output)")
+    check("transfer.freeze_epochs", tr.freeze_epochs >= 0, ">= 0 (0 = train the copied layers from the start)")
+    check("transfer.unfreeze_lr", tr.unfreeze_lr is None or tr.unfreeze_lr > 0, "> 0 or null (keep optim.lr)")
 
     if not problems and m.arch != "mlp":
         problems += _dry_build(cfg)
@@ -186,7 +198,7 @@ def _dry_build(cfg: DictConfig) -> list[str]:
 
     spec = DATASETS.get(cfg.data.name)
     try:
-        build_model(cfg.model, spec.shape, spec.num_classes, init_batch=torch.zeros(2, *spec.shape))
+        build_model(cfg.model, spec.shape, num_classes(cfg.data), init_batch=torch.zeros(2, *spec.shape))
     except DlzooError as e:
         return [str(e)]
     return []
@@ -211,6 +223,11 @@ def warnings(cfg: DictConfig) -> list[str]:
             out.append(f"SELU is self-normalizing only with model.init=lecun_normal (got {m.init}).")
         if cfg.data.normalize != "standardize":
             out.append("SELU expects standardized inputs; set data.normalize=standardize.")
+    tr = cfg.transfer
+    if tr.ckpt is None and (tr.freeze_epochs > 0 or tr.reuse_layers is not None):
+        out.append("transfer.freeze_epochs / reuse_layers are set but transfer.ckpt is null: nothing is reused.")
+    elif tr.ckpt is not None and tr.freeze_epochs >= cfg.trainer.epochs:
+        out.append(f"transfer.freeze_epochs={tr.freeze_epochs} >= trainer.epochs: the copied layers never unfreeze.")
     if cfg.eval.mc_samples > 0 and m.dropout == 0:
         out.append("eval.mc_samples is set but the model has no dropout: every MC pass is the same.")
     return out

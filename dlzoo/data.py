@@ -32,6 +32,7 @@ class DatasetSpec:
     num_classes: int
     classes: tuple[str, ...]
     shape: tuple[int, ...] = (1, 28, 28)  # one sample: (C, H, W)
+    generated: bool = False  # made in memory from data.split_seed (dlzoo.splits), no files to find
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "data.name")
@@ -46,6 +47,9 @@ DATASETS.register("fashion_mnist", "Zalando's clothing images (Xiao et al. 2017)
         10,
         ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
     )
+)
+DATASETS.register("xor", "the 4 XOR points (data.xor_samples copies, data.xor_noise jitter); lecture 10-1")(
+    DatasetSpec("xor", "", (), 2, ("0", "1"), shape=(2,), generated=True)
 )
 
 
@@ -266,5 +270,8 @@ def load_splits(
 
 
 def to_float(images: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [0, 1], done per batch on the device (the labs' scaling)."""
+    """uint8 pixels -> float32 in [0, 1], done per batch on the device (the labs' scaling); float inputs (generated
+    datasets) come back as a float32 copy, so in-place normalization never writes into the dataset."""
+    if images.is_floating_point():
+        return images.to(torch.float32, copy=True)
     return images.float().div_(255.0)

@@ -13,12 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dlzoo.config import TrainConfig, validate
-from dlzoo.data import DATASETS, load_splits, to_float
+from dlzoo.data import DATASETS, to_float
 from dlzoo.engine import resolve_device
 from dlzoo.errors import DlzooError
 from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models import build_model
 from dlzoo.runs import checkpoint_file, load_checkpoint
+from dlzoo.splits import build_splits, num_classes
 
 
 def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
@@ -50,9 +51,9 @@ def load_model(ckpt: str, overrides: list[str]) -> tuple[torch.nn.Module, DictCo
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     meta = state.get("meta", {})
-    shape = (1, 28, 28)
+    shape = DATASETS.get(cfg.data.name).shape
     batch = torch.zeros(2, *shape)  # LSUV already ran at training time: any batch will do to build the layers
-    model = build_model(cfg.model, shape, DATASETS.get(cfg.data.name).num_classes, batch)
+    model = build_model(cfg.model, shape, num_classes(cfg.data), batch)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, meta, path
 
@@ -63,8 +64,7 @@ def eval_command(args: list[str]) -> dict[str, float]:
 
     own, overrides = parse_args(args, ("ckpt",))
     model, cfg, _, path = load_model(own["ckpt"][0], overrides)
-    d, device = cfg.data, next(model.parameters()).device
-    data = load_splits(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset, device, d.normalize)
+    data = build_splits(cfg.data, next(model.parameters()).device)
     bs = cfg.trainer.eval_batch_size
     val_loss, val_acc = evaluate(model, data.x_val, data.y_val, bs, data.prep)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test, bs, data.prep)

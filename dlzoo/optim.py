@@ -230,6 +230,11 @@ class Scheduler:
             self.bad_epochs = 0
             self._apply()
 
+    def set_base_lr(self, lr: float) -> None:
+        """Continue the schedule from a new initial lr (transfer learning's lower lr after unfreezing)."""
+        self.base_lr = lr
+        self._apply()
+
     def get_last_lr(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
 

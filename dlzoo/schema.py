@@ -21,6 +21,10 @@ class DataConfig:
     split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
     train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
     normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
+    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1 in this order (Géron's task A)
+    binary_positive: int | None = None  # label 1 for this class, 0 for every other kept one (Géron's task B: 6)
+    xor_samples: int = 1  # data.name=xor: copies of each of the 4 XOR points in every split
+    xor_noise: float = 0.0  # data.name=xor: std of the Gaussian noise added to every copy's coordinates
 
 
 @dataclass
@@ -30,6 +34,7 @@ class ModelConfig:
     blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
     cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
     activation: str = "relu"  # registry: dlzoo ls activation
+    head: str = "softmax"  # registry: dlzoo ls head (sigmoid: one unit + binary cross-entropy, 2 classes)
     init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
     bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
     dropout: float = 0.0  # drop probability after each hidden activation (TF keep_prob = 1 - dropout)
@@ -172,6 +177,15 @@ class SearchConfig:
 
 
 @dataclass
+class TransferConfig:
+    # `from` is a Python keyword, so the source is `ckpt` (as in `dlzoo eval ckpt=`).
+    ckpt: str | None = None  # a run folder or .pt whose weights seed this model's first layers; null = no transfer
+    reuse_layers: int | None = None  # how many leading weight layers to copy; null = all but the output layer
+    freeze_epochs: int = 0  # keep the copied layers frozen for this many epochs, then train them too
+    unfreeze_lr: float | None = None  # the lr from the unfreezing on (Géron: 10x lower); null = keep optim.lr
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,6 +196,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     search: SearchConfig | None = None  # set only by `dlzoo tune search=<name>`
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 def register_configs() -> None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import register_configs, validate, warnings
-from dlzoo.data import Splits, load_splits
+from dlzoo.data import Splits
 from dlzoo.engine import (
     EarlyStopping,
     Interrupted,
@@ -38,7 +38,9 @@ from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
 from dlzoo.regularize import build_regularizer
 from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata
+from dlzoo.splits import build_splits
 from dlzoo.tracking import RunTracker, console, print_error, print_final, print_summary, print_warning
+from dlzoo.transfer import build_freeze_schedule, build_reuse
 
 register_configs()
 
@@ -81,8 +83,7 @@ def run(
         torch.backends.cudnn.benchmark = False
     torch.autograd.set_detect_anomaly(t.detect_anomaly)
     device = resolve_device(t.device)
-    d = cfg.data
-    data = load_splits(d.name, d.root, d.download, d.val_size, d.split_seed, d.train_subset, device, d.normalize)
+    data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     size = cfg.ensemble.size
@@ -139,6 +140,7 @@ def _train_member(
     model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
     if t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
+    reused = build_reuse(cfg.transfer, model, fresh=resume is None)
     print_summary(
         summarize(model, data.input_shape, device),
         title=f"{cfg.model.arch} on {cfg.data.name} ({len(data.y_train):,} train / {len(data.y_val):,} val / "
@@ -148,6 +150,8 @@ def _train_member(
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    epochs_done = resume["epoch"] if resume is not None else 0
+    on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
     meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
     ck = t.checkpoint

@@ -32,6 +32,7 @@ def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) 
         norm_position=cfg.norm_position,
         dropout_kind=cfg.dropout_kind,
         act_args=_plain(ActArgs, cfg.act_args),
+        head=cfg.head,
     )
 
 

@@ -8,6 +8,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from dlzoo.models.blocks import ACTIVATIONS, DROPOUTS, NORMS, ActArgs
+from dlzoo.models.heads import HEADS
 
 
 class MLP(nn.Module):
@@ -23,6 +24,7 @@ class MLP(nn.Module):
         norm_position: "before" (Ioffe & Szegedy's placement) or "after" the activation.
         dropout_kind: DROPOUTS name (alpha_dropout for SELU nets).
         act_args: the activation's parameters.
+        head: HEADS name for the output layer (sigmoid: one unit for 2 classes).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class MLP(nn.Module):
         norm_position: str = "before",
         dropout_kind: str = "dropout",
         act_args: ActArgs | None = None,
+        head: str = "softmax",
     ) -> None:
         super().__init__()
         act_args = act_args or ActArgs()
@@ -59,7 +62,7 @@ class MLP(nn.Module):
                 parts["dropout"] = make_dropout(dropout)
             blocks[f"fc{i}"] = nn.Sequential(parts)
             width = out
-        blocks["out"] = nn.Linear(width, num_classes)
+        blocks["out"] = HEADS.get(head)(width, num_classes)
         self.layers = nn.Sequential(blocks)
 
     def forward(self, x: Tensor) -> Tensor:
