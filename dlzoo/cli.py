@@ -22,7 +22,7 @@ commands:
   tune search=<name> [--trials N] [--out DIR] [--resume] [overrides...]   Optuna search with pruning (conf/search/)
   report <folder> [--metric M] [--out DIR]      sweep/runs folder -> mean ± std table, report.md/csv, HParams
   ladder [--seeds N] [--epochs E] [--rungs a,b] [--resume --out DIR] [overrides...]   the lecture's accuracy ladder
-  transfer [seeds=5] [out=<dir>] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
+  transfer [--seeds 5] [--out DIR] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
 
 examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist

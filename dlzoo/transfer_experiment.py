@@ -4,6 +4,7 @@ report of both test accuracies and the error-rate reduction as mean ± std over 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -20,26 +21,21 @@ ARMS = {"model_A": "transfer_a", "model_B": "transfer_b", "model_B_on_A": "trans
 
 
 def parse_args(args: list[str]) -> tuple[int, Path | None, list[str]]:
-    """`seeds=N` and `out=<folder>` are the command's own; every other word is a config override for all arms."""
-    seeds, out, overrides = 5, None, []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise DlzooError(f"{arg!r} is not key=value. Example: dlzoo transfer seeds=5 data.root=<dir>")
-        if key == "seeds":
-            if not value.isdigit() or int(value) < 1:
-                raise DlzooError(f"seeds={value!r} must be a count >= 1 (seeds trainer.seed, +1, ...).")
-            seeds = int(value)
-        elif key == "out":
-            out = Path(value).expanduser()
-        else:
-            overrides.append(arg)
-    return seeds, out, overrides
+    """`--seeds N` and `--out <folder>` are the command's own (as in `dlzoo ladder`); every other word is a
+    config override for all arms."""
+    parser = argparse.ArgumentParser(prog="dlzoo transfer", description="Géron's transfer-learning experiment.")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds trainer.seed, +1, ... (default 5)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/transfer/<time>)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every arm, e.g. data.root=<dir>")
+    ns = parser.parse_args(args)
+    if ns.seeds < 1:
+        raise DlzooError(f"--seeds {ns.seeds} must be a count >= 1 (seeds trainer.seed, +1, ...).")
+    return ns.seeds, ns.out and ns.out.expanduser(), ns.overrides
 
 
 def transfer_command(args: list[str]) -> Path:
     """Run every arm for each seed (an arm whose folder already holds metrics.json is kept, so a rerun with the
-    same out= carries on) and write report.md, report.csv and results.json into the output folder."""
+    same --out carries on) and write report.md, report.csv and results.json into the output folder."""
     from dlzoo.cli import compose_and_validate
 
     seeds, out, overrides = parse_args(args)
@@ -84,7 +80,7 @@ def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
             return run(cfg, folder, stop)
     except Interrupted:
         raise DlzooError(
-            f"Interrupted during {folder}. Rerun the same command with out={folder.parent.parent}: finished arms "
+            f"Interrupted during {folder}. Rerun the same command with --out {folder.parent.parent}: finished arms "
             "are kept and the interrupted one starts again."
         ) from None
 

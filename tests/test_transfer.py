@@ -142,7 +142,7 @@ def test_incompatible_checkpoint_names_the_layers_and_both_shapes(
 def test_transfer_command_runs_both_arms_and_reports_them(fmnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "study"
     tiny = ["trainer.epochs=2", "trainer.max_steps=20", "transfer.freeze_epochs=1", *TINY]
-    proc = dlzoo("transfer", "seeds=2", f"out={out}", f"data.root={fmnist_root}", *tiny, cwd=tmp_path)
+    proc = dlzoo("transfer", "--seeds", "2", "--out", str(out), f"data.root={fmnist_root}", *tiny, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
     report = (out / "report.md").read_text()
     assert "| model_B |" in report and "| model_B_on_A |" in report and "2 seeds (777, 778)" in report
@@ -159,6 +159,6 @@ def test_transfer_command_runs_both_arms_and_reports_them(fmnist_root: Path, tmp
 
 
 def test_bad_transfer_command_input_exits_2_without_traceback(tmp_path: Path) -> None:
-    proc = dlzoo("transfer", "seeds=zero", cwd=tmp_path)
-    assert proc.returncode == 2 and "seeds='zero' must be a count" in proc.stdout + proc.stderr
+    proc = dlzoo("transfer", "--seeds", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and "--seeds 0 must be a count" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
