@@ -159,6 +159,10 @@ def validate(cfg: DictConfig) -> None:
     check("trainer.log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
     check("trainer.max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     check("trainer.device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
+    check("trainer.devices", t.devices >= 1, ">= 1 (the number of data-parallel processes)")
+    one_new = cfg.ensemble.size == 1 and t.resume is None
+    rule = "1 with ensemble.size > 1 or trainer.resume (DDP trains one new model)"
+    check("trainer.devices", t.devices == 1 or one_new, rule)
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
 

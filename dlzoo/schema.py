@@ -125,6 +125,7 @@ class TrainerConfig:
     max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
     detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
+    devices: int = 1  # data-parallel processes (DDP); >1 runs torchrun; trainer.batch_size stays the global batch
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
@@ -142,4 +143,7 @@ class TrainConfig:
 
 def register_configs() -> None:
     """Store the schema under `train_schema`; conf/train.yaml lists it first in its defaults."""
+    from dlzoo.launch import register_resolvers
+
+    register_resolvers()  # ${gpu_per_job:} must resolve wherever a config is composed
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
