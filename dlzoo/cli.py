@@ -24,6 +24,7 @@ examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
   dlzoo train -m model=softmax,mlp,mlp_xavier,mlp_deep,mlp_dropout
   dlzoo train debug=fast
+  dlzoo train trainer.devices=2   (data parallel: 2 processes; -m hydra/launcher=parallel for jobs side by side)
 """
 
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print_error(problem)
             return 2
+        from dlzoo import distributed
+
+        devices = distributed.requested_devices(rest)
+        if devices > 1 and not any(a.split("=")[0] in _SKIP_PRECHECK for a in rest):
+            return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
         from dlzoo import train
 
         sys.argv = ["dlzoo train", *rest]

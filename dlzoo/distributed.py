@@ -167,8 +167,16 @@ def check_supported(world: int, devices: int, ensemble_size: int, resume: str | 
 
 def spawn(args: list[str], devices: int) -> int:
     """`dlzoo train trainer.devices=N ...`: run the same command as N torchrun processes on this machine."""
+    if any(a in ("-m", "--multirun") for a in args):
+        from dlzoo.tracking import print_error
+
+        print_error(f"trainer.devices={devices} trains one config at a time; drop -m (or trainer.devices for a sweep).")
+        return 2
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
-    return subprocess.run([*command, "-m", "dlzoo.train", *args], check=False).returncode
+    # torchrun would set 1 thread per process and warn; share the cores instead (trainer.threads still wins).
+    threads = str(max(1, len(os.sched_getaffinity(0)) // devices))
+    env = {"OMP_NUM_THREADS": threads} | dict(os.environ)
+    return subprocess.run([*command, "-m", "dlzoo.train", *args], check=False, env=env).returncode
 
 
 def requested_devices(args: list[str]) -> int:
