@@ -174,7 +174,8 @@ def spawn(args: list[str], devices: int) -> int:
         return 2
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
     # torchrun would set 1 thread per process and warn; share the cores instead (trainer.threads still wins).
-    threads = str(max(1, len(os.sched_getaffinity(0)) // devices))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // devices))
     env = {"OMP_NUM_THREADS": threads} | dict(os.environ)
     return subprocess.run([*command, "-m", "dlzoo.train", *args], check=False, env=env).returncode
 
