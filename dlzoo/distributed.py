@@ -77,7 +77,7 @@ class Dist:
         x, y = self.shard(images), self.shard(labels)
         loss, acc = evaluate(model, x, y, batch_size, prep) if len(y) else (0.0, 0.0)
         loss_sum, correct, n = self.sum(loss * len(y), acc * len(y), len(y))
-        return loss_sum / n, correct / n
+        return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))  # an empty split, as evaluate
 
     def device(self, device: torch.device) -> torch.device:
         """Each rank on its own GPU (cuda:LOCAL_RANK); CPU ranks share the CPU."""

@@ -71,11 +71,12 @@ def _fit(data_root: str, dist: Dist) -> dict[str, float]:
 def _rank(rank: int, world: int, init_file: str, data_root: str, out: str) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        result = _fit(data_root, Dist(rank, world))
-        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        tdist.destroy_process_group()
+    result = _fit(data_root, Dist(rank, world))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    tdist.destroy_process_group()
+    # A process that used DDP over gloo sometimes aborts in interpreter teardown, after all its work ("terminate
+    # called without an active exception", torch 2.15 CPU); the results are written, so leave without teardown.
+    os._exit(0)
 
 
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
