@@ -28,6 +28,7 @@ examples:
   dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
   dlzoo train -m model=softmax,mlp,mlp_xavier,mlp_deep,mlp_dropout
   dlzoo train debug=fast
+  dlzoo train trainer.devices=2   (data parallel: 2 processes; -m hydra/launcher=parallel for jobs side by side)
 """
 
 
@@ -44,9 +45,22 @@ def main(argv: list[str] | None = None) -> int:
 
             print_error(problem)
             return 2
+        from dlzoo import distributed
+        from dlzoo.errors import DlzooError
+
+        devices = distributed.requested_devices(rest)
+        if devices > 1 and not distributed.launched() and not any(a.split("=")[0] in _SKIP_PRECHECK for a in rest):
+            return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
+        try:
+            extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
+        except DlzooError as e:
+            from dlzoo.tracking import print_error
+
+            print_error(str(e))
+            return 2
         from dlzoo import train
 
-        sys.argv = ["dlzoo train", *rest]
+        sys.argv = ["dlzoo train", *rest, *extra]
         train.main()
         return 0
     if command == "validate":

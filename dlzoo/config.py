@@ -171,6 +171,10 @@ def validate(cfg: DictConfig) -> None:
             "trainer.precision=fp16 needs a CUDA device (loss scaling is a GPU technique); use trainer.precision=bf16 "
             "on the CPU."
         )
+    check("trainer.devices", t.devices >= 1, ">= 1 (the number of data-parallel processes)")
+    one_new = cfg.ensemble.size == 1 and t.resume is None
+    rule = "1 with ensemble.size > 1 or trainer.resume (DDP trains one new model)"
+    check("trainer.devices", t.devices == 1 or one_new, rule)
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
     problems += data_problems(d)

@@ -15,14 +15,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state, signed
 from dlzoo.data import Splits
+from dlzoo.distributed import Dist
 from dlzoo.errors import DlzooError
-from dlzoo.evaluation import evaluate
 from dlzoo.optim import Scheduler
 from dlzoo.probes import activation_stats, layer_stats
 from dlzoo.regularize import Regularizer
@@ -146,6 +145,7 @@ def fit(
     max_loss: float | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     precision: str = "fp32",
+    dist: Dist | None = None,
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -165,6 +165,8 @@ def fit(
             caller's way in (a search pruning a trial by raising, a schedule of frozen layers).
         precision: fp32, or bf16/fp16 autocast for the forward pass and loss (fp16 adds dynamic loss scaling,
             because its gradients underflow; bf16 has fp32's exponent range and needs none).
+        dist: this process's rank in data-parallel training: each rank trains on its shard of every global batch
+            of `batch_size` through DDP, and the epoch's metrics are summed over ranks (default: one process).
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -194,6 +196,8 @@ def fit(
     if resume is not None and resume.get("scaler"):
         scaler.load_state_dict(resume["scaler"])
     stopped_early = False
+    dist = dist or Dist()
+    forward = dist.wrap(model)  # DDP averages the gradients across ranks during backward
     model.train()
 
     def save(epoch_done: int, partial_epoch: dict[str, Any] | None = None) -> None:
@@ -228,16 +232,17 @@ def fit(
             epoch_seen = 0
         t0 = time.perf_counter()
         for i in range(start, steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
+            batch = perm[i * batch_size : (i + 1) * batch_size]
+            idx = dist.shard(batch)
             x, y = data.prep(data.x_train[idx]), data.y_train[idx]
             logging_step = (step + 1) % log_every_n_steps == 0
             with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
                 if logging_step and layer_stats_enabled:
                     with activation_stats(model) as act:
-                        logits = model(x)
+                        logits = forward(x)
                 else:
-                    logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                    logits = forward(x)
+                loss = dist.loss(logits, y, len(batch))
             penalty = reg.penalty(model)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss if penalty is None else loss + penalty).backward()
@@ -250,16 +255,16 @@ def fit(
             scaler.update()
             reg.constrain_(model)
             scheduler.step()
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss.detach() * (len(batch) / dist.world)  # this rank's share of the batch's loss sum
             correct += (logits.detach().argmax(1) == y).sum()
             epoch_seen += len(y)
             if logging_step:
-                value = loss.item()  # the one host sync per logging interval
+                value = dist.mean(loss.item())  # the one host sync per logging interval
                 if not math.isfinite(value) or (max_loss is not None and value > max_loss):
                     raise _diverged(step, last_finite_loss, checkpointing, value, max_loss)
                 last_finite_loss = value
                 elapsed = time.perf_counter() - t0
-                tracker.log_step(step, value, scheduler.get_last_lr()[0], epoch_seen / max(elapsed, 1e-9))
+                tracker.log_step(step, value, scheduler.get_last_lr()[0], dist.world * epoch_seen / max(elapsed, 1e-9))
             if stop is not None and stop.signum is not None and i + 1 < steps_per_epoch:
                 train_time += time.perf_counter() - t0
                 # `seen` counts finished epochs; the partial one's count travels in its own state.
@@ -272,12 +277,13 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
+        loss_total, correct_total, epoch_seen = dist.sum(loss_sum.item(), correct.item(), epoch_seen)
         seen += epoch_seen
 
-        train_loss, train_acc = loss_sum.item() / epoch_seen, correct.item() / epoch_seen
+        train_loss, train_acc = loss_total / epoch_seen, correct_total / epoch_seen
         if not math.isfinite(train_loss):
             raise _diverged(step, last_finite_loss, checkpointing, train_loss, max_loss)
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
+        val_loss, val_acc = dist.evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
         scheduler.epoch_end(val_loss)
         metrics = {
             "train/loss": train_loss,

@@ -132,6 +132,7 @@ class TrainerConfig:
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + loss scaling, CUDA only)
     channels_last: bool = True  # NHWC weights for conv nets: faster convolutions on CPU (oneDNN) and tensor cores
+    devices: int = 1  # data-parallel processes (DDP); >1 runs torchrun; trainer.batch_size stays the global batch
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
@@ -201,4 +202,7 @@ class TrainConfig:
 
 def register_configs() -> None:
     """Store the schema under `train_schema`; conf/train.yaml lists it first in its defaults."""
+    from dlzoo.launch import register_resolvers
+
+    register_resolvers()  # ${gpu_per_job:} must resolve wherever a config is composed
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)

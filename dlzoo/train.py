@@ -8,9 +8,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dlzoo import distributed, launch
 from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import register_configs, validate, warnings
 from dlzoo.data import Splits
@@ -31,7 +33,7 @@ from dlzoo.engine import (
     seed_everything,
 )
 from dlzoo.errors import DlzooError
-from dlzoo.evaluation import evaluate, evaluate_ensemble, mc_evaluate
+from dlzoo.evaluation import evaluate_ensemble, mc_evaluate
 from dlzoo.models import build_model
 from dlzoo.models.summary import summarize
 from dlzoo.optim import build_optimizer, build_scheduler
@@ -60,6 +62,8 @@ def run(
     for message in warnings(cfg):
         print_warning(message)
     t = cfg.trainer
+    dist = distributed.current()
+    distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
     resume_path = find_resume(t.resume, out_dir, cfg)
     resume = None
     if resume_path is not None:
@@ -72,7 +76,8 @@ def run(
         console.print(f"resuming [bold]{out_dir}[/] after epoch {resume['epoch']}, step {resume['step']}")
     elif t.resume == "auto":
         console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
-    check_writable(out_dir)
+    if dist.main:
+        check_writable(out_dir)
 
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -82,7 +87,7 @@ def run(
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     torch.autograd.set_detect_anomaly(t.detect_anomaly)
-    device = resolve_device(t.device)
+    device = dist.device(resolve_device(t.device))
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
 
@@ -117,7 +122,10 @@ def run(
             tracker.log_hparams(config, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]})
         metrics |= {k: v for k, v in members[0][1].items() if k in ("seed", "device", "torch", "git_commit")}
     metrics["wall_time_s"] = time.perf_counter() - started
-    _write_json(out_dir / "metrics.json", metrics)
+    if dist.world > 1:
+        metrics["world_size"] = dist.world
+    if dist.main:
+        _write_json(out_dir / "metrics.json", metrics)
     print_final(metrics, out_dir)
     return metrics
 
@@ -135,6 +143,7 @@ def _train_member(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
     t = cfg.trainer
+    dist = distributed.current()
     seed_everything(seed)
     init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
     model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
@@ -148,6 +157,8 @@ def _train_member(
     )
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
+    if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
+        torch.manual_seed(seed + dist.rank)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
     epochs_done = resume["epoch"] if resume is not None else 0
@@ -157,13 +168,15 @@ def _train_member(
     ck = t.checkpoint
     checkpointing = (
         Checkpointing(out_dir / "checkpoints", ck.every, ck.top_k, ck.monitor, {"config": config, "meta": meta})
-        if ck.enabled
+        if ck.enabled and dist.main
         else None
     )
     if checkpointing is not None and resume is not None:  # keep counting the best epochs the run already kept
         checkpointing.adopt_best(resume["history"])
     es = t.early_stop
-    with RunTracker(out_dir, t.epochs, t.progress, purge_step=resume["step"] + 1 if resume else None) as tracker:
+    purge_step = resume["step"] + 1 if resume else None
+    tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else distributed.SilentTracker()
+    with tracker_cm as tracker:
         tracker.log_text("run/meta", meta)
         result = fit(
             model,
@@ -177,7 +190,7 @@ def _train_member(
             max_steps=t.max_steps,
             eval_batch_size=t.eval_batch_size,
             log_every_n_steps=t.log_every_n_steps,
-            layer_stats_enabled=t.layer_stats,
+            layer_stats_enabled=t.layer_stats and dist.main,
             regularizer=build_regularizer(cfg.reg),
             early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
             restore_best=es.restore_best,
@@ -187,8 +200,9 @@ def _train_member(
             max_loss=t.max_loss,
             on_epoch_end=on_epoch_end,
             precision=t.precision,
+            dist=dist,
         )
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
+        test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})
         metrics: dict[str, Any] = {
             "train_loss": result.train_loss,
@@ -225,8 +239,12 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 @contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
     """The first Ctrl-C or SIGTERM asks the loop to stop after its current step and checkpoint; a second Ctrl-C
-    interrupts at once (files stay intact: every write is a rename of a complete temporary file)."""
+    interrupts at once (files stay intact: every write is a rename of a complete temporary file). Outside the main
+    thread (a thread-based launcher) Python allows no handlers: the flag then stays unset."""
     stop = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
@@ -244,8 +262,11 @@ def stop_on_signals() -> Iterator[StopFlag]:
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry: composes conf/train.yaml with the command line, one call per job of a multirun."""
+    if launch.parallel_worker():  # several jobs share the terminal: live progress bars would overwrite each other
+        cfg.trainer.progress = False
     try:
-        with stop_on_signals() as stop:
+        # Under DDP a stop must reach every rank at the same step; torchrun's own signal handling ends them all.
+        with nullcontext() if distributed.launched() else stop_on_signals() as stop:
             return run(cfg, Path(HydraConfig.get().runtime.output_dir), stop)["test_acc"]
     except DlzooError as e:
         print_error(str(e))
@@ -261,4 +282,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv += distributed.setup(sys.argv[1:])  # `torchrun -m dlzoo.train`: one run folder for all ranks
+    except DlzooError as e:
+        print_error(str(e))
+        sys.exit(2)
     main()

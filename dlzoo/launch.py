@@ -1,0 +1,35 @@
+"""What parallel and cluster sweeps (Hydra's joblib and submitit launchers) need from dlzoo: the `gpu_per_job`
+resolver that spreads a sweep's jobs over the GPUs, and knowing when a job runs beside others."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+def gpu_per_job() -> str:
+    """`trainer.device='${gpu_per_job:}'`: job k of a sweep trains on cuda:(k mod the visible GPU count). Under
+    SLURM each job sees only the GPUs it was given, so this is cuda:0 there. Before a sweep starts (the config
+    check) and with no GPU visible it names cuda:0, and a run without CUDA then stops with a clear error."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    num = HydraConfig.get().job.get("num", 0) if HydraConfig.initialized() else 0
+    count = torch.cuda.device_count()
+    return f"cuda:{max(num, 0) % count}" if count else "cuda:0"
+
+
+def register_resolvers() -> None:
+    """Make the resolvers above usable in YAML and overrides (idempotent)."""
+    if not OmegaConf.has_resolver("gpu_per_job"):
+        OmegaConf.register_new_resolver("gpu_per_job", gpu_per_job)
+
+
+def parallel_worker() -> bool:
+    """Whether this Hydra job runs beside others on this machine (a launcher other than Hydra's basic one)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and "BasicLauncher" not in str(hc.launcher.get("_target_", ""))
