@@ -37,6 +37,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
     from dlzoo.models.layers import BLOCKS
     from dlzoo.models.rnn import CELLS
     from dlzoo.optim import OPTIMIZERS, SCHEDULES
+    from dlzoo.pretrain import PRETRAINERS
 
     return {
         "activation": (ACTIVATIONS, ["model.activation"]),
@@ -49,6 +50,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
         "optimizer": (OPTIMIZERS, ["optim.name"]),
         "schedule": (SCHEDULES, ["sched.name"]),
         "dataset": (DATASETS, ["data.name"]),
+        "pretrain": (PRETRAINERS, ["pretrain.method"]),
     }
 
 
@@ -162,6 +164,9 @@ def validate(cfg: DictConfig) -> None:
     check("data.val_size", d.val_size >= 0, ">= 0")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
 
+    from dlzoo.pretrain import problems as pretrain_problems
+
+    problems += pretrain_problems(cfg)
     if not problems and m.arch != "mlp":
         problems += _dry_build(cfg)
     if problems:
