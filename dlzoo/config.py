@@ -207,6 +207,9 @@ def warnings(cfg: DictConfig) -> list[str]:
             out.append(f"SELU is self-normalizing only with model.init=lecun_normal (got {m.init}).")
         if cfg.data.normalize != "standardize":
             out.append("SELU expects standardized inputs; set data.normalize=standardize.")
+    from dlzoo.pretrain import doubts
+
+    out += doubts(cfg)
     if cfg.eval.mc_samples > 0 and m.dropout == 0:
         out.append("eval.mc_samples is set but the model has no dropout: every MC pass is the same.")
     return out

@@ -198,3 +198,15 @@ def problems(cfg: DictConfig) -> list[str]:
                 "another model.activation (sigmoid is the DBN's own unit, relu the lecture's)."
             )
     return out
+
+
+def doubts(cfg: DictConfig) -> list[str]:
+    """Legal but doubtful pretraining settings, for config.warnings."""
+    p, m = cfg.pretrain, cfg.model
+    if p.method == "rbm" and m.activation != "sigmoid":
+        return [
+            f"pretrain=rbm learns sigmoid units; in a model.activation={m.activation} net the copied units compute "
+            f"{m.activation}(z) where the RBM computed sigmoid(z), and the mismatch grows with depth (measured in "
+            "the README's pretraining section). model.activation=sigmoid is the DBN's own setting."
+        ]
+    return []

@@ -151,3 +151,11 @@ def test_cli_pretrains_then_fine_tunes_and_logs_to_tensorboard(fmnist_root: Path
 
     bad = dlzoo("train", *FAST, "pretrain=rbm", "pretrain.lr=-1", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert bad.returncode == 2 and "pretrain.lr=-1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rbm_in_a_relu_net_is_warned_about_and_sigmoid_is_not() -> None:
+    from dlzoo.config import warnings
+
+    assert any("learns sigmoid units" in w for w in warnings(compose_and_validate(["experiment=init_rbm"])))
+    sigmoid = compose_and_validate(["experiment=init_rbm", "model.activation=sigmoid"])
+    assert not any("sigmoid units" in w for w in warnings(sigmoid))
