@@ -40,6 +40,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
     from dlzoo.models.layers import BLOCKS
     from dlzoo.models.rnn import CELLS
     from dlzoo.optim import OPTIMIZERS, SCHEDULES
+    from dlzoo.pretrain import PRETRAINERS
 
     return {
         "activation": (ACTIVATIONS, ["model.activation"]),
@@ -53,6 +54,7 @@ def registries() -> dict[str, tuple[Registry[Any], list[str]]]:
         "optimizer": (OPTIMIZERS, ["optim.name"]),
         "schedule": (SCHEDULES, ["sched.name"]),
         "dataset": (DATASETS, ["data.name"]),
+        "pretrain": (PRETRAINERS, ["pretrain.method"]),
     }
 
 
@@ -187,6 +189,9 @@ def validate(cfg: DictConfig) -> None:
     check("transfer.freeze_epochs", tr.freeze_epochs >= 0, ">= 0 (0 = train the copied layers from the start)")
     check("transfer.unfreeze_lr", tr.unfreeze_lr is None or tr.unfreeze_lr > 0, "> 0 or null (keep optim.lr)")
 
+    from dlzoo.pretrain import problems as pretrain_problems
+
+    problems += pretrain_problems(cfg)
     if not problems and m.arch != "mlp":
         problems += _dry_build(cfg)
     if problems:
@@ -232,6 +237,9 @@ def warnings(cfg: DictConfig) -> list[str]:
         out.append("transfer.freeze_epochs / reuse_layers are set but transfer.ckpt is null: nothing is reused.")
     elif tr.ckpt is not None and tr.freeze_epochs >= cfg.trainer.epochs:
         out.append(f"transfer.freeze_epochs={tr.freeze_epochs} >= trainer.epochs: the copied layers never unfreeze.")
+    from dlzoo.pretrain import doubts
+
+    out += doubts(cfg)
     if cfg.eval.mc_samples > 0 and m.dropout == 0:
         out.append("eval.mc_samples is set but the model has no dropout: every MC pass is the same.")
     return out

@@ -187,6 +187,18 @@ class TransferConfig:
 
 
 @dataclass
+class PretrainConfig:
+    method: str = "none"  # registry: dlzoo ls pretrain; conf/pretrain/<method>.yaml holds each method's defaults
+    epochs: int = 5  # passes over the images, per hidden layer
+    lr: float = 0.1  # rbm: SGD step on the mean CD gradient (Hinton's RBM guide §4); autoencoder: Adam's lr
+    cd_k: int = 1  # rbm: Gibbs steps of CD-k (Hinton et al. 2006 used CD-1)
+    batch_size: int = 100  # the guide's §5: 10 to 100
+    momentum: float = 0.9  # rbm: 0.5 in the first epoch, then this (the guide's §9)
+    weight_decay: float = 2e-4  # rbm: L2 on the weights only (the guide's §10: 1e-2 to 1e-5)
+    unlabeled: bool = True  # pretrain on the whole train split, also images data.train_subset leaves unlabelled
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -198,6 +210,7 @@ class TrainConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     search: SearchConfig | None = None  # set only by `dlzoo tune search=<name>`
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 def register_configs() -> None:

@@ -127,6 +127,19 @@ class RunTracker:
         console.print(line, highlight=False, soft_wrap=True)
         log.info(line)
 
+    def log_pretrain_start(self, method: str, images: int, layers: int) -> None:
+        line = f"pretraining {layers} hidden layer(s) with {method} on {images:,} images (labels unused)"
+        console.print(line, highlight=False, soft_wrap=True)
+        log.info(line)
+
+    def log_pretrain(self, layer: str, epoch: int, metrics: dict[str, float]) -> None:
+        """One pretraining layer-epoch: scalars `pretrain/<layer>/<name>` at step `epoch`, and a console line."""
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"pretrain/{layer}/{name}", value, epoch)
+        line = f"pretrain {layer:<5} epoch {epoch:>3}  " + "  ".join(f"{k} {v:.5f}" for k, v in metrics.items())
+        console.print(line, highlight=False, soft_wrap=True)
+        log.info(line)
+
     def log_test(self, epoch: int, metrics: dict[str, float]) -> None:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, epoch)

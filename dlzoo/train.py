@@ -38,6 +38,7 @@ from dlzoo.models import build_model
 from dlzoo.models.summary import summarize
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
+from dlzoo.pretrain import pretrain_model
 from dlzoo.regularize import build_regularizer
 from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata
 from dlzoo.splits import build_splits
@@ -178,6 +179,8 @@ def _train_member(
     tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else distributed.SilentTracker()
     with tracker_cm as tracker:
         tracker.log_text("run/meta", meta)
+        if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
+            pretrain_model(cfg, model, data, tracker, seed)
         result = fit(
             model,
             data,
