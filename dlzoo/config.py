@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from dlzoo.engine import PRECISIONS
 from dlzoo.errors import DlzooError
@@ -63,7 +63,9 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 def validate(cfg: DictConfig) -> None:
     """Check names and ranges before any work; raise one DlzooError that lists every problem found."""
-    problems: list[str] = []
+    problems = _interpolation_problems(cfg)
+    if problems:  # the range checks below would trip over a list that resolved to a number
+        raise DlzooError("Invalid config: " + " ".join(problems) + " Fix: give the key a value of its own kind.")
 
     for kind, (registry, keys) in registries().items():
         for key in keys:
@@ -211,6 +213,28 @@ def _dry_build(cfg: DictConfig) -> list[str]:
     except DlzooError as e:
         return [str(e)]
     return []
+
+
+def _interpolation_problems(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """OmegaConf type-checks an interpolation's result only for scalar keys: `optim.betas=${optim.lr}` would
+    hand a float to code that expects a list. Check every list- or dict-typed key resolves to its own kind."""
+    problems: list[str] = []
+    keys = range(len(node)) if isinstance(node, ListConfig) else [k for k in node if k != "hydra"]
+    for key in keys:
+        child = node._get_node(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(child, (DictConfig, ListConfig)) and child._is_interpolation():
+            kind, want = (ListConfig, "a list") if isinstance(child, ListConfig) else (DictConfig, "a mapping")
+            try:
+                value = node[key]
+            except Exception as e:  # an interpolation that cannot resolve; OmegaConf's message names the key
+                problems.append(f"{dotted} could not be resolved: {' '.join(str(e).split())}.")
+                continue
+            if not isinstance(value, kind):
+                problems.append(f"{dotted}={child._value()!r} resolves to {value!r}, but {dotted} must be {want}.")
+        elif isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            problems += _interpolation_problems(child, dotted + ".")
+    return problems
 
 
 def _get(cfg: DictConfig, dotted: str) -> Any:

@@ -122,6 +122,27 @@ def test_validate_names_key_value_and_choices(override: str, expected: str) -> N
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.betas=${optim.lr}", "optim.betas='${optim.lr}' resolves to 0.001, but optim.betas must be a list"),
+        ("model.hidden=${trainer.epochs}", "model.hidden='${trainer.epochs}' resolves to 15"),
+        ("model.act_args=${optim.lr}", "model.act_args must be a mapping"),
+        ("model.hidden=${nope}", "model.hidden could not be resolved"),
+    ],
+)
+def test_an_interpolation_of_the_wrong_kind_is_a_clean_error(override: str, expected: str) -> None:
+    # The fuzz test found these: OmegaConf type-checks interpolated scalars only, so a list key that resolves to
+    # a number used to reach the range checks and raise a TypeError.
+    with pytest.raises(DlzooError, match="Invalid config") as e:
+        validate(compose_train([override]))
+    assert expected in str(e.value)
+
+
+def test_an_interpolation_of_the_right_kind_passes() -> None:
+    validate(compose_train(["optim.betas=${sched.momentum_range}"]))
+
+
 def test_validate_reports_every_problem_at_once() -> None:
     cfg = compose_train(["optim.lr=-1", "model.activation=nope", "trainer.epochs=0"])
     with pytest.raises(DlzooError) as info:
