@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from dlzoo.compiled import COMPILE_MODES
 from dlzoo.engine import PRECISIONS
 from dlzoo.errors import DlzooError
 from dlzoo.models.init import DISTRIBUTIONS, MODES
@@ -168,6 +169,7 @@ def validate(cfg: DictConfig) -> None:
     check("trainer.max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     check("trainer.device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
     check("trainer.precision", t.precision in PRECISIONS, " | ".join(PRECISIONS))
+    check("trainer.compile_mode", t.compile_mode in COMPILE_MODES, " | ".join(COMPILE_MODES))
     if t.precision == "fp16" and not (
         t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available())
     ):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state, signed
+from dlzoo.compiled import compile_forward
 from dlzoo.data import Splits
 from dlzoo.distributed import Dist
 from dlzoo.errors import DlzooError
@@ -75,6 +76,7 @@ class FitResult:
     best_epoch: int  # the epoch whose weights the model ends with
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +148,8 @@ def fit(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     precision: str = "fp32",
     dist: Dist | None = None,
+    compile_mode: str | None = None,
+    warn: Callable[[str], None] = print,
 ) -> FitResult:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
@@ -167,6 +171,9 @@ def fit(
             because its gradients underflow; bf16 has fp32's exponent range and needs none).
         dist: this process's rank in data-parallel training: each rank trains on its shard of every global batch
             of `batch_size` through DDP, and the epoch's metrics are summed over ranks (default: one process).
+        compile_mode: a torch.compile mode for the training forward (None: eager). Steps that record layer
+            statistics run eagerly, because their forward hooks would break the compiled graph.
+        warn: where a non-fatal problem is reported (a compile that fell back to eager).
 
     Returns:
         The final (or restored best) epoch's train and validation metrics plus timing.
@@ -199,6 +206,21 @@ def fit(
     dist = dist or Dist()
     forward = dist.wrap(model)  # DDP averages the gradients across ranks during backward
     model.train()
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32")
+
+    fast_forward, compile_time = forward, 0.0
+    if compile_mode is not None and n > 0:
+        probe_idx = dist.shard(torch.arange(min(batch_size, n), device=device))
+
+        def probe(fn: Callable[[Tensor], Tensor]) -> Tensor:
+            with autocast():
+                return dist.loss(fn(data.prep(data.x_train[probe_idx])), data.y_train[probe_idx], min(batch_size, n))
+
+        t_compile = time.perf_counter()
+        fast_forward = compile_forward(forward, compile_mode, probe, warn)
+        compile_time = time.perf_counter() - t_compile
 
     def save(epoch_done: int, partial_epoch: dict[str, Any] | None = None) -> None:
         if checkpointing is None:
@@ -236,12 +258,12 @@ def fit(
             idx = dist.shard(batch)
             x, y = data.prep(data.x_train[idx]), data.y_train[idx]
             logging_step = (step + 1) % log_every_n_steps == 0
-            with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
+            with autocast():
                 if logging_step and layer_stats_enabled:
                     with activation_stats(model) as act:
                         logits = forward(x)
                 else:
-                    logits = forward(x)
+                    logits = fast_forward(x)
                 loss = dist.loss(logits, y, len(batch))
             penalty = reg.penalty(model)
             optimizer.zero_grad(set_to_none=True)
@@ -324,6 +346,7 @@ def fit(
         best_epoch=int(final["epoch"]),
         stopped_early=stopped_early,
         history=history,
+        compile_time_s=compile_time,
     )
 
 

@@ -42,24 +42,38 @@ class Schedule:
 SCHEDULES: Registry[Schedule] = Registry("schedule", "sched.name")
 
 
+def _fused(cls: type[Optimizer], params: list[nn.Parameter], **kwargs: Any) -> Optimizer:
+    """`cls(..., fused=True)` where torch has that kernel for these parameters, else the default implementation.
+    The plain CPU implementations update one tensor at a time; on the lab 10-5 MLP's parameters one step took
+    (default -> fused) Adam 1.27 -> 0.38 ms, Adagrad 1.02 -> 0.28, momentum 0.32 -> 0.15, SGD 0.13 -> 0.10.
+    The math is the same up to float rounding (fused kernels use FMAs); SGD without momentum is bit-identical.
+    (foreach=True was slower than the default on the CPU, so it is not used.)"""
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # no fused kernel for this device, dtype or option
+        return cls(params, **kwargs)
+
+
 @OPTIMIZERS.register("sgd", "plain SGD: w -= lr * g")
 def _sgd(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _fused(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("momentum", "SGD with momentum (Polyak 1964): v = beta*v + g; w -= lr * v")
 def _momentum(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return _fused(torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("nesterov", "Nesterov accelerated gradient (1983): the gradient taken one momentum step ahead")
 def _nesterov(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    return _fused(
+        torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+    )
 
 
 @OPTIMIZERS.register("adagrad", "Duchi et al. 2011: per-weight lr shrinks with the sum of squared gradients")
 def _adagrad(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return _fused(torch.optim.Adagrad, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("rmsprop", "Hinton 2012: Adagrad with an exponential average (optim.rho) of squared gradients")
@@ -75,12 +89,7 @@ def _adam_kwargs(cfg: DictConfig) -> dict:
 
 @OPTIMIZERS.register("adam", "Kingma & Ba 2014: momentum + RMSProp with bias correction; the lecture labs' optimizer")
 def _adam(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    # CPU Adam updates one tensor at a time by default; the fused kernel made the step 1.3-1.5x faster
-    # on these machines (shared/PERF_NOTES.md) with the same math.
-    try:
-        return torch.optim.Adam(params, fused=True, **_adam_kwargs(cfg))
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, **_adam_kwargs(cfg))
+    return _fused(torch.optim.Adam, params, **_adam_kwargs(cfg))
 
 
 @OPTIMIZERS.register("adamax", "Kingma & Ba 2014: Adam with the infinity norm of past gradients")
@@ -95,10 +104,7 @@ def _nadam(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
 
 @OPTIMIZERS.register("adamw", "Loshchilov & Hutter 2019: Adam with decoupled weight decay (optim.weight_decay)")
 def _adamw(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
-    try:
-        return torch.optim.AdamW(params, fused=True, **_adam_kwargs(cfg))
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, **_adam_kwargs(cfg))
+    return _fused(torch.optim.AdamW, params, **_adam_kwargs(cfg))
 
 
 # Optimizers whose update uses optim.momentum; 1cycle cycles that value (or Adam's beta1) where it exists.

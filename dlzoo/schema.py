@@ -132,6 +132,8 @@ class TrainerConfig:
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + loss scaling, CUDA only)
     channels_last: bool = True  # NHWC weights for conv nets: faster convolutions on CPU (oneDNN) and tensor cores
+    compile: bool = False  # torch.compile the training forward (eager if compilation is unavailable)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     devices: int = 1  # data-parallel processes (DDP); >1 runs torchrun; trainer.batch_size stays the global batch
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 

@@ -204,6 +204,8 @@ def _train_member(
             on_epoch_end=on_epoch_end,
             precision=t.precision,
             dist=dist,
+            compile_mode=t.compile_mode if t.compile else None,
+            warn=print_warning,
         )
         test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
         tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})
@@ -217,9 +219,12 @@ def _train_member(
             "epochs": result.epochs,
             "steps": result.steps,
             "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
+            "train_time_s": result.train_time_s,
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
         }
+        if t.compile:
+            metrics["compile_time_s"] = result.compile_time_s
         if cfg.eval.mc_samples > 0:
             mc_acc, mc_entropy = mc_evaluate(
                 model, data.x_test, data.y_test, cfg.eval.mc_samples, t.eval_batch_size, data.prep

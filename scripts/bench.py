@@ -1,8 +1,9 @@
-"""Training throughput, side by side in one process: (a) the per-sample pipeline most tutorials write
-(pytorch/examples mnist: a Dataset that turns each uint8 image into PIL -> ToTensor -> Normalize, through a
-DataLoader), (b) dlzoo's own loop (engine.fit on whole device tensors), (c) the compute-only bound (the same step
-on one fixed device-resident batch). Same net, optimizer and batch size for all three; warm-up excluded; the median
-of several timed repeats. Prints a table and writes JSON.
+"""Training throughput, side by side in one process: (a) the pipeline most tutorials write (pytorch/examples
+mnist: a Dataset that turns each uint8 image into PIL -> ToTensor -> Normalize, through a DataLoader, and the net
+and optimizer from stock torch.nn / torch.optim), (b) dlzoo's own loop (engine.fit on whole device tensors, with
+dlzoo's layers and optimizers), (c) the compute-only bound of (b)'s step (repeated on one fixed device-resident
+batch). Same architecture, initial weights, optimizer algorithm and batch size for all three; warm-up excluded;
+the median of several timed repeats. Prints a table and writes JSON.
 
     python scripts/bench.py --data ../shared/data --models mlp_dropout,cnn_deep --precision fp32,bf16
     python scripts/bench.py --quick   # a seconds-long smoke check (the test suite runs it)
@@ -11,6 +12,7 @@ of several timed repeats. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -53,6 +55,19 @@ class PerSample(Dataset):
         return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
 
 
+def as_users_write_it(model: nn.Module) -> nn.Module:
+    """The same net and weights built from stock torch.nn: dlzoo's Dropout (a cheaper CPU mask) becomes
+    nn.Dropout, as a tutorial's model has it."""
+    from dlzoo.models.blocks import Dropout
+
+    stock = copy.deepcopy(model)
+    for module in list(stock.modules()):
+        for name, child in module.named_children():
+            if type(child) is Dropout:
+                setattr(module, name, nn.Dropout(child.p))
+    return stock
+
+
 class Quiet:
     """A tracker that records nothing, so the benchmark measures the loop, not TensorBoard writes."""
 
@@ -89,19 +104,22 @@ def bench(
     n = steps * bs
     precision = "fp32"
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+    def step(net: nn.Module, opt: Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        opt.step()
 
     images, labels = data.x_train[:n, 0].cpu().numpy(), data.y_train[:n].cpu().numpy()
     loader = DataLoader(PerSample(images, labels), batch_size=bs, shuffle=True, num_workers=0)
+    # pytorch/examples' optimizer line: torch's default Adam implementation, at the recipe's settings.
+    stock = as_users_write_it(model)
+    stock_optimizer = torch.optim.Adam(stock.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
 
     def per_sample() -> None:
         for x, y in loader:
-            step(x.to(device), y.to(device))
+            step(stock, stock_optimizer, x.to(device), y.to(device))
 
     sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n]})
     scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
@@ -114,7 +132,7 @@ def bench(
 
     def compute_only() -> None:
         for _ in range(steps):
-            step(xb, yb)
+            step(model, optimizer, xb, yb)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -113,6 +113,7 @@ def test_unknown_group_member_fails_at_composition() -> None:
         ("sched=onecycle sched.momentum_range=[0.95,0.85]", "low <= high"),
         ("trainer.precision=fp8", "fp32 | bf16 | fp16"),
         ("trainer.precision=fp16 trainer.device=cpu", "use trainer.precision=bf16 on the CPU"),
+        ("trainer.compile_mode=fastest", "default | reduce-overhead | max-autotune"),
     ],
 )
 def test_validate_names_key_value_and_choices(override: str, expected: str) -> None:

@@ -7,12 +7,14 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from torch import nn
 
 from dlzoo.config import registries
 from dlzoo.errors import DlzooError
-from dlzoo.models.blocks import ACTIVATION_TYPES, ACTIVATIONS, DROPOUTS, NORMS, ActArgs
+from dlzoo.models.blocks import ACTIVATION_TYPES, ACTIVATIONS, DROPOUTS, NORMS, ActArgs, Dropout
 from dlzoo.models.init import BIAS_INITIALIZERS, INITIALIZERS, InitArgs
 from dlzoo.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from dlzoo.registry import Registry
@@ -108,6 +110,31 @@ def test_dropout_is_identity_at_eval_and_keeps_the_mean_in_training(name: str) -
     assert y.mean().item() == pytest.approx(x.mean().item(), abs=0.01)
     if name == "alpha_dropout":  # SELU's fixed point: mean 0, variance 1 survive
         assert y.std().item() == pytest.approx(1.0, abs=0.01)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.floats(0.05, 0.95), n=st.integers(1, 3000), seed=st.integers(0, 2**16))
+def test_the_cpu_dropout_mask_is_bernoulli_and_scales_what_it_keeps(p: float, n: int, seed: int) -> None:
+    # dlzoo's Dropout draws its CPU mask as rand >= p (cheaper than bernoulli_): each output is 0 or x / (1 - p),
+    # the gradient is the same mask, and about a fraction p is dropped.
+    torch.manual_seed(seed)
+    x = (torch.rand(n) + 0.5).requires_grad_()
+    y = Dropout(p).train()(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / (1 - p), rtol=1e-6)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p), rtol=1e-6)
+    if n >= 1000:  # 5 standard deviations of a Binomial(n, p) fraction
+        assert abs((~kept).float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_the_cpu_dropout_keeps_layout_and_autocast_dtype() -> None:
+    x = torch.randn(8, 16, 6, 6).to(memory_format=torch.channels_last)
+    y = Dropout(0.3).train()(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.float32
+    assert Dropout(0.3).train()(x.bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    assert isinstance(Dropout(0.3), nn.Dropout)  # MC dropout and the probes find it as a dropout layer
 
 
 # What each initializer promises for a (fan_out=400, fan_in=1000) weight: ("std", s) or ("bound", b) or special.
@@ -227,6 +254,16 @@ def test_optimizer_lowers_a_toy_loss(name: str) -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.5 * first
+
+
+# The CPU optimizers with a fused kernel in torch (measured 1.4-3.6x faster per step than the default; see _fused).
+FUSED_ON_CPU = {"sgd", "momentum", "nesterov", "adagrad", "adam", "adamw"}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
+def test_optimizers_use_the_fused_kernel_where_torch_has_one(name: str) -> None:
+    optimizer = build_optimizer(_optim_cfg(name), nn.Linear(5, 1).parameters())
+    assert bool(optimizer.defaults.get("fused")) == (name in FUSED_ON_CPU)
 
 
 def run_schedule(

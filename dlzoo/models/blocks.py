@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from dlzoo.registry import Registry
@@ -112,7 +113,22 @@ def _batch_norm(num_features: int) -> nn.Module | None:
     return nn.BatchNorm1d(num_features)
 
 
-DROPOUTS.register("dropout", "zero units with probability p in training, scale the rest by 1/(1-p)")(nn.Dropout)
+class Dropout(nn.Dropout):
+    """nn.Dropout (Srivastava et al. 2014) with a cheaper mask on the CPU. There, torch's bernoulli_ draws
+    ~9 ns per element against ~3 ns for rand (one thread either way), and it was 22% of the lab 10-5 MLP's step;
+    `rand >= p` is the same Bernoulli(1 - p) mask. CUDA keeps torch's fused kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        # float32 uniforms even under bf16 autocast, whose 8-bit mantissa would round p to a multiple of 1/256.
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+DROPOUTS.register("dropout", "zero units with probability p in training, scale the rest by 1/(1-p)")(Dropout)
 DROPOUTS.register("alpha_dropout", "dropout that keeps SELU's mean and variance (Klambauer et al. 2017)")(
     nn.AlphaDropout
 )
