@@ -24,6 +24,23 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("gpu_per_job", gpu_per_job)
 
 
+def default_threads() -> int | None:
+    """CPU threads for a run that left trainer.threads null. A job of a local parallel sweep (joblib) gets its
+    share, the usable cores // hydra.launcher.n_jobs (at least 1): more threads than cores make OpenMP spin and
+    slow every job (shared/PERF_NOTES.md). Anywhere else None: torch's own default (the physical cores)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not parallel_worker():
+        return None
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int):  # submitit and other launchers: the job's own allocation
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // (n_jobs if n_jobs > 0 else cores))  # joblib's n_jobs=-1: one job per core
+
+
 def parallel_worker() -> bool:
     """Whether this Hydra job runs beside others on this machine (a launcher other than Hydra's basic one)."""
     from hydra.core.hydra_config import HydraConfig

@@ -80,8 +80,9 @@ def run(
     if dist.main:
         check_writable(out_dir)
 
-    if t.threads is not None:
-        torch.set_num_threads(t.threads)
+    threads = t.threads if t.threads is not None else launch.default_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     if t.deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (PyTorch's reproducibility notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

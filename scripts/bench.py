@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -95,21 +97,82 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def train_step(
+    net: Callable[[torch.Tensor], torch.Tensor], opt: Optimizer, x: torch.Tensor, y: torch.Tensor, precision: str
+) -> None:
+    with torch.autocast(x.device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
+        loss = F.cross_entropy(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def ablate(model_name: str, data_root: str, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    """The compute-only step's samples/s as dlzoo's means are switched on one at a time, each on top of the ones
+    before: what each mean is worth on this machine, measured in one process on the same weights and batch."""
+    cfg, data, model, _ = setup(model_name, data_root, device)
+    xb, yb = data.prep(data.x_train[: cfg.trainer.batch_size]), data.y_train[: cfg.trainer.batch_size]
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    def stock_adam(net: nn.Module) -> Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+
+    def dlzoo_adam(net: nn.Module) -> Optimizer:
+        return build_optimizer(cfg.optim, net.parameters())
+
+    def stock_net() -> nn.Module:
+        return as_users_write_it(model)
+
+    def dlzoo_net() -> nn.Module:
+        return copy.deepcopy(model)
+
+    def dlzoo_net_nhwc() -> nn.Module:
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    # (name, the net, its optimizer, precision); each row adds one mean to the row before.
+    variants: list[tuple[str, Callable[[], nn.Module], Callable[[nn.Module], Optimizer], str]] = [
+        ("stock step: nn.Dropout, torch's default Adam, NCHW, fp32", stock_net, stock_adam, "fp32"),
+        ("+ fused Adam", stock_net, dlzoo_adam, "fp32"),
+        ("+ dlzoo's dropout mask (rand >= p)", dlzoo_net, dlzoo_adam, "fp32"),
+    ]  # fmt: skip
+    if conv:
+        variants.append(("+ channels_last", dlzoo_net_nhwc, dlzoo_adam, "fp32"))
+    variants.append(("+ bf16 autocast", variants[-1][1], dlzoo_adam, "bf16"))
+    rows, first = [], None
+    for name, make_net, make_optimizer, precision in variants:
+        net = make_net()
+        opt = make_optimizer(net)
+
+        def run(net: nn.Module = net, opt: Optimizer = opt, precision: str = precision) -> None:
+            for _ in range(steps):
+                train_step(net, opt, xb, yb, precision)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        rate = steps * len(yb) / timed(run, repeats)
+        first = first or rate
+        rows.append({"model": model_name, "mean": name, "compute_only_samples_per_s": rate, "vs_stock": rate / first})
+    return rows
+
+
 def bench(
-    model_name: str, data_root: str, steps: int, repeats: int, device: torch.device, precisions: list[str]
+    model_name: str,
+    data_root: str,
+    steps: int,
+    repeats: int,
+    device: torch.device,
+    precisions: list[str],
+    compiles: list[bool],
 ) -> list[dict]:
-    """One row per precision: (a) is always the fp32 per-sample pipeline; (b) and (c) run in that precision."""
+    """One row per precision and compile setting: (a) is always the fp32, eager per-sample pipeline; (b) and (c)
+    run in that precision, compiled (trainer.compile=true) or not."""
     cfg, data, model, optimizer = setup(model_name, data_root, device)
     bs = cfg.trainer.batch_size
     n = steps * bs
-    precision = "fp32"
+    precision, compiled = "fp32", False
 
-    def step(net: nn.Module, opt: Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.autocast(device.type, _AUTOCAST.get(precision), enabled=precision != "fp32"):
-            loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(net: Callable[[torch.Tensor], torch.Tensor], opt: Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(net, opt, x, y, precision)
 
     images, labels = data.x_train[:n, 0].cpu().numpy(), data.y_train[:n].cpu().numpy()
     loader = DataLoader(PerSample(images, labels), batch_size=bs, shuffle=True, num_workers=0)
@@ -121,35 +184,48 @@ def bench(
         for x, y in loader:
             step(stock, stock_optimizer, x.to(device), y.to(device))
 
-    sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n]})
+    # No validation split: fit's end-of-epoch validation would otherwise sit inside the timed training epoch.
+    sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n],
+                        "x_val": data.x_val[:0], "y_val": data.y_val[:0]})  # fmt: skip
     scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
 
     def engine() -> None:
         fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0, log_every_n_steps=50,
-            layer_stats_enabled=True, eval_batch_size=10000, precision=precision)  # fmt: skip
+            layer_stats_enabled=True, eval_batch_size=10000, precision=precision,
+            compile_mode="default" if compiled else None)  # fmt: skip
 
     xb, yb = data.prep(data.x_train[:bs]), data.y_train[:bs]
 
     def compute_only() -> None:
+        net = torch.compile(model) if compiled else model  # dynamo caches the graphs: compiles on the warm-up
         for _ in range(steps):
-            step(model, optimizer, xb, yb)
+            step(net, optimizer, xb, yb)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     a = n / timed(per_sample, repeats)  # the usual pipeline: fp32, default memory layout
     if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)  # as `dlzoo train` does for conv nets
-    # The engine's epoch includes one validation pass over 5,000 images; time it alone and take it out.
-    t_val = timed(lambda: evaluate(model, data.x_val, data.y_val, 10000, data.prep), repeats)
     t_eval = timed(lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep), repeats)
     rows = []
-    for precision in precisions:  # step() and engine() read it
-        b, c = n / max(timed(engine, repeats) - t_val, 1e-9), n / timed(compute_only, repeats)
-        rows.append({"model": model_name, "precision": precision, "batch_size": bs, "steps": steps,
+    for precision, compiled in itertools.product(precisions, compiles):  # step(), engine(), compute_only() read them
+        b, c = n / timed(engine, repeats), n / timed(compute_only, repeats)
+        rows.append({"model": model_name, "precision": precision, "compile": compiled, "batch_size": bs, "steps": steps,
                      "per_sample_samples_per_s": a, "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c,
                      "dlzoo_over_per_sample": b / a, "dlzoo_over_compute_only": b / c,
                      "eval_samples_per_s": len(data.y_test) / t_eval})  # fmt: skip
     return rows
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({len(os.sched_getaffinity(0))} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def main() -> None:
@@ -161,6 +237,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16 for (b) and (c)")
+    parser.add_argument("--compile", action="store_true", help="add rows with trainer.compile=true for (b) and (c)")
+    parser.add_argument("--ablate", action="store_true", help="also time the step with each of dlzoo's means added")
     parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, fp32: a smoke check, not a figure")
     parser.add_argument("--out", default="outputs/bench.json")
     args = parser.parse_args()
@@ -172,21 +250,29 @@ def main() -> None:
     device = torch.device(args.device)
     precisions = args.precision.split(",")
     models = args.models.split(",")
-    rows = [r for m in models for r in bench(m, args.data, args.steps, args.repeats, device, precisions)]
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    compiles = [False, True] if args.compile else [False]
+    rows = [r for m in models for r in bench(m, args.data, args.steps, args.repeats, device, precisions, compiles)]
+    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
-    print(f"{'model':<14}{'prec':<6}{'per-sample':>12}{'dlzoo':>10}{'compute':>10}{'dlzoo/per-sample':>18}"
+    print(f"{'model':<14}{'step':<14}{'per-sample':>12}{'dlzoo':>10}{'compute':>10}{'dlzoo/per-sample':>18}"
           f"{'dlzoo/compute':>15}{'eval':>10}")  # fmt: skip
     for r in rows:
-        print(f"{r['model']:<14}{r['precision']:<6}{r['per_sample_samples_per_s']:>12,.0f}"
+        variant = r["precision"] + (" compiled" if r["compile"] else "")
+        print(f"{r['model']:<14}{variant:<14}{r['per_sample_samples_per_s']:>12,.0f}"
               f"{r['dlzoo_samples_per_s']:>10,.0f}"
               f"{r['compute_only_samples_per_s']:>10,.0f}{r['dlzoo_over_per_sample']:>17.2f}x"
               f"{r['dlzoo_over_compute_only']:>14.2f}x{r['eval_samples_per_s']:>10,.0f}")  # fmt: skip
     print(f"samples/s, batch {rows[0]['batch_size']}, {env['threads']} threads, torch {env['torch']}, {env['device']}")
+    report = {"env": env, "results": rows}
+    if args.ablate:
+        report["ablation"] = [r for m in models for r in ablate(m, args.data, args.steps, args.repeats, device)]
+        print(f"\n{'model':<14}{'compute-only step, means added one at a time':<60}{'samples/s':>11}{'vs stock':>10}")
+        for r in report["ablation"]:
+            print(f"{r['model']:<14}{r['mean']:<60}{r['compute_only_samples_per_s']:>11,.0f}{r['vs_stock']:>9.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

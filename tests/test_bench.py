@@ -21,6 +21,7 @@ def test_bench_quick_writes_every_ratio(fmnist_root: Path, tmp_path: Path) -> No
     report = json.loads(out.read_text())
     assert report["env"]["threads"] == 1 and report["env"]["torch"] and report["env"]["peak_rss_mb"] > 0
     rows = {r["model"]: r for r in report["results"]}
+    assert all(r["compile"] is False and r["precision"] == "fp32" for r in rows.values())
     assert set(rows) == {"mlp_dropout", "cnn_deep"}
     for r in rows.values():
         for key in ("per_sample_samples_per_s", "dlzoo_samples_per_s", "compute_only_samples_per_s"):
@@ -28,3 +29,25 @@ def test_bench_quick_writes_every_ratio(fmnist_root: Path, tmp_path: Path) -> No
         assert r["dlzoo_over_per_sample"] == r["dlzoo_samples_per_s"] / r["per_sample_samples_per_s"]
         assert r["eval_samples_per_s"] > r["dlzoo_samples_per_s"]  # evaluation runs in 10k batches, no backward
     assert "mlp_dropout" in proc.stdout and "dlzoo/compute" in proc.stdout
+
+
+def test_the_baseline_net_is_stock_torch_with_the_same_weights() -> None:
+    # (a) must be what a tutorial runs: nn.Dropout (torch's bernoulli_ mask), not dlzoo's cheaper CPU mask.
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from bench import as_users_write_it
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    import torch
+    from torch import nn
+
+    from dlzoo.models.blocks import Dropout
+    from dlzoo.models.mlp import MLP
+
+    model = MLP(784, 10, [32, 32], dropout=0.3)
+    stock = as_users_write_it(model)
+    assert sum(type(m) is Dropout for m in model.modules()) == 2
+    assert not any(isinstance(m, Dropout) for m in stock.modules())
+    assert [m.p for m in stock.modules() if type(m) is nn.Dropout] == [0.3, 0.3]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), stock.parameters(), strict=True))
+    assert all(p is not q for p, q in zip(model.parameters(), stock.parameters(), strict=True))

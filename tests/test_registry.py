@@ -14,7 +14,7 @@ from torch import nn
 
 from dlzoo.config import registries
 from dlzoo.errors import DlzooError
-from dlzoo.models.blocks import ACTIVATION_TYPES, ACTIVATIONS, DROPOUTS, NORMS, ActArgs, Dropout
+from dlzoo.models.blocks import ACTIVATION_TYPES, ACTIVATIONS, DROPOUTS, NORMS, ActArgs, AlphaDropout, Dropout
 from dlzoo.models.init import BIAS_INITIALIZERS, INITIALIZERS, InitArgs
 from dlzoo.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from dlzoo.registry import Registry
@@ -126,6 +126,24 @@ def test_the_cpu_dropout_mask_is_bernoulli_and_scales_what_it_keeps(p: float, n:
     assert torch.allclose(x.grad, kept.float() / (1 - p), rtol=1e-6)
     if n >= 1000:  # 5 standard deviations of a Binomial(n, p) fraction
         assert abs((~kept).float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+@settings(max_examples=20, deadline=None)
+@given(p=st.floats(0.05, 0.95), seed=st.integers(0, 2**16))
+def test_the_cpu_alpha_dropout_is_torchs_map_with_a_cheaper_mask(p: float, seed: int) -> None:
+    # torch's alpha_dropout sends a kept x to a*x + b and every dropped unit to one constant; read a, b and the
+    # constant off torch's own output, then dlzoo's must map each unit to one of the two.
+    torch.manual_seed(seed)
+    x = torch.randn(4000)
+    theirs = torch.nn.functional.alpha_dropout(x, p, training=True)
+    dropped = theirs.mode().values
+    i, j = torch.nonzero(~torch.isclose(theirs, dropped)).flatten()[:2]
+    a = (theirs[i] - theirs[j]) / (x[i] - x[j])
+    b = theirs[i] - a * x[i]
+    ours = AlphaDropout(p).train()(x)
+    is_kept = torch.isclose(ours, a * x + b, atol=1e-4)
+    assert torch.isclose(ours[~is_kept], dropped, atol=1e-5).all()
+    assert abs((~is_kept).float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / len(x))
 
 
 def test_the_cpu_dropout_keeps_layout_and_autocast_dtype() -> None:

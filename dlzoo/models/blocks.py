@@ -128,10 +128,24 @@ class Dropout(nn.Dropout):
         return x * keep * (1.0 / (1.0 - self.p))
 
 
+# SELU's negative saturation value -lambda * alpha (Klambauer et al. 2017), where alpha dropout sets dropped units.
+_SELU_SATURATION = -1.0507009873554804934193349852946 * 1.6732632423543772848170429916717
+
+
+class AlphaDropout(nn.AlphaDropout):
+    """nn.AlphaDropout with the same cheaper CPU mask as Dropout: dropped units are set to SELU's saturation
+    value and the result is mapped by a*x + b so that mean 0 and variance 1 survive (Klambauer et al. 2017)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
+        a = ((1 - self.p) * (1 + self.p * _SELU_SATURATION**2)) ** -0.5
+        return torch.where(keep, x, _SELU_SATURATION) * a - a * _SELU_SATURATION * self.p
+
+
 DROPOUTS.register("dropout", "zero units with probability p in training, scale the rest by 1/(1-p)")(Dropout)
-DROPOUTS.register("alpha_dropout", "dropout that keeps SELU's mean and variance (Klambauer et al. 2017)")(
-    nn.AlphaDropout
-)
+DROPOUTS.register("alpha_dropout", "dropout that keeps SELU's mean and variance (Klambauer et al. 2017)")(AlphaDropout)
 
 DROPOUT_TYPES = (nn.Dropout, nn.AlphaDropout)
 
