@@ -1,16 +1,14 @@
-"""The one training loop, with early stopping, exact resume, divergence checks and stop requests. Data stays on
-the device as whole tensors; batches are drawn by index and the loop reads values back to the host only at
-logging intervals."""
+"""The one training loop, with mixed precision, exact resume and the stops of dlzoo.stopping (early stopping,
+divergence, stop requests). Data stays on the device as whole tensors; batches are drawn by index and the loop
+reads values back to the host only at logging intervals."""
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state, signed
+from dlzoo.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
 from dlzoo.compiled import compile_forward
 from dlzoo.data import Splits
 from dlzoo.distributed import Dist
@@ -26,6 +24,7 @@ from dlzoo.errors import DlzooError
 from dlzoo.optim import Scheduler
 from dlzoo.probes import activation_stats, layer_stats
 from dlzoo.regularize import Regularizer
+from dlzoo.stopping import EarlyStopping, Interrupted, StopFlag, diverged_error
 
 # Mixed precision for the training step. The weights, the optimizer and evaluation stay fp32.
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,28 +38,6 @@ class Tracker(Protocol):
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None: ...
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
-
-
-class DivergedError(DlzooError):
-    """The loss became NaN or infinite."""
-
-
-class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C / SIGTERM) after writing a resumable checkpoint."""
-
-    def __init__(self, checkpoint: Path | None, signum: int) -> None:
-        super().__init__(f"interrupted by signal {signum}")
-        self.checkpoint, self.signum = checkpoint, signum
-
-
-class StopFlag:
-    """Set from a signal handler (or a test); the loop checks it after every step."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def request(self, signum: int) -> None:
-        self.signum = signum
 
 
 @dataclass
@@ -95,33 +72,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DlzooError("trainer.device=mps was asked for, but MPS is not available. Fix: trainer.device=auto.")
     return device
-
-
-class EarlyStopping:
-    """Stop after `patience` epochs without `monitor` improving by more than `min_delta`; remember the best
-    epoch's weights (on their device) so they can be restored (Keras' EarlyStopping)."""
-
-    def __init__(self, patience: int, monitor: str = "val/loss", min_delta: float = 0.0) -> None:
-        self.patience, self.monitor, self.min_delta = patience, monitor, min_delta
-        self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
-        self.best_state: dict[str, Tensor] | None = None
-
-    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
-        """Record this epoch; True when training should stop."""
-        value = signed(self.monitor, metrics[self.monitor])
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-            self.best_state = copy.deepcopy(model.state_dict())
-            return False
-        self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("best", "best_epoch", "bad_epochs", "best_state")}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
 
 
 def fit(
@@ -283,7 +233,7 @@ def fit(
             if logging_step:
                 value = dist.mean(loss.item())  # the one host sync per logging interval
                 if not math.isfinite(value) or (max_loss is not None and value > max_loss):
-                    raise _diverged(step, last_finite_loss, checkpointing, value, max_loss)
+                    raise diverged_error(step, last_finite_loss, checkpointing, value, max_loss)
                 last_finite_loss = value
                 elapsed = time.perf_counter() - t0
                 tracker.log_step(step, value, scheduler.get_last_lr()[0], dist.world * epoch_seen / max(elapsed, 1e-9))
@@ -304,7 +254,7 @@ def fit(
 
         train_loss, train_acc = loss_total / epoch_seen, correct_total / epoch_seen
         if not math.isfinite(train_loss):
-            raise _diverged(step, last_finite_loss, checkpointing, train_loss, max_loss)
+            raise diverged_error(step, last_finite_loss, checkpointing, train_loss, max_loss)
         val_loss, val_acc = dist.evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
         scheduler.epoch_end(val_loss)
         metrics = {
@@ -347,25 +297,4 @@ def fit(
         stopped_early=stopped_early,
         history=history,
         compile_time_s=compile_time,
-    )
-
-
-def _diverged(
-    step: int, last_finite: float, checkpointing: Checkpointing | None, value: float, max_loss: float | None
-) -> DivergedError:
-    what = (
-        "became NaN or infinite"
-        if not math.isfinite(value)
-        else f"exploded to {value:.4g} (above trainer.max_loss={max_loss:g})"
-    )
-    kept = (
-        f" The last good checkpoint is kept at {checkpointing.last}."
-        if checkpointing is not None and checkpointing.last.exists()
-        else ""
-    )
-    return DivergedError(
-        f"Training diverged: the loss {what} at step {step} (last good logged loss {last_finite:.4g}).{kept}"
-        " Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
-        "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
-        "trainer.detect_anomaly=true finds the operation that produced it."
     )

@@ -24,14 +24,7 @@ from dlzoo import distributed, launch
 from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import register_configs, validate, warnings
 from dlzoo.data import Splits
-from dlzoo.engine import (
-    EarlyStopping,
-    Interrupted,
-    StopFlag,
-    fit,
-    resolve_device,
-    seed_everything,
-)
+from dlzoo.engine import fit, resolve_device, seed_everything
 from dlzoo.errors import DlzooError
 from dlzoo.evaluation import evaluate_ensemble, mc_evaluate
 from dlzoo.models import build_model
@@ -42,6 +35,7 @@ from dlzoo.pretrain import pretrain_model
 from dlzoo.regularize import build_regularizer
 from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata
 from dlzoo.splits import build_splits
+from dlzoo.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.tracking import RunTracker, console, print_error, print_final, print_summary, print_warning
 from dlzoo.transfer import build_freeze_schedule, build_reuse
 

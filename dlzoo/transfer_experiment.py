@@ -63,7 +63,7 @@ def transfer_command(args: list[str]) -> Path:
 
 def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
     from dlzoo.cli import compose_and_validate
-    from dlzoo.engine import Interrupted
+    from dlzoo.stopping import Interrupted
     from dlzoo.tracking import console
     from dlzoo.train import run, stop_on_signals
 

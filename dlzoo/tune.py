@@ -18,7 +18,7 @@ from dlzoo.errors import DlzooError
 if TYPE_CHECKING:
     import optuna
 
-    from dlzoo.engine import StopFlag
+    from dlzoo.stopping import StopFlag
 
 STUDY = "dlzoo"  # one study per output folder, so its name carries nothing
 SAME_FAILURES_TO_STOP = 3  # this many trials failing with one message means the setup is broken, not the draws
@@ -26,7 +26,7 @@ SAME_FAILURES_TO_STOP = 3  # this many trials failing with one message means the
 
 def tune_command(argv: list[str]) -> int:
     """Parse `dlzoo tune` arguments and run (or resume) the search; returns the exit code."""
-    from dlzoo.engine import Interrupted
+    from dlzoo.stopping import Interrupted
     from dlzoo.tracking import print_error
 
     parser = argparse.ArgumentParser(prog="dlzoo tune", description=__doc__)
@@ -58,8 +58,8 @@ def tune_command(argv: list[str]) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import optuna
 
-    from dlzoo.engine import Interrupted
     from dlzoo.search import build_pruner, build_sampler
+    from dlzoo.stopping import Interrupted
     from dlzoo.train import stop_on_signals
     from dlzoo.tune_report import report
 
@@ -142,8 +142,8 @@ def _run_trial(
     from optuna.trial import TrialState
 
     from dlzoo.cli import compose_and_validate
-    from dlzoo.engine import Interrupted
     from dlzoo.search import METRICS, suggest_overrides
+    from dlzoo.stopping import Interrupted
     from dlzoo.tracking import console, print_error
     from dlzoo.train import run
 

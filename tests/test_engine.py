@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from dlzoo.checkpoint import Checkpointing
 from dlzoo.config import OptimConfig, SchedConfig
 from dlzoo.data import Splits, load_splits
-from dlzoo.engine import DivergedError, EarlyStopping, fit, seed_everything
+from dlzoo.engine import fit, seed_everything
 from dlzoo.evaluation import evaluate, mc_evaluate
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.probes import layer_stats
+from dlzoo.stopping import DivergedError, EarlyStopping
 
 
 class Recorder:
@@ -130,7 +131,7 @@ def test_top_k_keeps_the_best_epochs_weights(toy: Splits, tmp_path: Path) -> Non
 
 def resumed_run(toy: Splits, tmp_path: Path, stop_at_step: int) -> tuple[torch.nn.Module, object]:
     """Train 3 epochs but stop after `stop_at_step`, then resume from last.pt in a fresh model/optimizer."""
-    from dlzoo.engine import Interrupted, StopFlag
+    from dlzoo.stopping import Interrupted, StopFlag
 
     stop = StopFlag()
 

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data import load_splits
-from dlzoo.engine import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.splits import build_splits, select_classes
+from dlzoo.stopping import Interrupted, StopFlag
 from dlzoo.train import run
 from tests.test_cli import dlzoo
 
