@@ -87,14 +87,20 @@ def setup(model_name: str, data_root: str, device: torch.device) -> tuple[DictCo
     return cfg, data, model, optimizer
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocator, kernels, first-touch
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The median seconds of each function, timed in interleaved rounds (every function once per round, after
+    one warm-up call each: allocator, kernels, compilation). This machine's speed drifts by up to 1.6x within an
+    hour (shared/PERF_NOTES.md); interleaving puts every variant under the same drift, so their ratios hold even
+    where the absolute figures move."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def train_step(
@@ -138,21 +144,24 @@ def ablate(model_name: str, data_root: str, steps: int, repeats: int, device: to
     if conv:
         variants.append(("+ channels_last", dlzoo_net_nhwc, dlzoo_adam, "fp32"))
     variants.append(("+ bf16 autocast", variants[-1][1], dlzoo_adam, "bf16"))
-    rows, first = [], None
-    for name, make_net, make_optimizer, precision in variants:
-        net = make_net()
-        opt = make_optimizer(net)
 
-        def run(net: nn.Module = net, opt: Optimizer = opt, precision: str = precision) -> None:
+    def runner(net: nn.Module, opt: Optimizer, precision: str) -> Callable[[], None]:
+        def run() -> None:
             for _ in range(steps):
                 train_step(net, opt, xb, yb, precision)
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        rate = steps * len(yb) / timed(run, repeats)
-        first = first or rate
-        rows.append({"model": model_name, "mean": name, "compute_only_samples_per_s": rate, "vs_stock": rate / first})
-    return rows
+        return run
+
+    fns = {}
+    for name, make_net, make_optimizer, precision in variants:
+        net = make_net()
+        fns[name] = runner(net, make_optimizer(net), precision)
+    seconds = timed(fns, repeats)
+    stock = steps * len(yb) / seconds[variants[0][0]]
+    return [{"model": model_name, "mean": name, "compute_only_samples_per_s": steps * len(yb) / t,
+             "vs_stock": steps * len(yb) / t / stock} for name, t in seconds.items()]  # fmt: skip
 
 
 def bench(
@@ -169,51 +178,54 @@ def bench(
     cfg, data, model, optimizer = setup(model_name, data_root, device)
     bs = cfg.trainer.batch_size
     n = steps * bs
-    precision, compiled = "fp32", False
-
-    def step(net: Callable[[torch.Tensor], torch.Tensor], opt: Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(net, opt, x, y, precision)
-
     images, labels = data.x_train[:n, 0].cpu().numpy(), data.y_train[:n].cpu().numpy()
     loader = DataLoader(PerSample(images, labels), batch_size=bs, shuffle=True, num_workers=0)
-    # pytorch/examples' optimizer line: torch's default Adam implementation, at the recipe's settings.
+    # The tutorial's net in the default memory layout, with pytorch/examples' optimizer line: torch's default
+    # Adam implementation at the recipe's settings.
     stock = as_users_write_it(model)
     stock_optimizer = torch.optim.Adam(stock.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # as `dlzoo train` does for conv nets
+    compiled_model = torch.compile(model)  # compiles lazily, on the first call of a compiled variant
 
     def per_sample() -> None:
         for x, y in loader:
-            step(stock, stock_optimizer, x.to(device), y.to(device))
+            train_step(stock, stock_optimizer, x.to(device), y.to(device), "fp32")
 
     # No validation split: fit's end-of-epoch validation would otherwise sit inside the timed training epoch.
     sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n],
                         "x_val": data.x_val[:0], "y_val": data.y_val[:0]})  # fmt: skip
     scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
-
-    def engine() -> None:
-        fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0, log_every_n_steps=50,
-            layer_stats_enabled=True, eval_batch_size=10000, precision=precision,
-            compile_mode="default" if compiled else None)  # fmt: skip
-
     xb, yb = data.prep(data.x_train[:bs]), data.y_train[:bs]
 
-    def compute_only() -> None:
-        net = torch.compile(model) if compiled else model  # dynamo caches the graphs: compiles on the warm-up
-        for _ in range(steps):
-            step(net, optimizer, xb, yb)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def engine(precision: str, compiled: bool) -> Callable[[], None]:
+        return lambda: fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0,
+                           log_every_n_steps=50, layer_stats_enabled=True, eval_batch_size=10000,
+                           precision=precision, compile_mode="default" if compiled else None)  # fmt: skip
 
-    a = n / timed(per_sample, repeats)  # the usual pipeline: fp32, default memory layout
-    if cfg.trainer.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=torch.channels_last)  # as `dlzoo train` does for conv nets
-    t_eval = timed(lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep), repeats)
+    def compute_only(precision: str, compiled: bool) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(steps):
+                train_step(compiled_model if compiled else model, optimizer, xb, yb, precision)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    variants = list(itertools.product(precisions, compiles))
+    fns: dict[str, Callable[[], object]] = {"a": per_sample}
+    for v in variants:
+        fns[f"b{v}"], fns[f"c{v}"] = engine(*v), compute_only(*v)
+    fns["eval"] = lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep)
+    seconds = timed(fns, repeats)
+    a = n / seconds["a"]
     rows = []
-    for precision, compiled in itertools.product(precisions, compiles):  # step(), engine(), compute_only() read them
-        b, c = n / timed(engine, repeats), n / timed(compute_only, repeats)
+    for precision, compiled in variants:
+        b, c = n / seconds[f"b{(precision, compiled)}"], n / seconds[f"c{(precision, compiled)}"]
         rows.append({"model": model_name, "precision": precision, "compile": compiled, "batch_size": bs, "steps": steps,
                      "per_sample_samples_per_s": a, "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c,
                      "dlzoo_over_per_sample": b / a, "dlzoo_over_compute_only": b / c,
-                     "eval_samples_per_s": len(data.y_test) / t_eval})  # fmt: skip
+                     "eval_samples_per_s": len(data.y_test) / seconds["eval"]})  # fmt: skip
     return rows
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -179,20 +180,27 @@ def test_unknown_command(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lab10_5_recipe_reaches_088_on_fashion_mnist(fmnist_root: Path, tmp_path: Path) -> None:
-    """The issue's bar: the full 15-epoch lab 10-5 recipe on the 2-core CPU (66 s when the machine is idle)."""
-    run_dir = tmp_path / "run"
+    """The issue's bar, as the README states it: the full 15-epoch lab 10-5 recipe reaches 0.88 test accuracy on
+    Fashion-MNIST as a mean over seeds 1, 2, 3 (one seed alone spreads about ±0.003; seed 777 gives 0.879). Two
+    1-thread jobs side by side: about 4 minutes on an idle 2-core machine."""
+    sweep = tmp_path / "sweep"
     proc = dlzoo(
         "train",
+        "-m",
+        "hydra/launcher=parallel",
         "model=mlp_dropout",
+        "trainer.seed=1,2,3",
+        "trainer.threads=1",
         "data=fashion_mnist",
         f"data.root={fmnist_root}",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
-        timeout=1800,  # ~2 min on an idle 2-core machine; 2 OpenMP threads slow down 3-10x on a busy one
+        timeout=3600,  # OpenMP threads slow down 3-10x on a busy machine
     )
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == 15 and metrics["test_acc"] >= 0.88
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert [m["seed"] for m in runs] == [1, 2, 3] and all(m["epochs"] == 15 for m in runs)
+    assert statistics.mean(m["test_acc"] for m in runs) >= 0.88
 
 
 def test_unwritable_output_folder_is_refused_before_any_work(tmp_path: Path) -> None:
