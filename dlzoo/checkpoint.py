@@ -55,24 +55,23 @@ def signed(monitor: str, value: float) -> float:
     return value if monitor.endswith("loss") else -value
 
 
-def rng_state(order: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, so a resumed run draws the same numbers."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "order": order.get_state(),
-    }
+def rng_state(order: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random stream a run draws from (and the batch-order generator, if given), so a resumed run draws
+    the same numbers."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if order is not None:
+        state["order"] = order.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], order: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], order: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    order.set_state(state["order"])
+    if order is not None:
+        order.set_state(state["order"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

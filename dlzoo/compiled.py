@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from dlzoo.checkpoint import rng_state, set_rng_state
+
 # torch.compile's modes; reduce-overhead replays the step's kernels as CUDA graphs (fixed shapes, on GPUs).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -21,7 +23,7 @@ def compile_forward(
     returns the loss of a real batch through `fn`, under the step's autocast. Compilation happens lazily at the
     first call, so this is where a missing compiler shows up, and the step's graphs are then ready. On failure
     `warn` gets the reason and the eager `forward` comes back. The probe leaves no trace: gradients are cleared,
-    buffers (batch norm's running statistics) and the global RNG state (dropout masks) are restored.
+    buffers (batch norm's running statistics) and every global RNG stream (dropout masks) are restored.
     """
     try:
         compiled = torch.compile(forward, mode=mode)
@@ -29,9 +31,7 @@ def compile_forward(
         warn(_fallback_message(e))
         return forward
     params = list(forward.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    cpu_state = torch.get_rng_state()
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    random_state = rng_state()
     buffers = [(b, b.detach().clone()) for b in forward.buffers()]
     try:
         probe(compiled).backward()
@@ -44,9 +44,7 @@ def compile_forward(
                 buffer.copy_(saved)
         for p in params:
             p.grad = None
-        torch.set_rng_state(cpu_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
+        set_rng_state(random_state)
     return compiled
 
 

@@ -58,15 +58,16 @@ class PerSample(Dataset):
 
 
 def as_users_write_it(model: nn.Module) -> nn.Module:
-    """The same net and weights built from stock torch.nn: dlzoo's Dropout (a cheaper CPU mask) becomes
-    nn.Dropout, as a tutorial's model has it."""
-    from dlzoo.models.blocks import Dropout
+    """The same net and weights built from stock torch.nn: dlzoo's dropouts (a cheaper CPU mask) become
+    nn.Dropout / nn.AlphaDropout, as a tutorial's model has them."""
+    from dlzoo.models.blocks import AlphaDropout, Dropout
 
+    stock_class = {Dropout: nn.Dropout, AlphaDropout: nn.AlphaDropout}
     stock = copy.deepcopy(model)
     for module in list(stock.modules()):
         for name, child in module.named_children():
-            if type(child) is Dropout:
-                setattr(module, name, nn.Dropout(child.p))
+            if type(child) in stock_class:
+                setattr(module, name, stock_class[type(child)](child.p))
     return stock
 
 
