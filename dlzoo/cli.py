@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from dlzoo.compose import compose_and_validate, config_groups, precheck, split_args
+from dlzoo.errors import DlzooError
+from dlzoo.registry import closest
+
+__all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
 
 USAGE = """usage: dlzoo <command> [args]
 
@@ -32,89 +35,68 @@ examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command == "train":
-        problem = _output_problem(rest) or precheck(rest)
-        if problem:
-            from dlzoo.tracking import print_error
+def _train(rest: list[str]) -> int:
+    from dlzoo import distributed
+    from dlzoo.compose import SKIP_PRECHECK, precheck
 
-            print_error(problem)
-            return 2
-        from dlzoo import distributed
-        from dlzoo.errors import DlzooError
+    problem = _output_problem(rest) or precheck(rest)
+    if problem:
+        raise DlzooError(problem)
+    devices = distributed.requested_devices(rest)
+    if devices > 1 and not distributed.launched() and not any(a.split("=")[0] in SKIP_PRECHECK for a in rest):
+        return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
+    extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
+    from dlzoo import train
 
-        devices = distributed.requested_devices(rest)
-        if devices > 1 and not distributed.launched() and not any(a.split("=")[0] in _SKIP_PRECHECK for a in rest):
-            return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
-        try:
-            extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
-        except DlzooError as e:
-            from dlzoo.tracking import print_error
+    sys.argv = ["dlzoo train", *rest, *extra]
+    train.main()
+    return 0
 
-            print_error(str(e))
-            return 2
-        from dlzoo import train
 
-        sys.argv = ["dlzoo train", *rest, *extra]
-        train.main()
-        return 0
-    if command == "validate":
-        return _validate(rest)
-    if command in ("eval", "predict"):
-        from dlzoo import inference
-        from dlzoo.errors import DlzooError
-        from dlzoo.tracking import print_error
+def _eval(rest: list[str]) -> int:
+    from dlzoo import inference
 
-        try:
-            (inference.eval_command if command == "eval" else inference.predict_command)(rest)
-        except DlzooError as e:
-            print_error(str(e))
-            return 2
-        return 0
-    if command == "tune":
-        from dlzoo.tune import tune_command
+    inference.eval_command(rest)
+    return 0
 
-        return tune_command(rest)
-    if command in ("report", "ladder"):
-        from dlzoo.errors import DlzooError
-        from dlzoo.tracking import print_error
 
-        try:
-            if command == "report":
-                from dlzoo.report import report_command
+def _predict(rest: list[str]) -> int:
+    from dlzoo import inference
 
-                return report_command(rest)
-            from dlzoo.ladder import ladder_command
+    inference.predict_command(rest)
+    return 0
 
-            return ladder_command(rest)
-        except DlzooError as e:
-            print_error(str(e))
-            return 2
-    if command == "transfer":
-        from dlzoo.errors import DlzooError
-        from dlzoo.tracking import console, print_error
-        from dlzoo.transfer_experiment import transfer_command
 
-        try:
-            console.print(f"report: {transfer_command(rest) / 'report.md'}")
-        except DlzooError as e:
-            print_error(str(e))
-            return 2
-        return 0
-    if command == "ls":
-        parser = argparse.ArgumentParser(prog="dlzoo ls")
-        parser.add_argument("what", nargs="?", help="a config group or registry name")
-        return _ls(parser.parse_args(rest).what)
-    from dlzoo.tracking import print_error
+def _tune(rest: list[str]) -> int:
+    from dlzoo.tune import tune_command
 
-    commands = "train, validate, ls, eval, predict, tune, report, ladder, transfer"
-    print_error(f"unknown command {command!r}; choices: {commands}. See `dlzoo --help`.")
-    return 2
+    return tune_command(rest)
+
+
+def _report(rest: list[str]) -> int:
+    from dlzoo.report import report_command
+
+    return report_command(rest)
+
+
+def _ladder(rest: list[str]) -> int:
+    from dlzoo.ladder import ladder_command
+
+    return ladder_command(rest)
+
+
+def _transfer(rest: list[str]) -> int:
+    from dlzoo.tracking import console
+    from dlzoo.transfer_experiment import transfer_command
+
+    console.print(f"report: {transfer_command(rest) / 'report.md'}")
+    return 0
+
+
+def _ls_verb(rest: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dlzoo ls")
+    parser.add_argument("what", nargs="?", help="a config group or registry name")
+    return _ls(parser.parse_args(rest).what)
 
 
 def _output_problem(args: list[str]) -> str | None:
@@ -138,24 +120,11 @@ def _output_problem(args: list[str]) -> str | None:
     )
 
 
-def config_groups() -> dict[str, list[str]]:
-    """Each config group under conf/ (nested groups as a/b) and the config names in it."""
-    from dlzoo.paths import conf_dir
-
-    root = conf_dir()
-    groups: dict[str, list[str]] = {}
-    for path in sorted(root.rglob("*.yaml")):
-        rel = path.relative_to(root)
-        if rel.parent != Path("."):
-            groups.setdefault(rel.parent.as_posix(), []).append(rel.stem)
-    return groups
-
-
 def _ls(what: str | None) -> int:
     from rich.table import Table
 
     from dlzoo.config import registries
-    from dlzoo.tracking import console, print_error
+    from dlzoo.tracking import console
 
     groups, regs = config_groups(), registries()
     if what is None:
@@ -184,94 +153,65 @@ def _ls(what: str | None) -> int:
         console.print(table)
         return 0
     if key in groups:
-        console.print(f"[bold]{key}[/]: " + ", ".join(groups[key]))
+        console.print(f"{key}: " + ", ".join(groups[key]))
         return 0
-    print_error(f"nothing called {what!r} to list; config groups: {', '.join(groups)}; registries: {', '.join(regs)}.")
-    return 2
+    hint = closest(what, [*groups, *regs])
+    raise DlzooError(
+        f"nothing called {what!r} to list; config groups: {', '.join(groups)}; registries: {', '.join(regs)}."
+        + (f" Did you mean `dlzoo ls {hint}`?" if hint else "")
+    )
 
 
-def compose_and_validate(overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml with `overrides` and validate it; any failure is one DlzooError paragraph."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dlzoo.config import register_configs, validate
-    from dlzoo.errors import DlzooError
-    from dlzoo.paths import conf_dir
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
-    except (HydraException, OmegaConfBaseException, ValueError, TypeError) as e:
-        raise DlzooError(" ".join(str(e).split()) + " (see `dlzoo ls` for the groups and names)") from None
-    validate(cfg)
-    return cfg
-
-
-# Hydra flags that do not train (help, printing the config) or that change which config is composed.
-_SKIP_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--config-name", "-cn",
-                  "--config-path", "-cp", "--resolve", "--package", "-p", "--shell-completion", "-sc")  # fmt: skip
-MAX_PRECHECKED_JOBS = 500
-
-
-def precheck(args: list[str]) -> str | None:
-    """Validate every job a `dlzoo train` command will run before Hydra starts (and makes folders): a typo in
-    job 7 of a sweep fails at once, and no run ever starts with an invalid config."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from dlzoo.errors import DlzooError
-
-    if any(a.split("=")[0] in _SKIP_PRECHECK for a in args):
-        return None
-    # A user's own config folder (--config-dir my_conf) joins the search path, as Hydra will do for the run.
-    extra_dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
-    extra_dirs += [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
-    dir_args = {a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--config-dir", "-cd")}
-    overrides = [
-        a for a in args
-        if not a.startswith("-") and a not in dir_args
-        and (a.startswith("hydra.searchpath=") or not a.startswith(("hydra.", "hydra/", "+hydra")))
-    ]  # fmt: skip
-    if extra_dirs:
-        overrides.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).absolute()}" for d in extra_dirs) + "]")
-    try:
-        if any(a in ("-m", "--multirun") for a in args):
-            parsed = OverridesParser.create().parse_overrides(overrides)
-            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-        else:
-            jobs = [overrides]
-        for job in jobs[:MAX_PRECHECKED_JOBS]:
-            try:
-                compose_and_validate(list(job))
-            except DlzooError as e:
-                prefix = f"job {' '.join(job)}: " if len(jobs) > 1 else ""
-                return prefix + str(e)
-    except (HydraException, ValueError) as e:
-        return " ".join(str(e).split())
-    return None
-
-
-def _validate(overrides: list[str]) -> int:
+def _validate(args: list[str]) -> int:
+    """`dlzoo validate [--config-dir DIR] [overrides...]`: the config `dlzoo train` would run, or its problem."""
     from omegaconf import OmegaConf
 
     from dlzoo.config import warnings
-    from dlzoo.errors import DlzooError
-    from dlzoo.tracking import console, print_error, print_warning
+    from dlzoo.tracking import console, print_warning
 
-    try:
-        cfg = compose_and_validate(overrides)
-    except DlzooError as e:
-        print_error(str(e))
-        return 2
+    parsed = split_args(args)
+    if parsed.flags:
+        raise DlzooError(f"dlzoo validate takes overrides and --config-dir DIR, not {' '.join(parsed.flags)}.")
+    cfg = compose_and_validate(parsed.overrides, parsed.config_dirs)
     console.print(OmegaConf.to_yaml(cfg), highlight=False)
     for message in warnings(cfg):
         print_warning(message)
-    console.print("[green]config is valid[/]")
+    console.print("config is valid")
     return 0
+
+
+VERBS: dict[str, Callable[[list[str]], int]] = {
+    "train": _train,
+    "validate": _validate,
+    "ls": _ls_verb,
+    "eval": _eval,
+    "predict": _predict,
+    "tune": _tune,
+    "report": _report,
+    "ladder": _ladder,
+    "transfer": _transfer,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a verb; the one error boundary: a DlzooError is one paragraph on stderr and exit 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    from dlzoo.tracking import print_error
+
+    if command not in VERBS:
+        hint = closest(command, list(VERBS))
+        print_error(f"unknown command {command!r}; choices: {', '.join(VERBS)}."
+                    + (f" Did you mean `dlzoo {hint}`?" if hint else "") + " See `dlzoo --help`.")  # fmt: skip
+        return 2
+    try:
+        return VERBS[command](rest)
+    except DlzooError as e:
+        print_error(str(e))
+        return 2
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ def validate(cfg: DictConfig) -> None:
     check("optim.betas", len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "two numbers in [0, 1)")
     check("optim.eps", o.eps > 0, "> 0")
     sc = cfg.sched
-    check("sched.min_lr", 0 <= sc.min_lr <= o.lr, "in [0, optim.lr]")
+    # Against a bad optim.lr the bound means nothing: that lr has its own message.
+    check("sched.min_lr", sc.min_lr >= 0 and (o.lr <= 0 or sc.min_lr <= o.lr), "in [0, optim.lr]")
     check("sched.warmup_steps", sc.warmup_steps >= 0, ">= 0")
     check("sched.decay_steps", sc.decay_steps > 0, "> 0")
     check("sched.decay_epochs", sc.decay_epochs > 0, "> 0")

@@ -12,18 +12,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dlzoo.compose import bad_value, compose_config, config_groups
 from dlzoo.config import TrainConfig, validate
 from dlzoo.data import DATASETS, to_float
 from dlzoo.engine import resolve_device
 from dlzoo.errors import DlzooError
-from dlzoo.evaluation import evaluate, mc_evaluate
+from dlzoo.evaluation import evaluate, evaluate_ensemble, mc_evaluate
 from dlzoo.models import build_model
-from dlzoo.runs import checkpoint_file, load_checkpoint
+from dlzoo.runs import checkpoint_file, load_checkpoint, write_json
 from dlzoo.splits import build_splits, num_classes
 
 
 def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, list[str]], list[str]]:
-    """Split `key=value` words into this command's own keys (ckpt, input, format) and config overrides."""
+    """Split the words into this command's own keys (ckpt, input, format) and Hydra overrides, which apply to the
+    checkpoint's config as they would to `dlzoo train`'s (`data=fashion_mnist`, `data.root=<dir>`)."""
     own: dict[str, list[str]] = {}
     overrides = []
     for arg in args:
@@ -40,22 +42,50 @@ def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, li
     return own, overrides
 
 
-def load_model(ckpt: str, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
+def apply_overrides(saved: dict[str, Any], overrides: list[str]) -> DictConfig:
+    """The checkpoint's config with `overrides`: a config-group choice (`data=fashion_mnist`) replaces that whole
+    section by the group's YAML, as in `dlzoo train`; `key=value` then sets single keys."""
+    groups = [o for o in overrides if o.split("=", 1)[0] in config_groups()]
+    keys = [o for o in overrides if o not in groups]
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    if groups:
+        composed = compose_config(groups)
+        for override in groups:
+            group = override.split("=", 1)[0]
+            cfg[group] = composed[group]
+    for override in keys:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([override.lstrip("+")]))
+        except OmegaConfBaseException as e:
+            raise DlzooError(bad_value(override, str(e))) from None
+    validate(cfg)
+    return cfg
+
+
+def load_model(ckpt: str | Path, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
     """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied."""
     path = checkpoint_file(Path(ckpt).expanduser())
     state = load_checkpoint(path)
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), state["config"], OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        raise DlzooError(f"Bad override for this checkpoint: {' '.join(str(e).split())}") from None
-    validate(cfg)
+    cfg = apply_overrides(state["config"], overrides)
     device = resolve_device(cfg.trainer.device)
     meta = state.get("meta", {})
     shape = DATASETS.get(cfg.data.name).shape
     batch = torch.zeros(2, *shape)  # LSUV already ran at training time: any batch will do to build the layers
     model = build_model(cfg.model, shape, num_classes(cfg.data), batch)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise DlzooError(
+            f"{path}'s weights do not fit the model these overrides build ({str(e).splitlines()[0]}). "
+            "Fix: drop the model overrides; eval uses the architecture it was trained with."
+        ) from None
     return model.to(device).eval(), cfg, meta, path
+
+
+def members(folder: Path) -> list[Path]:
+    """An ensemble run's member folders (member0/, member1/, ...) that hold a checkpoint, in order."""
+    found = [p for p in folder.glob("member*") if (p / "checkpoints" / "last.pt").is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("member") or 0))
 
 
 def eval_command(args: list[str]) -> dict[str, float]:
@@ -63,7 +93,10 @@ def eval_command(args: list[str]) -> dict[str, float]:
     from dlzoo.tracking import console, print_final
 
     own, overrides = parse_args(args, ("ckpt",))
-    model, cfg, _, path = load_model(own["ckpt"][0], overrides)
+    folder = Path(own["ckpt"][0]).expanduser()
+    if folder.is_dir() and not checkpoint_file(folder).is_file() and members(folder):
+        return eval_ensemble(folder, overrides)
+    model, cfg, _, path = load_model(folder, overrides)
     data = build_splits(cfg.data, next(model.parameters()).device)
     bs = cfg.trainer.eval_batch_size
     val_loss, val_acc = evaluate(model, data.x_val, data.y_val, bs, data.prep)
@@ -73,9 +106,33 @@ def eval_command(args: list[str]) -> dict[str, float]:
         mc_acc, mc_entropy = mc_evaluate(model, data.x_test, data.y_test, cfg.eval.mc_samples, bs, data.prep)
         metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
     out = path.parent / f"eval-{path.stem}.json"
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out, metrics)
     console.print(f"checkpoint {path}")
-    print_final(metrics, out.parent)
+    print_final(metrics, out, "the scores as JSON")
+    return metrics
+
+
+def eval_ensemble(folder: Path, overrides: list[str]) -> dict[str, Any]:
+    """Score an ensemble run folder: each member on the test set, then the members combined by the run's rule."""
+    from dlzoo.tracking import console, print_final
+
+    loaded = [load_model(m, overrides) for m in members(folder)]
+    cfg = loaded[0][1]
+    data = build_splits(cfg.data, next(loaded[0][0].parameters()).device)
+    bs = cfg.trainer.eval_batch_size
+    member_acc = [evaluate(model, data.x_test, data.y_test, bs, data.prep)[1] for model, *_ in loaded]
+    combined = evaluate_ensemble([m for m, *_ in loaded], data.x_test, data.y_test, cfg.ensemble.combine, bs, data.prep)
+    metrics: dict[str, Any] = {
+        "test_acc": combined,
+        "ensemble_size": len(loaded),
+        "combine": cfg.ensemble.combine,
+        "member_test_acc": member_acc,
+        "member_test_acc_mean": sum(member_acc) / len(loaded),
+    }
+    out = folder / "eval-ensemble.json"
+    write_json(out, metrics)
+    console.print(f"ensemble {folder}: {len(loaded)} members")
+    print_final(metrics, out, "the scores as JSON")
     return metrics
 
 

@@ -64,7 +64,7 @@ def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str],
 def check(jobs: list[Job]) -> None:
     """Validate every job's config and find each dataset before the first run, so a typo or missing data fails
     at once instead of after hours of earlier rungs. Spaces the seeds of ensemble rungs (see below)."""
-    from dlzoo.cli import compose_and_validate
+    from dlzoo.compose import compose_and_validate
     from dlzoo.data import locate
 
     datasets = set()
@@ -282,7 +282,7 @@ def ladder_command(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     todo = [j for j in jobs if not (args.resume and (j.folder / "metrics.json").is_file())]
-    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in [bold]{out}[/]")
+    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out}")
     for i, job in enumerate(todo, 1):
         started = time.perf_counter()
         try:
@@ -298,8 +298,7 @@ def ladder_command(argv: list[str]) -> int:
         result = f"test acc {what:.4f}" if isinstance(what, float) else f"FAILED (exit {code}): "
         result += "" if done else last_error(job.folder)
         took = time.perf_counter() - started
-        # markup off: an error line may hold brackets that rich would read as style tags
-        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({took:.0f} s)", markup=False)
+        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({took:.0f} s)")
 
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)

@@ -46,7 +46,7 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def unknown_message(self, name: object) -> str:
-        hint = _closest(str(name), self.names())
+        hint = closest(str(name), self.names())
         did_you_mean = f" Did you mean {hint!r}?" if hint else ""
         return (
             f"Unknown {self.kind} {name!r} for {self.config_key}; choices: {', '.join(self.names())}."
@@ -70,7 +70,8 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-def _closest(name: str, choices: list[str]) -> str | None:
+def closest(name: str, choices: list[str]) -> str | None:
+    """The choice most like `name` (a typo's likely fix), or None when nothing is close."""
     import difflib
 
     match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)

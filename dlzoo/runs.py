@@ -41,6 +41,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` as JSON atomically: a crash or full disk leaves the old file or none, never half of one.
+    The temporary name is unique, so two writers never share it."""
+    import json
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _select(container: dict[str, Any], dotted: str) -> Any:
     return OmegaConf.select(OmegaConf.create(container), dotted)
 

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from torch.utils.tensorboard import SummaryWriter
@@ -19,20 +26,22 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from dlzoo.models.summary import Summary
 
 log = logging.getLogger("dlzoo")
-console = Console()
-err_console = Console(stderr=True)
+# markup=False: what dlzoo prints quotes paths, overrides and error text, whose brackets rich would read as tags.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def print_error(message: str) -> None:
     """A user-facing error: one paragraph on stderr, no traceback; inside a run also in its train.log, where
     `dlzoo report` finds why a job failed."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Text, not markup: a message quotes user input, whose brackets ([tune], [abc], [/x]) rich would eat or choke on.
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     if log.hasHandlers():  # set up by Hydra inside a run; outside one, logging's fallback would print it twice
         log.error(message)
 
 
 def print_warning(message: str) -> None:
-    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), message), highlight=False, soft_wrap=True)
     log.warning(message)
 
 
@@ -51,7 +60,10 @@ def print_summary(summary: Summary, title: str) -> None:
     console.print(table)
 
 
-def print_final(metrics: dict[str, Any], out_dir: Path) -> None:
+def print_final(
+    metrics: dict[str, Any], out: Path, what: str = "metrics.json, checkpoints/, TensorBoard events"
+) -> None:
+    """The final metrics as a table, then where they were written (`what` says what `out` holds)."""
     table = Table(title="final metrics", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -59,8 +71,9 @@ def print_final(metrics: dict[str, Any], out_dir: Path) -> None:
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) and not isinstance(value, bool) else str(value))
     console.print(table)
     log.info("final metrics: %s", metrics)
-    console.print(f"outputs: [bold]{out_dir}[/]  (metrics.json, checkpoints/, TensorBoard events)")
-    console.print(f"dashboards: tensorboard --logdir {out_dir.parent}")
+    console.print(f"outputs: {out}  ({what})")
+    if out.is_dir():
+        console.print(f"dashboards: tensorboard --logdir {out.parent}")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -94,17 +107,23 @@ class RunTracker:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  ·  {task.fields[speed]:,.0f} samples/s"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
             # A live bar only on a terminal; logs and CI get the per-epoch lines alone.
             disable=not (progress and console.is_terminal),
         )
-        self._task = self._progress.add_task("train", total=1, epoch=0, epochs=epochs, loss=float("nan"), speed=0.0)
+        self._task = self._progress.add_task("train", total=1, **self._fields(0))
         self._epoch_first_step = 0
         self._progress.start()
 
+    def _fields(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "epochs": self.epochs, "loss": float("nan"), "speed": 0.0}
+
     def on_epoch_start(self, epoch: int, steps: int) -> None:
-        self._progress.reset(self._task, total=steps, epoch=epoch)
+        # rich's reset() replaces a task's fields rather than merging them: pass every field the columns read.
+        self._progress.reset(self._task, total=steps, **self._fields(epoch))
 
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         self.writer.add_scalar("train/loss_step", loss, step)

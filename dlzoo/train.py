@@ -3,7 +3,6 @@ evaluate on the test set -> metrics.json, checkpoints, TensorBoard events in the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -33,7 +32,7 @@ from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
 from dlzoo.pretrain import pretrain_model
 from dlzoo.regularize import build_regularizer
-from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata
+from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata, write_json
 from dlzoo.splits import build_splits
 from dlzoo.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.tracking import RunTracker, console, print_error, print_final, print_summary, print_warning
@@ -68,7 +67,7 @@ def run(
         if "rng" not in resume:
             raise DlzooError(f"{resume_path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
         out_dir = resume_path.parent.parent
-        console.print(f"resuming [bold]{out_dir}[/] after epoch {resume['epoch']}, step {resume['step']}")
+        console.print(f"resuming {out_dir} after epoch {resume['epoch']}, step {resume['step']}")
     elif t.resume == "auto":
         console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
     if dist.main:
@@ -92,7 +91,7 @@ def run(
     for i in range(size):
         folder = out_dir if size == 1 else out_dir / f"member{i}"
         if size > 1:
-            console.print(f"[bold]ensemble member {i + 1}/{size}[/] (seed {t.seed + i}) -> {folder}")
+            console.print(f"ensemble member {i + 1}/{size} (seed {t.seed + i}) -> {folder}")
         members.append(_train_member(cfg, config, data, device, folder, t.seed + i, resume, stop, on_epoch_end))
     metrics = members[0][1]
     if size > 1:
@@ -121,7 +120,7 @@ def run(
     if dist.world > 1:
         metrics["world_size"] = dist.world
     if dist.main:
-        _write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "metrics.json", metrics)
     print_final(metrics, out_dir)
     return metrics
 
@@ -229,14 +228,8 @@ def _train_member(
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
         tracker.log_hparams(config, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
     if cfg.ensemble.size > 1:
-        _write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "metrics.json", metrics)
     return model, metrics
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -251,7 +244,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
-        console.print("\n[yellow]stopping after this step and writing a checkpoint (Ctrl-C again to quit now)[/]")
+        console.print("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

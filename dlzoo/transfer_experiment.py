@@ -36,7 +36,7 @@ def parse_args(args: list[str]) -> tuple[int, Path | None, list[str]]:
 def transfer_command(args: list[str]) -> Path:
     """Run every arm for each seed (an arm whose folder already holds metrics.json is kept, so a rerun with the
     same --out carries on) and write report.md, report.csv and results.json into the output folder."""
-    from dlzoo.cli import compose_and_validate
+    from dlzoo.compose import compose_and_validate
 
     seeds, out, overrides = parse_args(args)
     first = compose_and_validate(["experiment=transfer_a", *overrides])
@@ -62,16 +62,16 @@ def transfer_command(args: list[str]) -> Path:
 
 
 def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
-    from dlzoo.cli import compose_and_validate
+    from dlzoo.compose import compose_and_validate
     from dlzoo.stopping import Interrupted
     from dlzoo.tracking import console
     from dlzoo.train import run, stop_on_signals
 
     done = folder / "metrics.json"
     if done.is_file():
-        console.print(f"[bold]{folder}[/]: finished earlier, kept")
+        console.print(f"{folder}: finished earlier, kept")
         return json.loads(done.read_text())
-    console.print(f"[bold]{folder}[/]: {' '.join(overrides)}")
+    console.print(f"{folder}: {' '.join(overrides)}")
     cfg = compose_and_validate(overrides)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.errors import DlzooError
+from dlzoo.runs import write_json
 
 if TYPE_CHECKING:
     import optuna
@@ -93,7 +94,7 @@ def _tune(args: argparse.Namespace) -> int:
                                   sampler=build_sampler(search.sampler, len(study.trials)))  # fmt: skip
         from dlzoo.tracking import console
 
-        console.print(f"[bold]dlzoo tune[/] search={name}: {n_trials} trials, {search.metric} ({search.direction}), "
+        console.print(f"dlzoo tune search={name}: {n_trials} trials, {search.metric} ({search.direction}), "
                       f"sampler {search.sampler.name}, pruner {search.pruner.name} -> {out}")  # fmt: skip
         same_failures: list[str] = []
         try:
@@ -114,7 +115,7 @@ def _tune(args: argparse.Namespace) -> int:
 def _compose_search(overrides: list[str]) -> tuple[str, DictConfig, list[str]]:
     """Compose and check the search named by `search=<name>` in `overrides`. Returns its name, the search node,
     and the overrides every trial starts from: the search file's, then the command line's other ones."""
-    from dlzoo.cli import compose_and_validate, config_groups
+    from dlzoo.compose import compose_and_validate, config_groups
     from dlzoo.search import check_search
 
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("search=")), None)
@@ -141,7 +142,7 @@ def _run_trial(
     import optuna
     from optuna.trial import TrialState
 
-    from dlzoo.cli import compose_and_validate
+    from dlzoo.compose import compose_and_validate
     from dlzoo.search import METRICS, suggest_overrides
     from dlzoo.stopping import Interrupted
     from dlzoo.tracking import console, print_error
@@ -171,7 +172,7 @@ def _run_trial(
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
         _finish(folder, status, "pruned", status["values"][-1])
-        console.print(f"[yellow]trial {trial.number} pruned[/] after epoch {len(status['values'])}: "
+        console.print(f"trial {trial.number} pruned after epoch {len(status['values'])}: "
                       f"{search.metric} {status['values'][-1]:.4f}")  # fmt: skip
         return None
     except DlzooError as e:
@@ -186,7 +187,7 @@ def _run_trial(
         raise
     study.tell(trial, value)
     _finish(folder, status, "complete", value)
-    console.print(f"[green]trial {trial.number} complete[/]: {search.metric} {value:.4f}")
+    console.print(f"trial {trial.number} complete: {search.metric} {value:.4f}")
     return None
 
 
@@ -245,9 +246,7 @@ def _stored_args(db: Path) -> list[str]:
 
 def _write_status(folder: Path, status: dict[str, Any]) -> None:
     if folder.is_dir():
-        tmp = folder / "trial.json.tmp"
-        tmp.write_text(json.dumps(status, indent=2) + "\n")
-        tmp.replace(folder / "trial.json")
+        write_json(folder / "trial.json", status)
 
 
 def _finish(folder: Path, status: dict[str, Any], state: str, value: float | None, error: str | None = None) -> None:

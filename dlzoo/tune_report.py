@@ -45,7 +45,7 @@ def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
                 rows, caption, right=(0, 2, 3))  # fmt: skip
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        console.print("[yellow]no trial completed, so there is no best config yet[/]")
+        console.print("no trial completed, so there is no best config yet")
         return
     best = study.best_trial
     config = OmegaConf.load(out / f"trial_{best.number}" / "config.yaml")
@@ -54,7 +54,7 @@ def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
                                 date=time.strftime("%Y-%m-%d %H:%M"), out=out,
                                 overrides=" ".join(best.user_attrs.get("overrides", [])))  # fmt: skip
     (out / "best.yaml").write_text(header + OmegaConf.to_yaml(config))
-    console.print(f"[bold]best: trial {best.number}[/], {metric} {best.value:.4f}, "
+    console.print(f"best: trial {best.number}, {metric} {best.value:.4f}, "
                   f"{' '.join(best.user_attrs.get('overrides', []))}")  # fmt: skip
     console.print(f"best config: {out / 'best.yaml'}; train it with: "
                   f"dlzoo train --config-dir {out} --config-name best")  # fmt: skip

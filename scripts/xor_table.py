@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dlzoo.cli import compose_and_validate
+from dlzoo.compose import compose_and_validate
 from dlzoo.train import run
 
 EXPERIMENTS = ("xor_deep_sigmoid", "xor_deep_relu")

@@ -20,12 +20,51 @@ def _isolated_data_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
+IDX_FILES = tuple(f"{s}-ubyte.gz" for s in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3",
+                                           "t10k-labels-idx1"))  # fmt: skip
+
+
+DATA_HINT = (
+    "set DLZOO_TEST_DATA to a folder holding fashion-mnist/ and mnist/ (each with the four IDX files), "
+    "e.g. DLZOO_TEST_DATA=/path/to/data pytest"
+)
+_missing: set[str] = set()
+
+
+def real_data(name: str) -> Path:
+    """The real dataset folder `name` under DLZOO_TEST_DATA (default ../shared/data). Missing data skips the test,
+    loudly (see the summary hook below); under CI (CI=true) it fails it, since a skipped end-to-end test proves
+    nothing."""
+    folder = SHARED_DATA / name
+    if not all((folder / f).is_file() for f in IDX_FILES):
+        message = f"real {name} not found at {folder}: {DATA_HINT}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        _missing.add(name)
+        pytest.skip(message)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fmnist_root() -> Path:
-    folder = SHARED_DATA / "fashion-mnist"
-    if not (folder / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real Fashion-MNIST not found at {folder} (set DLZOO_TEST_DATA)")
-    return folder
+    return real_data("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    return real_data("mnist")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One loud line when real-data tests were skipped, naming what to set."""
+    if _missing:
+        skipped = len(terminalreporter.stats.get("skipped", []))
+        terminalreporter.write_line(
+            f"REAL DATA MISSING ({', '.join(sorted(_missing))}): {skipped} test(s) skipped, the end-to-end runs "
+            f"among them. To run them, {DATA_HINT}.",
+            red=True,
+            bold=True,
+        )
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:

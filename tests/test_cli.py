@@ -154,7 +154,7 @@ def test_validate_prints_the_config_or_the_problem(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["model=nope"], "Could not find 'model/nope'"),
+        (["model=nope"], "Unknown model config 'nope'"),
         (["model=0"], "Config group override must be a string"),
         (["trainer.epochs=abc"], "trainer.epochs"),
         (["model.activation=rleu"], "Did you mean 'relu'"),

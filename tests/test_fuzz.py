@@ -79,4 +79,4 @@ def test_user_config_folders_are_searched_by_the_precheck(tmp_path) -> None:
     (tmp_path / "model" / "mine.yaml").write_text("arch: mlp\nhidden: [32]\n")
     assert precheck(["--config-dir", str(tmp_path), "model=mine"]) is None
     assert precheck([f"hydra.searchpath=[file://{tmp_path}]", "model=mine"]) is None
-    assert "Could not find 'model/mine'" in (precheck(["model=mine"]) or "")
+    assert "Unknown model config 'mine'" in (precheck(["model=mine"]) or "")

@@ -19,6 +19,8 @@ class SigmoidHead(nn.Linear):
     = sigmoid(z), so softmax cross-entropy on these logits IS binary cross-entropy on sigmoid(z), gradients
     included, and argmax picks class 1 exactly when z > 0 (sigmoid(z) > 0.5)."""
 
+    summary_shape = (1,)  # what the user built: one unit (the summary would show the two logits)
+
     def __init__(self, in_features: int) -> None:
         super().__init__(in_features, 1)
 

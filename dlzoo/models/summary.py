@@ -33,9 +33,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], device: torch.devi
         if next(module.children(), None) is not None and not getattr(module, "show_in_summary", False):
             continue
 
-        def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+        def hook(mod: nn.Module, _inp: object, out: object, name: str = name) -> None:
             params = sum(p.numel() for p in mod.parameters(recurse=False))
-            rows.append(LayerRow(name, type(mod).__name__, tuple(out.shape[1:]), params))
+            # A module may report its own shape (a one-unit sigmoid head returns two logits for the loss).
+            shape = getattr(mod, "summary_shape", None) or _shape(out)
+            rows.append(LayerRow(name, type(mod).__name__, shape, params))
 
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training
@@ -50,3 +52,10 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], device: torch.devi
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     buffers = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
     return Summary(rows, trainable, frozen + buffers)
+
+
+def _shape(out: object) -> tuple[int, ...]:
+    """The per-sample shape of a layer's output; recurrent layers return (output, hidden state): show the output."""
+    while isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
