@@ -55,6 +55,11 @@ def signed(monitor: str, value: float) -> float:
     return value if monitor.endswith("loss") else -value
 
 
+def best_epoch(history: list[dict[str, float]], monitor: str) -> int:
+    """The epoch best by `monitor` (the first of equals, as save_best keeps it)."""
+    return int(min(history, key=lambda h: signed(monitor, h[monitor]))["epoch"])
+
+
 def rng_state(order: torch.Generator | None = None) -> dict[str, Any]:
     """Every random stream a run draws from (and the batch-order generator, if given), so a resumed run draws
     the same numbers."""

@@ -33,11 +33,21 @@ class DatasetSpec:
     classes: tuple[str, ...]
     shape: tuple[int, ...] = (1, 28, 28)  # one sample: (C, H, W)
     generated: bool = False  # made in memory from data.split_seed (dlzoo.splits), no files to find
+    # md5 of the 10,000 test labels (the label bytes after the IDX header): recognises the published files, so a
+    # folder of the other dataset is refused instead of silently trained on.
+    test_labels_md5: str | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", "data.name")
 DATASETS.register("mnist", "handwritten digits (LeCun et al. 1998), 60k train + 10k test, 28x28")(
-    DatasetSpec("mnist", "MNIST", ("mnist", "MNIST"), 10, tuple(str(i) for i in range(10)))
+    DatasetSpec(
+        "mnist",
+        "MNIST",
+        ("mnist", "MNIST"),
+        10,
+        tuple(str(i) for i in range(10)),
+        test_labels_md5="073c3904dfbd3e141ff8aa01cfde6b15",
+    )
 )
 DATASETS.register("fashion_mnist", "Zalando's clothing images (Xiao et al. 2017), MNIST's drop-in twin")(
     DatasetSpec(
@@ -46,6 +56,7 @@ DATASETS.register("fashion_mnist", "Zalando's clothing images (Xiao et al. 2017)
         ("fashion-mnist", "fashion_mnist", "FashionMNIST"),
         10,
         ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
+        test_labels_md5="8dea97a4e78c1bd1b5a6e8efbb870b6e",
     )
 )
 DATASETS.register("xor", "the 4 XOR points (data.xor_samples copies, data.xor_noise jitter); lecture 10-1")(
@@ -154,6 +165,8 @@ def _load_folder(folder: Path, spec: DatasetSpec) -> tuple[Tensor, Tensor, Tenso
                 "classes. Is data.name right for this folder?"
             )
 
+    check_identity(folder, spec, arrays["test_labels"])
+
     def images(a: np.ndarray) -> Tensor:
         return torch.from_numpy(a.copy()).unsqueeze(1)  # (N, 1, H, W)
 
@@ -168,13 +181,41 @@ def _load_folder(folder: Path, spec: DatasetSpec) -> tuple[Tensor, Tensor, Tenso
     )
 
 
+def check_identity(folder: Path, spec: DatasetSpec, test_labels: np.ndarray) -> None:
+    """Refuse a folder that holds another known dataset (data=mnist pointed at Fashion-MNIST trains silently on
+    the wrong images otherwise); warn when the files are none of the published ones."""
+    import hashlib
+
+    from dlzoo.tracking import print_warning
+
+    if spec.test_labels_md5 is None:
+        return
+    digest = hashlib.md5(np.ascontiguousarray(test_labels).tobytes()).hexdigest()
+    if digest == spec.test_labels_md5:
+        return
+    other = next((n for n in DATASETS if DATASETS.get(n).test_labels_md5 == digest), None)
+    if other is not None:
+        raise DlzooError(
+            f"{folder} holds {other}, not {spec.name} (its test labels are {other}'s published ones). Fix: "
+            f"`data={other}` to train on it, or point data.root at a folder of {spec.name}'s four IDX files."
+        )
+    print_warning(f"{folder}: these are not the published {spec.name} files (their test labels differ); training "
+                  "on them as given. Results will not compare with the lecture's or the README's figures.")  # fmt: skip
+
+
 def _download(spec: DatasetSpec, target: Path, searched: list[Path]) -> Path:
     import torchvision.datasets
 
+    existed = {p for p in target.rglob("*") if p.is_dir()} | ({target} if target.is_dir() else set())
     try:
         getattr(torchvision.datasets, spec.torchvision_class)(root=str(target), train=True, download=True)
         getattr(torchvision.datasets, spec.torchvision_class)(root=str(target), train=False, download=True)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... all mean "no copy"
+        # Leave no empty <Class>/raw folders behind: a later lookup (or a user) would take them for a copy.
+        made = [p for p in [target, *target.rglob("*")] if p.is_dir() and p not in existed]
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
         raise DlzooError(_missing_message(spec, searched, f"the download into {target} failed ({e})")) from None
     folder = find_local(spec, [target])
     if folder is None:

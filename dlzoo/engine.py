@@ -50,7 +50,7 @@ class FitResult:
     val_acc: float
     train_time_s: float
     train_samples: int
-    best_epoch: int  # the epoch whose weights the model ends with
+    weights_epoch: int  # the epoch whose weights the model ends with (the best one after restore_best)
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
@@ -253,8 +253,9 @@ def fit(
         seen += epoch_seen
 
         train_loss, train_acc = loss_total / epoch_seen, correct_total / epoch_seen
-        if not math.isfinite(train_loss):
-            raise diverged_error(step, last_finite_loss, checkpointing, train_loss, max_loss)
+        # The epoch mean too: between logged steps a loss can explode (and settle) unseen by the check above.
+        if not math.isfinite(train_loss) or (max_loss is not None and train_loss > max_loss):
+            raise diverged_error(step, last_finite_loss, checkpointing, train_loss, max_loss, "epoch mean loss")
         val_loss, val_acc = dist.evaluate(model, data.x_val, data.y_val, eval_batch_size, data.prep)
         scheduler.epoch_end(val_loss)
         metrics = {
@@ -293,7 +294,7 @@ def fit(
         val_acc=final["val/acc"],
         train_time_s=train_time,
         train_samples=seen,
-        best_epoch=int(final["epoch"]),
+        weights_epoch=int(final["epoch"]),
         stopped_early=stopped_early,
         history=history,
         compile_time_s=compile_time,

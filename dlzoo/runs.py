@@ -58,6 +58,20 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
+def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
+    """Remove a run folder that holds no result: nothing but Hydra's .hydra/, empty folders and train.log (kept,
+    with its folder, when `keep_log` and the log has something to say, such as a sweep job's error)."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    log = folder / "train.log"
+    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts]
+    if any(p != log for p in files) or (keep_log and log.is_file() and log.stat().st_size > 0):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _select(container: dict[str, Any], dotted: str) -> Any:
     return OmegaConf.select(OmegaConf.create(container), dotted)
 

@@ -64,8 +64,14 @@ class EarlyStopping:
 
 
 def diverged_error(
-    step: int, last_finite: float, checkpointing: Checkpointing | None, value: float, max_loss: float | None
+    step: int,
+    last_finite: float,
+    checkpointing: Checkpointing | None,
+    value: float,
+    max_loss: float | None,
+    which: str = "loss",
 ) -> DivergedError:
+    """The error for a loss (`which`: "loss" at a logged step, or the "epoch mean") that is NaN or above max_loss."""
     what = (
         "became NaN or infinite"
         if not math.isfinite(value)
@@ -76,8 +82,9 @@ def diverged_error(
         if checkpointing is not None and checkpointing.last.exists()
         else ""
     )
+    last = f" (last good logged loss {last_finite:.4g})" if math.isfinite(last_finite) else ""
     return DivergedError(
-        f"Training diverged: the loss {what} at step {step} (last good logged loss {last_finite:.4g}).{kept}"
+        f"Training diverged: the {which} {what} at step {step}{last}.{kept}"
         " Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
         "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
         "trainer.detect_anomaly=true finds the operation that produced it."

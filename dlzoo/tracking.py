@@ -45,6 +45,22 @@ def print_warning(message: str) -> None:
     log.warning(message)
 
 
+def say(line: str) -> None:
+    """A line for the terminal and the run's train.log alike."""
+    console.print(line, highlight=False, soft_wrap=True)
+    log.info(line)
+
+
+def redirect_file_logs(path: Path) -> None:
+    """Send the run's file log (Hydra's train.log handler) to `path`, appending: a resumed run keeps one log in
+    the folder it continues, not a second one in the folder Hydra made for this invocation."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) != path.absolute():
+            handler.close()
+            handler.baseFilename, handler.mode = str(path.absolute()), "a"
+            handler.stream = handler._open()
+
+
 def print_summary(summary: Summary, title: str) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("layer")

@@ -17,10 +17,11 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo import distributed, launch
-from dlzoo.checkpoint import Checkpointing
+from dlzoo.checkpoint import Checkpointing, best_epoch
 from dlzoo.config import register_configs, validate, warnings
 from dlzoo.data import Splits
 from dlzoo.engine import fit, resolve_device, seed_everything
@@ -32,10 +33,27 @@ from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
 from dlzoo.pretrain import pretrain_model
 from dlzoo.regularize import build_regularizer
-from dlzoo.runs import check_compatible, check_writable, find_resume, load_checkpoint, metadata, write_json
+from dlzoo.runs import (
+    check_compatible,
+    check_writable,
+    find_resume,
+    load_checkpoint,
+    metadata,
+    remove_if_empty,
+    write_json,
+)
 from dlzoo.splits import build_splits
 from dlzoo.stopping import EarlyStopping, Interrupted, StopFlag
-from dlzoo.tracking import RunTracker, console, print_error, print_final, print_summary, print_warning
+from dlzoo.tracking import (
+    RunTracker,
+    console,
+    print_error,
+    print_final,
+    print_summary,
+    print_warning,
+    redirect_file_logs,
+    say,
+)
 from dlzoo.transfer import build_freeze_schedule, build_reuse
 
 register_configs()
@@ -67,7 +85,8 @@ def run(
         if "rng" not in resume:
             raise DlzooError(f"{resume_path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
         out_dir = resume_path.parent.parent
-        console.print(f"resuming {out_dir} after epoch {resume['epoch']}, step {resume['step']}")
+        redirect_file_logs(out_dir / "train.log")
+        say(f"resuming {out_dir} after epoch {resume['epoch']}, step {resume['step']}")
     elif t.resume == "auto":
         console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
     if dist.main:
@@ -214,7 +233,9 @@ def _train_member(
             "steps": result.steps,
             "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
             "train_time_s": result.train_time_s,
-            "best_epoch": result.best_epoch,
+            # The same epoch as best-epochNNN.pt: best by trainer.checkpoint.monitor (val/loss by default).
+            "best_epoch": best_epoch(result.history, ck.monitor),
+            "weights_epoch": result.weights_epoch,
             "stopped_early": result.stopped_early,
         }
         if t.compile:
@@ -260,10 +281,22 @@ def main(cfg: DictConfig) -> float:
     """Hydra's entry: composes conf/train.yaml with the command line, one call per job of a multirun."""
     if launch.parallel_worker():  # several jobs share the terminal: live progress bars would overwrite each other
         cfg.trainer.progress = False
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    # A single run that failed before writing anything, or that resumed into its old folder, leaves no empty
+    # folder behind (`dlzoo report` would list it as a lost run). A sweep keeps a failed job's folder: its
+    # train.log is where `dlzoo report` finds why it failed.
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return _main(cfg, hydra_dir)
+    finally:
+        remove_if_empty(hydra_dir, keep_log=sweep)
+
+
+def _main(cfg: DictConfig, hydra_dir: Path) -> float:
     try:
         # Under DDP a stop must reach every rank at the same step; torchrun's own signal handling ends them all.
         with nullcontext() if distributed.launched() else stop_on_signals() as stop:
-            return run(cfg, Path(HydraConfig.get().runtime.output_dir), stop)["test_acc"]
+            return run(cfg, hydra_dir, stop)["test_acc"]
     except DlzooError as e:
         print_error(str(e))
         sys.exit(2)

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dlzoo.errors import DlzooError
+from dlzoo.runs import write_json
 
 ARMS = {"model_A": "transfer_a", "model_B": "transfer_b", "model_B_on_A": "transfer_b_on_a"}  # name -> experiment
 
@@ -108,11 +109,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], command: str, recipe: di
         writer.writerows(rows)
     summary = {key: mean_std([r[key] for r in rows]) for key in [*ARMS, "error_reduction"]}
     results = {"command": command, "recipe": recipe, "rows": rows, "summary": summary}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
 
     def cell(key: str, scale: float = 1.0) -> str:
         mean, std = summary[key]
-        return f"{mean * scale:.4f} ± {std * scale:.4f}"
+        # One seed has no spread: show the value alone rather than "± nan".
+        return f"{mean * scale:.4f}" + (f" ± {std * scale:.4f}" if math.isfinite(std) else " (1 seed)")
 
     seeds = ", ".join(str(r["seed"]) for r in rows)
     lines = [

@@ -242,9 +242,14 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
     stderr = stopped.stderr
     assert "trainer.resume=" in " ".join(stderr.split()) and not (run_dir / "metrics.json").exists()
 
-    resumed = dlzoo(*args, "trainer.resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    # As a user's second command: Hydra makes a new dated folder, and auto finds the unfinished sibling run.
+    later = tmp_path / "later"
+    resumed = dlzoo(*args, "trainer.resume=auto", f"hydra.run.dir={later}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
+    assert not later.exists()  # no stray folder: the resumed run's log went on in the run it continued
+    log = (run_dir / "train.log").read_text()
+    assert "resuming" in log and "epoch  12/12" in log
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "steps", "epochs"):
@@ -267,6 +272,7 @@ def test_resume_refuses_a_different_architecture(fmnist_root: Path, tmp_path: Pa
     proc = dlzoo("train", *base, "model=mlp_deep", f"trainer.resume={run_dir}",
                  f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "does not match the config: model.hidden" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "other").exists()  # a refused resume leaves no empty run folder
 
 
 def test_eval_and_predict_a_checkpoint(fmnist_root: Path, tmp_path: Path) -> None:

@@ -102,9 +102,18 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         train(toy, epochs=3, optim="sgd", lr=1e30, init_scale=1e6, checkpointing=Checkpointing(tmp_path))
     message = str(info.value)
     assert "NaN or infinite" in message and "lower optim.lr" in message and str(ck.last) in message
-    assert re.search(r"at step \d+ \(last good logged loss", message)
+    assert re.search(r"at step \d+\.", message)  # nothing finite was logged before: no "last good" figure
     state = torch.load(ck.last, weights_only=False)
     assert state["epoch"] == 1 and all(torch.equal(state["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_an_epoch_mean_above_max_loss_stops_the_run_even_with_no_logged_step(toy: Splits) -> None:
+    # No step is ever logged (the interval is longer than the run), so only the epoch mean can catch it.
+    expected = r"the epoch mean loss exploded to \S+ \(above trainer.max_loss=5\) at step 16\. "
+    with pytest.raises(DivergedError, match=expected):
+        train(toy, epochs=1, init_scale=100.0, max_loss=5.0, log_every_n_steps=10**6)
+    _, result, _ = train(toy, epochs=1, max_loss=5.0, log_every_n_steps=10**6)  # a sane net is left alone
+    assert result.train_loss < 5.0
 
 
 def test_checkpoint_holds_everything_to_resume(toy: Splits, tmp_path: Path) -> None:
@@ -204,7 +213,7 @@ def test_early_stopping_stops_after_patience_and_remembers_the_best() -> None:
 def test_fit_with_early_stopping_restores_the_best_epoch(toy: Splits) -> None:
     # min_delta so large that no later epoch counts as better: stop after epoch 1 + patience, restore epoch 1.
     model, result, recorder = train(toy, epochs=8, early_stopping=EarlyStopping(2, "val/loss", min_delta=100.0))
-    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
+    assert result.stopped_early and result.epochs == 3 and result.weights_epoch == 1
     assert result.val_loss == recorder.epochs[0]["val/loss"] != recorder.epochs[2]["val/loss"]
     assert evaluate(model, toy.x_val, toy.y_val)[0] == pytest.approx(recorder.epochs[0]["val/loss"], rel=1e-5)
 
