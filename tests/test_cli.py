@@ -254,6 +254,10 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
     b = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "steps", "epochs"):
         assert a[key] == b[key], key  # bit-identical, not merely close
+    # best_epoch names the same epoch as the best-epochNNN.pt the run kept (top_k=1 by val/loss).
+    for folder, metrics in ((tmp_path / "full", a), (run_dir, b)):
+        assert [p.name for p in (folder / "checkpoints").glob("best-*.pt")] == [f"best-epoch{a['best_epoch']:03d}.pt"]
+        assert metrics["best_epoch"] == a["best_epoch"]
 
 
 def test_sigterm_checkpoints_and_exits_143(fmnist_root: Path, tmp_path: Path) -> None:
@@ -287,10 +291,13 @@ def test_eval_and_predict_a_checkpoint(fmnist_root: Path, tmp_path: Path) -> Non
     assert train.returncode == 0, train.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
-    proc = dlzoo("eval", f"ckpt={run_dir}", "eval.mc_samples=3", cwd=tmp_path)
+    # Hydra overrides as in `dlzoo train`: a group choice (data=...) included, which a dotlist cannot express.
+    proc = dlzoo("eval", f"ckpt={run_dir}", "eval.mc_samples=3", "data=fashion_mnist", f"data.root={fmnist_root}",
+                 cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     scored = json.loads((run_dir / "checkpoints" / "eval-last.json").read_text())
     assert scored["test_acc"] == metrics["test_acc"] and 0 < scored["test_mc_acc"] <= 1
+    assert "eval-last.json  (the scores as JSON)" in proc.stdout and "TensorBoard events" not in proc.stdout
 
     test = load_splits("fashion_mnist", str(fmnist_root), download=False)
     np.save(tmp_path / "three.npy", test.x_test[:3, 0].numpy())
@@ -372,3 +379,9 @@ def test_ensemble_trains_members_and_combines_them(fmnist_root: Path, tmp_path: 
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert "ensemble/test_acc" in events.Tags()["scalars"]
+
+    # The ensemble folder itself can be scored: every member, then their combination, as the run did.
+    proc = dlzoo("eval", f"ckpt={run_dir}", "data=fashion_mnist", f"data.root={fmnist_root}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scored = json.loads((run_dir / "eval-ensemble.json").read_text())
+    assert scored["member_test_acc"] == metrics["member_test_acc"] and scored["test_acc"] == metrics["test_acc"]

@@ -104,3 +104,36 @@ def test_image_label_count_mismatch_is_reported(tmp_path: Path) -> None:
     write_idx(root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8), 2049)
     with pytest.raises(DlzooError, match="200 items but the labels 7"):
         load_splits("mnist", str(root), download=False, val_size=10)
+
+
+def test_real_mnist_loads_and_is_recognised(mnist_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    splits = load_splits("mnist", str(mnist_root), download=False)
+    assert len(splits.y_train) == 55_000 and len(splits.y_val) == 5_000 and len(splits.y_test) == 10_000
+    assert "not the published" not in capsys.readouterr().err
+
+
+def test_the_other_datasets_files_are_refused(mnist_root: Path, fmnist_root: Path) -> None:
+    with pytest.raises(DlzooError, match=r"holds fashion_mnist, not mnist.*`data=fashion_mnist`"):
+        load_splits("mnist", str(fmnist_root), download=False)
+    with pytest.raises(DlzooError, match=r"holds mnist, not fashion_mnist"):
+        load_splits("fashion_mnist", str(mnist_root), download=False)
+
+
+def test_unknown_files_train_with_a_warning(toy_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    load_splits("mnist", str(toy_root), download=False, val_size=100)
+    assert "not the published mnist files" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    def offline(root: str, **kwargs: object) -> None:
+        (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)  # as torchvision does before fetching
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    cache = tmp_path / "cache"
+    (cache / "kept").mkdir(parents=True)  # a folder that was there before stays
+    with pytest.raises(DlzooError, match=r"the download into .* failed"):
+        locate("mnist", str(cache), download=True)
+    assert sorted(p.name for p in cache.rglob("*")) == ["kept"]

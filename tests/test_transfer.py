@@ -158,6 +158,16 @@ def test_transfer_command_runs_both_arms_and_reports_them(fmnist_root: Path, tmp
     assert state["config"]["transfer"]["ckpt"] == str(out / "seed778" / "model_A")
 
 
+def test_a_one_seed_report_shows_no_nan(tmp_path: Path) -> None:
+    from dlzoo.transfer_experiment import write_report
+
+    row = {"seed": 777, "model_A": 0.9, "model_B": 0.8, "model_B_on_A": 0.9, "device": "cpu"}
+    recipe = {"epochs": 1, "batch_size": 20, "lr": 0.01, "freeze_epochs": 1, "unfreeze_lr": None}
+    write_report(tmp_path, [row], "dlzoo transfer --seeds 1", recipe)
+    report = (tmp_path / "report.md").read_text()
+    assert "nan" not in report and "0.8000 (1 seed)" in report
+
+
 def test_bad_transfer_command_input_exits_2_without_traceback(tmp_path: Path) -> None:
     proc = dlzoo("transfer", "--seeds", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--seeds 0 must be a count" in proc.stdout + proc.stderr

@@ -107,3 +107,5 @@ def test_relu_learns_noisy_xor_through_the_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test_acc"] >= 0.95
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)  # every run keeps one
+    assert state["epoch"] == 1000
