@@ -278,7 +278,7 @@ def report_command(argv: list[str]) -> int:
     parser.add_argument("folder", type=Path, help="a multirun (hydra.sweep.dir), outputs/runs, or a ladder folder")
     parser.add_argument("--metric", default="test_acc", help="the metrics.json key to sort by (default test_acc)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: the folder)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     report = build_report(args.folder, args.metric)
     out = args.out or args.folder

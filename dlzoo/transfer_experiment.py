@@ -28,7 +28,7 @@ def parse_args(args: list[str]) -> tuple[int, Path | None, list[str]]:
     parser.add_argument("--seeds", type=int, default=5, help="seeds trainer.seed, +1, ... (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/transfer/<time>)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every arm, e.g. data.root=<dir>")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)  # options may come after overrides
     if ns.seeds < 1:
         raise DlzooError(f"--seeds {ns.seeds} must be a count >= 1 (seeds trainer.seed, +1, ...).")
     return ns.seeds, ns.out and ns.out.expanduser(), ns.overrides
