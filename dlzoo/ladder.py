@@ -101,6 +101,77 @@ def run_job(job: Job, resume: bool) -> int:
             raise
 
 
+def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
+    """`trainer.threads=<cores // jobs>` for runs side by side (one thread each when jobs = cores): more threads
+    than cores make OpenMP spin-wait and slow every run. None when the user set trainer.threads or runs one job."""
+    import os
+
+    if jobs == 1 or any(o.split("=", 1)[0].lstrip("+") == "trainer.threads" for o in overrides):
+        return []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return [f"trainer.threads={max(1, cores // jobs)}"]
+
+
+def run_all(todo: list[Job], jobs: int, resume: bool) -> None:
+    """Run `todo` with up to `jobs` side by side; one line per finished run with the estimated time left."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from dlzoo.tracking import say
+
+    took: dict[str, list[float]] = {}  # rung -> seconds of its finished runs, for the estimate
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(_timed, job, resume): job for job in todo}
+        done_count = 0
+        while pending:
+            try:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                # The terminal's Ctrl-C reached every running run (one process group): they checkpoint and exit,
+                # and leaving the pool waits for them. Queued runs must not start.
+                for future in pending:
+                    future.cancel()
+                raise
+            for future in finished:
+                job = pending.pop(future)
+                code, seconds = future.result()  # re-raises a KeyboardInterrupt from the worker
+                took.setdefault(job.rung, []).append(seconds)
+                done_count += 1
+                left = eta(list(pending.values()), took, jobs)
+                elapsed = time.perf_counter() - started
+                say(f"[{done_count}/{len(todo)}] {job.rung} seed {job.seed}: {outcome(job, code)} ({seconds:.0f} s)"
+                    f"  ·  {_clock(elapsed)} elapsed, about {_clock(left)} left")  # fmt: skip
+
+
+def _timed(job: Job, resume: bool) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    return run_job(job, resume), time.perf_counter() - t0
+
+
+def outcome(job: Job, code: int) -> str:
+    """'test acc 0.9821', or why the run failed (the last error line of its log)."""
+    if (job.folder / "metrics.json").is_file():
+        value = (load_run(job.folder).metrics or {}).get("test_acc")
+        if isinstance(value, float):
+            return f"test acc {value:.4f}"
+    return f"FAILED (exit {code}): {last_error(job.folder)}"
+
+
+def eta(pending: list[Job], took: dict[str, list[float]], jobs: int) -> float:
+    """Seconds until the pending runs finish: each costs its rung's mean so far (or, for a rung not yet seen,
+    the mean of all finished runs), shared over the `jobs` slots."""
+    everything = [t for times in took.values() for t in times]
+    fallback = sum(everything) / len(everything) if everything else 0.0
+    total = sum(sum(took[j.rung]) / len(took[j.rung]) if j.rung in took else fallback for j in pending)
+    return total / jobs
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 @dataclass
 class Rung:
     """One row of the ladder: the rung's finished runs (as report groups them) and its failed jobs."""
@@ -223,38 +294,76 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
             )
 
 
+def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
+    """The ladder's TensorBoard view (tracking.write_ladder_view): the rungs on one chart against the lecture,
+    and an HParams table of the ladder's runs led by the rung."""
+    from omegaconf import OmegaConf
+
+    from dlzoo.tracking import LADDER_CURVES, read_scalars, run_hparams, write_ladder_view
+
+    points = [(RUNGS[r.name][0], r.mean, RUNGS[r.name][2]) for r in rungs]
+    # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
+    curves = {r.name: [read_scalars(folder, LADDER_CURVES) for run in r.group.runs
+                       for folder in (sorted(run.folder.glob("member*")) or [run.folder])]
+              for r in rungs if r.group}  # fmt: skip
+    runs = [run for r in rungs if r.group for run in r.group.runs]
+    sessions = [run_hparams(OmegaConf.to_container(run.config, resolve=True), run.choices) for run in runs]  # type: ignore[arg-type]
+    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table), out / "ladder.png")
+
+
+def lab_epochs(rung: str) -> int:
+    """The epochs the lab itself trains (its experiment YAML), to flag rungs that ran a shorter budget."""
+    from dlzoo.compose import compose_config
+
+    return int(compose_config([f"experiment={rung}"]).trainer.epochs)
+
+
 def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
-    """Bars of our mean test accuracy with std error bars; the lecture's MNIST figure as a marker."""
+    """Dot-and-whisker chart: per rung our mean (dot) ± sample std (whisker, only for n > 1), each seed as a
+    faint point, and the lecture's figure as a hollow diamond beside it; each mean is written next to its dot,
+    each tick says n and epochs, and a rung trained for fewer epochs than its lab is flagged. Accuracies near 1
+    differ by tenths of a point, so the axis spans just the values shown, stated on the axis itself."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
-    x = range(len(rungs))
-    means = [r.mean if r.mean is not None else 0.0 for r in rungs]
-    stds = [r.std or 0.0 for r in rungs]
-    lectures = [RUNGS[r.name][2] for r in rungs]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rungs) + 2), 4.5))
-    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", label="ours: mean ± std over seeds")
-    marked = [(i, v) for i, v in enumerate(lectures) if v is not None]
-    ax.scatter(
-        [i for i, _ in marked],
-        [v for _, v in marked],
-        marker="D",
-        color="tab:red",
-        zorder=3,
-        label="lecture (MNIST, TF)",
-    )
-    shown = [m for m, r in zip(means, rungs, strict=True) if r.mean is not None] + [v for _, v in marked]
-    # Accuracies of a ladder sit close together: start the axis just below the lowest bar so the steps show.
-    ax.set_ylim(max(0.0, min(shown, default=0.0) - 0.05), 1.0)
-    ax.set_xticks(
-        list(x), [RUNGS[r.name][0] + ("\n(failed)" if r.mean is None else "") for r in rungs], rotation=30, ha="right"
-    )
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(rungs) + 2), 5.0))
+    shown: list[float] = []
+    short: list[str] = []
+    labels = []
+    for i, r in enumerate(rungs):
+        label, _, lecture = RUNGS[r.name]
+        epochs = _epochs(r)
+        if r.group and r.group.runs and r.group.runs[0].config.trainer.epochs < lab_epochs(r.name):
+            short.append(label)
+        labels.append(f"{label}\nn={r.n}" + (f", {epochs} ep" if epochs != "–" else "") + ("" if r.mean is not None
+                      else "\n(no finished run)"))  # fmt: skip
+        if lecture is not None:
+            ax.scatter([i + 0.18], [lecture], marker="D", facecolors="none", edgecolors="tab:red", s=46, zorder=3,
+                       label="lecture (TF lab, 1 run)" if i == 0 else None)  # fmt: skip
+            shown.append(lecture)
+        if r.mean is None or r.group is None:
+            continue
+        seeds = [run.metrics["test_acc"] for run in r.group.runs if run.metrics]
+        ax.scatter([i - 0.12] * len(seeds), seeds, s=10, color="tab:blue", alpha=0.35, zorder=2,
+                   label="ours: each seed" if i == 0 else None)  # fmt: skip
+        if r.n > 1 and r.std is not None:
+            ax.errorbar([i], [r.mean], yerr=[r.std], fmt="none", ecolor="tab:blue", capsize=5, zorder=3)
+        ax.scatter([i], [r.mean], s=36, color="tab:blue", zorder=4, label="ours: mean ± std" if i == 0 else None)
+        ax.annotate(f"{r.mean:.4f}", (i, r.mean), textcoords="offset points", xytext=(-8, 8), ha="right",
+                    fontsize=8, color="tab:blue")  # fmt: skip
+        shown += seeds
+    low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
+    pad = max(0.002, 0.08 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high + pad < 1.0 else 1.0)
+    ax.set_xticks(range(len(rungs)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"test accuracy (axis from {ax.get_ylim()[0]:.3f}, not 0)")
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if short:
+        fig.text(0.01, 0.01, f"Shorter budget than the lab: {', '.join(short)}.", fontsize=8, color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -270,6 +379,7 @@ def ladder_command(argv: list[str]) -> int:
     parser.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of: {', '.join(RUNGS)}")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/ladder/<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="with --out: skip runs that have a metrics.json")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1), each cores // jobs threads")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data=fashion_mnist")
     args = parser.parse_intermixed_args(argv)
 
@@ -283,23 +393,19 @@ def ladder_command(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     todo = [j for j in jobs if not (args.resume and (j.folder / "metrics.json").is_file())]
-    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out}")
-    for i, job in enumerate(todo, 1):
-        started = time.perf_counter()
-        try:
-            code = run_job(job, args.resume)
-        except KeyboardInterrupt:
-            print_error(
-                f"Interrupted during {job.rung} seed {job.seed}; finished runs are kept. Continue with: "
-                f"dlzoo ladder <the same arguments> --resume --out {out}"
-            )
-            return 130
-        done = (job.folder / "metrics.json").is_file()
-        what = (load_run(job.folder).metrics or {}).get("test_acc") if done else None
-        result = f"test acc {what:.4f}" if isinstance(what, float) else f"FAILED (exit {code}): "
-        result += "" if done else last_error(job.folder)
-        took = time.perf_counter() - started
-        console.print(f"[{i}/{len(todo)}] {job.rung} seed {job.seed}: {result} ({took:.0f} s)")
+    if args.jobs < 1:
+        raise DlzooError(f"--jobs {args.jobs}: give at least 1 (the runs that train side by side).")
+    threads = threads_per_job(args.jobs, args.overrides)
+    for job in todo:
+        job.overrides += threads
+    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out}, {args.jobs} at a "
+                  f"time{', ' + threads[0] + ' each' if threads else ''}")  # fmt: skip
+    try:
+        run_all(todo, args.jobs, args.resume)
+    except KeyboardInterrupt:
+        print_error(f"Interrupted; finished runs are kept, and the interrupted ones checkpointed. Continue with: "
+                    f"dlzoo ladder <the same arguments> --resume --out {out}")  # fmt: skip
+        return 130
 
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)
@@ -309,6 +415,7 @@ def ladder_command(argv: list[str]) -> int:
     write_csv(rungs, out / "ladder.csv")
     dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
     draw_chart(rungs, f"accuracy ladder on {dataset}: {args.seeds} seed(s)", out / "ladder.png")
+    write_view(rungs, table, out)
     console.print(f"wrote {out}/ladder.md, ladder.csv, ladder.png; dashboards: tensorboard --logdir {out}")
     failed = [j for r in rungs for j in r.failed]
     if failed:

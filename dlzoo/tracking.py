@@ -92,6 +92,30 @@ def print_final(
         console.print(f"dashboards: tensorboard --logdir {out.parent}")
 
 
+# The config keys a reader compares runs by, in the HParams table's column order (after the config-group choices):
+# the lessons' knobs, not all ~110 keys of the config.
+HPARAM_KEYS = (
+    "model.arch", "model.hidden", "model.activation", "model.init", "model.dropout", "model.norm", "optim.name",
+    "optim.lr", "optim.weight_decay", "sched.name", "reg.l1", "reg.l2", "pretrain.method", "ensemble.size",
+    "trainer.epochs", "trainer.batch_size", "trainer.seed", "trainer.precision", "data.name", "data.train_subset",
+)  # fmt: skip
+CHOICE_GROUPS = ("experiment", "model", "data", "optim", "sched")
+
+
+def run_hparams(config: dict[str, Any], choices: dict[str, Any] | None = None) -> dict[str, bool | int | float | str]:
+    """The run's HParams row: its config-group choices (`experiment` first: the lecture rung), then HPARAM_KEYS.
+    Booleans stay booleans and numbers numbers; lists and null become text, which HParams accepts."""
+    flat = flatten(config)
+    row: dict[str, bool | int | float | str] = {}
+    for group in CHOICE_GROUPS:
+        value = (choices or {}).get(group)
+        row[group] = str(value) if value is not None else "none"
+    for key in HPARAM_KEYS:
+        if key in flat:
+            row[key] = flat[key]
+    return row
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists and None become strings so TensorBoard's HParams accepts them."""
     if isinstance(tree, dict):
@@ -184,11 +208,12 @@ class RunTracker:
         rows = "\n".join(f"| {k} | {v} |" for k, v in values.items())
         self.writer.add_text(tag, "| key | value |\n|---|---|\n" + rows, 0)
 
-    def log_hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Write the flattened config and final metrics into this run's own event file, so every run of a
-        multirun lines up as one row of a single HParams table (add_hparams would make a sub-run instead)."""
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write the run's headline hyperparameters (see `run_hparams`) and final metrics into its own event file,
+        so every run of a multirun lines up as one row of a single HParams table (add_hparams would make a
+        sub-run instead)."""
         tagged = {f"hparam/{k}": v for k, v in metrics.items()}
-        exp, ssi, sei = hparams_summary(flatten(config), tagged)
+        exp, ssi, sei = hparams_summary(hparams, tagged)
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
         for tag, value in tagged.items():
@@ -246,3 +271,89 @@ def write_hparams_experiment(log_dir: Path, sessions: list[tuple[str, dict[str, 
                 writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
             for tag, value in tagged.items():
                 writer.add_scalar(tag, value, 0)
+
+
+def read_scalars(run_dir: Path, tags: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) pairs of `tags` from the TensorBoard events in `run_dir` (its own files, not sub-runs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    found = set(events.Tags().get("scalars", []))
+    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags if t in found}
+
+
+LADDER_CURVES = ("val/acc", "val/loss", "train/loss")
+
+
+def write_ladder_view(
+    log_dir: Path,
+    rungs: list[tuple[str, float | None, float | None]],
+    curves: dict[str, list[dict[str, list[tuple[int, float]]]]],
+    sessions: list[dict[str, Any]],
+    table_md: str,
+    chart: Path | None = None,
+) -> None:
+    """The ladder's own TensorBoard group "Ladder", which sorts first and opens by default: runs `_ladder/ours`
+    and `_ladder/lecture` whose `Ladder/test_acc` puts rung k at step k, so one chart sets our means against the
+    lecture's figures; one run per rung, `_ladder/<k>_<rung>`, whose `Ladder/val_acc`, `Ladder/val_loss` and
+    `Ladder/train_loss` per epoch (the mean over its seeds) overlay the rungs' learning curves; the table in the
+    text tab; and, in `log_dir` itself, one HParams experiment whose columns are the rung (experiment) first,
+    then only the hyperparameters that differ between the ladder's runs.
+
+    Args:
+        log_dir: the ladder's output folder (TensorBoard's --logdir).
+        rungs: (label, our mean test accuracy, the lecture's) per rung, in ladder order.
+        curves: per rung name, each seed's LADDER_CURVES as read_scalars returns them.
+        sessions: each run's HParams row (`run_hparams`), to find the columns that differ.
+        table_md: the ladder table as markdown.
+        chart: ladder.png, shown as the group's first card (`Ladder/chart`): TensorBoard smooths and clips
+            scalar charts, so the honest picture is the drawn one.
+    """
+    import shutil
+
+    # Written anew each time (a --resume rewrites the view): old event files would double every point.
+    shutil.rmtree(log_dir / "_ladder", ignore_errors=True)
+    for old in log_dir.glob("events.out.tfevents.*"):
+        old.unlink()
+    steps = "\n".join(f"{i}. {label}" for i, (label, _, _) in enumerate(rungs, 1))
+    for run, column in (("ours", 1), ("lecture", 2)):
+        with SummaryWriter(log_dir=str(log_dir / "_ladder" / run)) as writer:
+            for step, row in enumerate(rungs, 1):
+                if row[column] is not None:
+                    writer.add_scalar("Ladder/test_acc", row[column], step)
+            if run == "ours" and chart is not None and chart.is_file():
+                import matplotlib.image
+
+                writer.add_image("Ladder/chart", matplotlib.image.imread(chart)[..., :3], 0, dataformats="HWC")
+            if run == "ours":
+                note = "\n\nSteps of Ladder/test_acc (rung k at step k):\n\n"
+                writer.add_text("Ladder/table", table_md + note + steps)
+    for k, (name, seeds) in enumerate(curves.items(), 1):
+        with SummaryWriter(log_dir=str(log_dir / "_ladder" / f"{k}_{name}")) as writer:
+            for tag in LADDER_CURVES:
+                by_step: dict[int, list[float]] = {}
+                for seed in seeds:
+                    for step, value in seed.get(tag, []):
+                        by_step.setdefault(step, []).append(value)
+                for step, values in sorted(by_step.items()):
+                    writer.add_scalar("Ladder/" + tag.replace("/", "_"), sum(values) / len(values), step)
+    keys = list(dict.fromkeys(k for s in sessions for k in s))
+    differing = [k for k in keys if k != "experiment" and len({str(s.get(k)) for s in sessions}) > 1]
+    columns = ["experiment", *differing]
+    # One type per column, as the runs wrote it: numbers need no domain, booleans and text list their values.
+    domains: dict[str, list[Any]] = {}
+    for k in columns:
+        if all(isinstance(s.get(k), bool) for s in sessions):
+            domains[k] = sorted({s.get(k) for s in sessions})
+        elif not _numeric(k, sessions):
+            domains[k] = sorted({str(s.get(k)) for s in sessions})
+    defaults = {k: (sessions[0].get(k) if k not in domains else domains[k][0]) for k in columns} if sessions else {}
+    metrics = dict.fromkeys(("hparam/test_acc", "hparam/val_acc", "hparam/test_loss", "hparam/val_loss"), 0.0)
+    exp, _, _ = hparams_summary(defaults, metrics, domains)
+    with SummaryWriter(log_dir=str(log_dir)) as writer:
+        writer.file_writer.add_summary(exp)  # type: ignore[union-attr]
+
+
+def _numeric(key: str, sessions: list[dict[str, Any]]) -> bool:
+    return all(isinstance(s.get(key), (int, float)) and not isinstance(s.get(key), bool) for s in sessions)

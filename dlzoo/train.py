@@ -52,6 +52,7 @@ from dlzoo.tracking import (
     print_summary,
     print_warning,
     redirect_file_logs,
+    run_hparams,
     say,
 )
 from dlzoo.transfer import build_freeze_schedule, build_reuse
@@ -104,6 +105,8 @@ def run(
     device = dist.device(resolve_device(t.device))
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    hparams = run_hparams(config, choices)
 
     size = cfg.ensemble.size
     members = []
@@ -111,7 +114,9 @@ def run(
         folder = out_dir if size == 1 else out_dir / f"member{i}"
         if size > 1:
             console.print(f"ensemble member {i + 1}/{size} (seed {t.seed + i}) -> {folder}")
-        members.append(_train_member(cfg, config, data, device, folder, t.seed + i, resume, stop, on_epoch_end))
+        members.append(
+            _train_member(cfg, config, hparams, data, device, folder, t.seed + i, resume, stop, on_epoch_end)
+        )
     metrics = members[0][1]
     if size > 1:
         models = [m for m, _ in members]
@@ -133,7 +138,7 @@ def run(
         with RunTracker(out_dir, t.epochs, progress=False) as tracker:
             tracker.log_test(t.epochs, {"ensemble/test_acc": ensemble_acc, "ensemble/member_mean_test_acc":
                                         metrics["member_test_acc_mean"]})  # fmt: skip
-            tracker.log_hparams(config, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]})
+            tracker.log_hparams(hparams, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]})
         metrics |= {k: v for k, v in members[0][1].items() if k in ("seed", "device", "torch", "git_commit")}
     metrics["wall_time_s"] = time.perf_counter() - started
     if dist.world > 1:
@@ -147,6 +152,7 @@ def run(
 def _train_member(
     cfg: DictConfig,
     config: dict[str, Any],
+    hparams: dict[str, Any],
     data: Splits,
     device: torch.device,
     out_dir: Path,
@@ -247,7 +253,7 @@ def _train_member(
             metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
             tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        tracker.log_hparams(config, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
+        tracker.log_hparams(hparams, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
