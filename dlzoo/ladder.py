@@ -55,6 +55,7 @@ def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str],
     if seeds < 1 or (epochs is not None and epochs < 1):
         raise DlzooError(f"--seeds {seeds} / --epochs {epochs}: both must be at least 1.")
     extra = [f"trainer.epochs={epochs}"] if epochs is not None else []
+    extra.append("trainer.hparams_experiment=false")  # the ladder writes one experiment over all its runs
     return [
         Job(rung, seed, out / rung / f"seed{seed}", [f"experiment={rung}", f"trainer.seed={seed}", *extra, *overrides])
         for rung in rungs

@@ -130,6 +130,9 @@ class TrainerConfig:
     max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
     detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
     progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
+    # This run's own HParams experiment (its columns). TensorBoard shows one experiment per logdir, picked
+    # arbitrarily among those written: `dlzoo ladder` turns it off and writes one over all its runs.
+    hparams_experiment: bool = True
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + loss scaling, CUDA only)
     channels_last: bool = True  # NHWC weights for conv nets: faster convolutions on CPU (oneDNN) and tensor cores
     compile: bool = False  # torch.compile the training forward (eager if compilation is unavailable)

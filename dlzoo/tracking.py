@@ -208,13 +208,13 @@ class RunTracker:
         rows = "\n".join(f"| {k} | {v} |" for k, v in values.items())
         self.writer.add_text(tag, "| key | value |\n|---|---|\n" + rows, 0)
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], experiment: bool = True) -> None:
         """Write the run's headline hyperparameters (see `run_hparams`) and final metrics into its own event file,
         so every run of a multirun lines up as one row of a single HParams table (add_hparams would make a
-        sub-run instead)."""
+        sub-run instead). Without `experiment` only the session is written: a ladder writes the experiment."""
         tagged = {f"hparam/{k}": v for k, v in metrics.items()}
         exp, ssi, sei = hparams_summary(hparams, tagged)
-        for summary in (exp, ssi, sei):
+        for summary in (exp, ssi, sei) if experiment else (ssi, sei):
             self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
         for tag, value in tagged.items():
             self.writer.add_scalar(tag, value, 0)

@@ -138,7 +138,9 @@ def run(
         with RunTracker(out_dir, t.epochs, progress=False) as tracker:
             tracker.log_test(t.epochs, {"ensemble/test_acc": ensemble_acc, "ensemble/member_mean_test_acc":
                                         metrics["member_test_acc_mean"]})  # fmt: skip
-            tracker.log_hparams(hparams, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]})
+            tracker.log_hparams(
+                hparams, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]}, t.hparams_experiment
+            )
         metrics |= {k: v for k, v in members[0][1].items() if k in ("seed", "device", "torch", "git_commit")}
     metrics["wall_time_s"] = time.perf_counter() - started
     if dist.world > 1:
@@ -253,7 +255,9 @@ def _train_member(
             metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
             tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        tracker.log_hparams(hparams, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")})
+        tracker.log_hparams(
+            hparams, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")}, t.hparams_experiment
+        )
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics

@@ -26,7 +26,7 @@ def _test_accs(out: Path, rung: str) -> list[float]:
     return [json.loads((out / rung / f"seed{k}" / "metrics.json").read_text())["test_acc"] for k in (1, 2)]
 
 
-def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_path: Path) -> None:
+def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ladder"
     args = [
         "ladder",
@@ -37,8 +37,7 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_pa
         "--out",
         str(out),
         *FAST,
-        "data=fashion_mnist",
-        f"data.root={fmnist_root}",
+        f"data.root={mnist_root}",
     ]
     # The N(0,1)-initialized softmax logs losses of 9-16 in its first steps, the Xavier net under 2: a cap of 5
     # makes one rung fail while the other still runs.
@@ -53,11 +52,14 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_pa
     assert "## Failed runs (1)" in md and "- lab10_1_softmax seed 1" in md and "Training diverged" in md
     kept = {p: p.stat().st_mtime_ns for p in out.glob("lab10_3_xavier/seed1/metrics.json")}
 
-    # Without the cap and with a second seed, --resume reruns the failed run and keeps the finished one.
+    # Without the cap and with a second seed, --resume reruns the failed run and keeps the finished one; two
+    # runs at a time, each on one of the two cores.
     args += ["--seeds", "2"]
-    proc = dlzoo(*args, "--resume", cwd=tmp_path)
+    proc = dlzoo(*args, "--resume", "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 runs (1 already done)" in proc.stdout
+    assert "4 runs (1 already done)" in proc.stdout and "2 at a time" in proc.stdout
+    assert len(re.findall(r"\[\d/3\] lab10_\w+ seed \d: test acc 0\.\d{4} \(\d+ s\) .* elapsed, about \S+ left",
+                          proc.stdout)) == 3  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     rows, md = _rows(out), (out / "ladder.md").read_text()
     means = {}
@@ -73,15 +75,49 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(fmnist_root: Path, tmp_pa
             run = out / rung / f"seed{k}"
             assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
             assert any(run.glob("events.out.tfevents.*"))
-    assert "| 0.9035 |" in md and "| 0.9783 |" in md and "fashion_mnist" in md
+    assert "| 0.9035 |" in md and "| 0.9783 |" in md and "on mnist" in md
     assert f"{means['lab10_3_xavier'] - means['lab10_1_softmax']:+.4f}" in md  # the step between rungs
     assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_tensorboard_view(out, rows)
 
     # A finished ladder: --resume has nothing left to run.
     logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/ladder.log")}
     proc = dlzoo(*args, "--resume", cwd=tmp_path)
     assert proc.returncode == 0 and "4 runs (4 already done)" in proc.stdout, proc.stderr
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
+
+
+def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
+    """The Ladder group's scalars are ladder.csv's numbers, rung k at step k; the one HParams experiment in the
+    folder is the ladder's: the rung first, then only the keys that differ between its runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(run))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    rungs = list(rows)
+    ours = scalars(out / "_ladder" / "ours", "Ladder/test_acc")
+    assert ours == [(k, pytest.approx(float(rows[r]["test_acc_mean"]), abs=1e-6)) for k, r in enumerate(rungs, 1)]
+    lecture = scalars(out / "_ladder" / "lecture", "Ladder/test_acc")
+    assert lecture == [(k, pytest.approx(RUNGS[r][2], abs=1e-6)) for k, r in enumerate(rungs, 1)]
+    curves = scalars(out / "_ladder" / f"1_{rungs[0]}", "Ladder/val_acc")
+    assert [step for step, _ in curves] == [1]  # one epoch: the mean of the seeds' val/acc
+    experiments = []
+    for events_file in out.rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        for metadata in events.summary_metadata.values():
+            if metadata.plugin_data.plugin_name == "hparams":
+                data = HParamsPluginData.FromString(metadata.plugin_data.content)
+                if data.WhichOneof("data") == "experiment":
+                    experiments.append((events_file.parent, [h.name for h in data.experiment.hparam_infos]))
+    assert len(experiments) == 1 and experiments[0][0] == out, experiments
+    columns = experiments[0][1]
+    assert columns[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(columns)
+    assert "trainer.batch_size" not in columns and "data.name" not in columns  # the same in every run
 
 
 @pytest.mark.parametrize(
