@@ -27,7 +27,7 @@ def register_resolvers() -> None:
 def default_threads() -> int | None:
     """CPU threads for a run that left trainer.threads null. A job of a local parallel sweep (joblib) gets its
     share, the usable cores // hydra.launcher.n_jobs (at least 1): more threads than cores make OpenMP spin and
-    slow every job (shared/PERF_NOTES.md). Anywhere else None: torch's own default (the physical cores)."""
+    slow every job. Anywhere else None: torch's own default (the physical cores)."""
     import os
 
     from hydra.core.hydra_config import HydraConfig

@@ -91,7 +91,7 @@ def setup(model_name: str, data_root: str, device: torch.device) -> tuple[DictCo
 def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """The median seconds of each function, timed in interleaved rounds (every function once per round, after
     one warm-up call each: allocator, kernels, compilation). This machine's speed drifts by up to 1.6x within an
-    hour (shared/PERF_NOTES.md); interleaving puts every variant under the same drift, so their ratios hold even
+    hour on these machines; interleaving puts every variant under the same drift, so their ratios hold even
     where the absolute figures move."""
     for fn in fns.values():
         fn()
