@@ -42,8 +42,17 @@ class Job:
     overrides: list[str]
 
 
-def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str], out: Path) -> list[Job]:
-    """One job per rung × seed (seeds 1..N), in ladder order; data=mnist unless the overrides pick another."""
+def plan(
+    rungs: list[str],
+    seeds: int,
+    epochs: int | None,
+    overrides: list[str],
+    out: Path,
+    rung_seeds: dict[str, int] | None = None,
+) -> list[Job]:
+    """One job per rung × seed (seeds 1..N, or 1..rung_seeds[rung]), in ladder order; data=mnist unless the
+    overrides pick another."""
+    rung_seeds = rung_seeds or {}
     unknown = [r for r in rungs if r not in RUNGS]
     if unknown:
         raise DlzooError(f"unknown rung(s) {', '.join(unknown)}; choices: {', '.join(RUNGS)}.")
@@ -52,15 +61,29 @@ def plan(rungs: list[str], seeds: int, epochs: int | None, overrides: list[str],
         raise DlzooError(
             f"dlzoo ladder sets {', '.join(owned)} itself. Fix: drop it; use --seeds N, --rungs, --out, --resume."
         )
-    if seeds < 1 or (epochs is not None and epochs < 1):
-        raise DlzooError(f"--seeds {seeds} / --epochs {epochs}: both must be at least 1.")
+    if seeds < 1 or (epochs is not None and epochs < 1) or any(n < 1 for n in rung_seeds.values()):
+        raise DlzooError(f"--seeds {seeds} / --epochs {epochs} / --rung-seeds: each must be at least 1.")
+    stray = [r for r in rung_seeds if r not in rungs]
+    if stray:
+        raise DlzooError(f"--rung-seeds names {', '.join(stray)}, which this ladder does not run (--rungs).")
     extra = [f"trainer.epochs={epochs}"] if epochs is not None else []
     extra.append("trainer.hparams_experiment=false")  # the ladder writes one experiment over all its runs
     return [
         Job(rung, seed, out / rung / f"seed{seed}", [f"experiment={rung}", f"trainer.seed={seed}", *extra, *overrides])
         for rung in rungs
-        for seed in range(1, seeds + 1)
+        for seed in range(1, rung_seeds.get(rung, seeds) + 1)
     ]
+
+
+def parse_rung_seeds(text: str) -> dict[str, int]:
+    """`lab11_2_cnn_deep=3,lab11_5_ensemble=1` -> {rung: seeds}."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        rung, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise DlzooError(f"--rung-seeds {text!r}: write rung=N pairs, e.g. lab11_2_cnn_deep=3,lab11_5_ensemble=1.")
+        out[rung.strip()] = int(n)
+    return out
 
 
 def check(jobs: list[Job]) -> None:
@@ -246,7 +269,7 @@ def caption(rungs: list[Rung], seeds: int, command: str) -> str:
         threads = run.metrics.get("threads")
         where += f", {threads} thread(s)" if threads else ""
     return (
-        f"Test accuracy, mean ± sample std over {seeds} seed(s) per rung (trainer.seed=1..{seeds}; an ensemble k "
+        f"Test accuracy, mean ± sample std over the n seeds of each rung (trainer.seed=1..n; an ensemble k "
         f"trains members from seed (k-1)×size+1 on) on {where}. The lecture's figures are its TF labs on MNIST. "
         f"Command: {command}"
     )
@@ -376,6 +399,7 @@ def ladder_command(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="dlzoo ladder", description="Run the lectures' accuracy ladder.")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per rung: trainer.seed=1..N (default 3)")
+    parser.add_argument("--rung-seeds", default="", help="seeds for some rungs, e.g. lab11_5_ensemble=1 (else --seeds)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every rung (default: each lab's own)")
     parser.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of: {', '.join(RUNGS)}")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/ladder/<timestamp>)")
@@ -387,7 +411,8 @@ def ladder_command(argv: list[str]) -> int:
     if args.resume and args.out is None:
         raise DlzooError("--resume needs --out <the earlier ladder's folder> to know which ladder to continue.")
     out = args.out or Path("outputs/ladder") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    jobs = plan([r for r in args.rungs.split(",") if r], args.seeds, args.epochs, args.overrides, out)
+    rung_seeds = parse_rung_seeds(args.rung_seeds)
+    jobs = plan([r for r in args.rungs.split(",") if r], args.seeds, args.epochs, args.overrides, out, rung_seeds)
     if not args.resume and any((j.folder / ".hydra").is_dir() for j in jobs):
         raise DlzooError(f"{out} already holds ladder runs. Fix: add --resume to continue it, or choose a new --out.")
     check(jobs)
@@ -415,7 +440,9 @@ def ladder_command(argv: list[str]) -> int:
     write_markdown(rungs, table, caption(rungs, args.seeds, command), out / "ladder.md")
     write_csv(rungs, out / "ladder.csv")
     dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
-    draw_chart(rungs, f"accuracy ladder on {dataset}: {args.seeds} seed(s)", out / "ladder.png")
+    seeds = "/".join(str(n) for n in dict.fromkeys(r.n for r in rungs))
+    draw_chart(rungs, f"accuracy ladder on {dataset}: test accuracy over {seeds} seed(s) per rung (n below)",
+               out / "ladder.png")  # fmt: skip
     write_view(rungs, table, out)
     console.print(f"wrote {out}/ladder.md, ladder.csv, ladder.png; dashboards: tensorboard --logdir {out}")
     failed = [j for r in rungs for j in r.failed]

@@ -126,6 +126,8 @@ def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
         (["--rungs", "lab10_1_softmax,lab99_magic"], "unknown rung"),
         (["trainer.seed=5"], "sets trainer.seed=5 itself"),
         (["--seeds", "0"], "at least 1"),
+        (["--rungs", "lab10_1_softmax", "--rung-seeds", "lab11_5_ensemble=1"], "does not run"),
+        (["--rung-seeds", "lab11_5_ensemble"], "write rung=N pairs"),
         (["--rungs", "lab10_3_xavier", "model.activation=rleu"], "rung lab10_3_xavier, seed 1: .*rleu"),
         (["data=fashion_mnist", "data.root=missing_folder"], "missing_folder' does not exist"),
     ],
@@ -135,6 +137,13 @@ def test_bad_input_fails_before_any_run(argv: list[str], expected: str, tmp_path
     with pytest.raises(DlzooError, match=expected):
         ladder_command(["--out", str(out), *argv])
     assert not out.exists()
+
+
+def test_rung_seeds_give_some_rungs_their_own_seed_count(tmp_path: Path) -> None:
+    from dlzoo.ladder import parse_rung_seeds, plan
+
+    jobs = plan(["lab10_1_softmax", "lab11_5_ensemble"], 5, None, [], tmp_path, parse_rung_seeds("lab11_5_ensemble=1"))
+    assert [(j.rung, j.seed) for j in jobs] == [("lab10_1_softmax", k) for k in range(1, 6)] + [("lab11_5_ensemble", 1)]
 
 
 def test_resume_needs_out_and_a_used_folder_needs_resume(tmp_path: Path) -> None:
