@@ -33,15 +33,18 @@ def sweep(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     # A job that fails at run time (its data folder is gone), in the mlp_xavier group: Hydra ends a multirun at
-    # its first failed job, so this one runs on its own into the same sweep folder.
+    # its first failed job, so this one runs as a sweep of its own into the same sweep folder. A sweep keeps a
+    # failed job's folder and log (a failed single run leaves none), which is where report finds the error.
     proc = dlzoo(
         "train",
+        "-m",
         *FAST,
         "data=fashion_mnist",
         f"data.root={folder / 'gone'}",
         "model=mlp_xavier",
         "trainer.seed=3",
-        f"hydra.run.dir={folder / '4_mlp_xavier'}",
+        f"hydra.sweep.dir={folder}",
+        "hydra.sweep.subdir=4_mlp_xavier",
         cwd=folder,
     )
     assert proc.returncode == 2 and not (folder / "4_mlp_xavier" / "metrics.json").exists()
