@@ -19,11 +19,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BUDGET = {
     "train": ["debug=fast", "trainer.threads=1", "trainer.max_loss=null", "pretrain.epochs=1",
               "pretrain.unlabeled=false"],
-    "ladder": ["--seeds", "1", "--epochs", "1", "--rungs", "lab10_1_softmax,lab11_1_cnn", "debug=fast",
+    "ladder": ["--seeds", "1", "--epochs", "1", "--rungs", "lab10_1_softmax,lab10_3_xavier", "debug=fast",
                "trainer.threads=1"],
     "transfer": ["--seeds", "1", "trainer.epochs=2", "trainer.max_steps=10", "transfer.freeze_epochs=1",
                  "trainer.threads=1", "data.val_size=500"],
-    "tune": ["--trials", "2", "debug=fast", "trainer.threads=1"],
+    "tune": ["--trials", "1", "debug=fast", "trainer.threads=1"],
     "eval": [],
     "predict": [],
 }  # fmt: skip
