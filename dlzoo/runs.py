@@ -3,6 +3,7 @@ metadata that makes a run reproducible (seed, versions, device, git commit)."""
 
 from __future__ import annotations
 
+import pickle
 import platform
 import subprocess
 from pathlib import Path
@@ -30,8 +31,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DlzooError(f"No checkpoint at {path}. Fix: give a run folder with checkpoints/last.pt or a .pt file.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle/zip errors all mean the same thing to the user
+        # weights_only: a .pt is a pickle, and a foreign one could run code as it loads. Only the types dlzoo
+        # itself saves are allowed (tensors, containers, numpy RNG state, torch's version string).
+        with torch.serialization.safe_globals(_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DlzooError(
+            f"Refused to load {path}: it holds objects a dlzoo checkpoint never does, and loading them could run "
+            f"code ({' '.join(str(e).split('Check the documentation')[0].split()[-25:])}). Fix: use a checkpoint "
+            "written by dlzoo; a file from elsewhere is not loaded."
+        ) from None
+    except Exception as e:  # zip errors and truncation all mean the same thing to the user
         raise DlzooError(
             f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
             "(checkpoints/best-*.pt, or an earlier run)."
@@ -70,6 +80,24 @@ def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
     if any(p != log for p in files) or (keep_log and log.is_file() and log.stat().st_size > 0):
         return
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _safe_globals() -> list[Any]:
+    """What a dlzoo checkpoint pickles beyond tensors and containers: numpy's RNG state (an array of uint32
+    and Python scalars) and numpy scalars in the history, and torch's version in the metadata."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core
+    names = ("UInt32DType", "UInt8DType", "Int64DType", "Int32DType", "Float64DType", "Float32DType", "BoolDType")
+    dtypes = [getattr(np.dtypes, n) for n in names if hasattr(getattr(np, "dtypes", None), n)]
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+        torch.torch_version.TorchVersion,
+    ]
 
 
 def _select(container: dict[str, Any], dotted: str) -> Any:

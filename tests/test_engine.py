@@ -281,3 +281,36 @@ def test_bf16_autocast_learns_as_fp32_does_and_keeps_fp32_weights(toy: Splits) -
     model, result, _ = train(toy, precision="bf16")
     assert result.val_acc > 0.9
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a hostile .pt could carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
+    from dlzoo.errors import DlzooError
+    from dlzoo.runs import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "meta": _Payload(marker)}, path)
+    with pytest.raises(DlzooError, match=r"Refused to load .*evil\.pt.*could run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_real_checkpoint_loads_with_only_the_allowed_types(toy: Splits, tmp_path: Path) -> None:
+    from dlzoo.runs import load_checkpoint
+
+    ck = Checkpointing(tmp_path, extra={"config": {"a": 1}, "meta": {"torch": torch.__version__}})
+    train(toy, epochs=1, checkpointing=ck)
+    state = load_checkpoint(ck.last)
+    assert state["epoch"] == 1 and state["config"] == {"a": 1} and "rng" in state
