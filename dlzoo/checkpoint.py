@@ -99,15 +99,25 @@ def save_best(ck: Checkpointing, model: nn.Module, epoch: int, metrics: dict[str
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temporary file and rename it over `path`, so a crash or a full disk mid-write never leaves a
     corrupt checkpoint behind: the previous file stays until the new one is complete."""
-    tmp = path.with_name(path.name + ".tmp")
+    # A unique temporary name: two writers (two processes in one folder) never share one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and not _looks_like_a_write_failure(e):
+            raise
         kept = f" The previous {path.name} is intact." if path.exists() else ""
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise DlzooError(
-            f"Could not write the checkpoint {path}: {e.strerror or e}.{kept} Fix: free disk space or point "
+            f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space or point "
             "hydra.run.dir at a writable folder, then resume with trainer.resume=<that run folder>."
         ) from None
+
+
+def _looks_like_a_write_failure(e: RuntimeError) -> bool:
+    """torch.save's errors from the file system (a full disk, a vanished folder) rather than from the state."""
+    text = str(e).lower()
+    return any(w in text for w in ("file write failed", "unexpected pos", "no space", "write", "errno"))

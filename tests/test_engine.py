@@ -314,3 +314,32 @@ def test_a_real_checkpoint_loads_with_only_the_allowed_types(toy: Splits, tmp_pa
     train(toy, epochs=1, checkpointing=ck)
     state = load_checkpoint(ck.last)
     assert state["epoch"] == 1 and state["config"] == {"a": 1} and "rng" in state
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 256 KiB tmpfs (root and mount(8) needed; skipped elsewhere): a full disk, not a mocked error."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
+                                                       str(folder)], capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_real_full_disk_is_a_clean_error_that_leaves_no_temp_file(tiny_disk: Path) -> None:
+    from dlzoo.checkpoint import save_checkpoint
+    from dlzoo.errors import DlzooError
+
+    small = tiny_disk / "last.pt"
+    save_checkpoint(small, {"model": {"w": torch.zeros(1000)}})  # 4 kB: fits
+    with pytest.raises(DlzooError, match=r"Could not write the checkpoint .*The previous last.pt is intact"):
+        save_checkpoint(small, {"model": {"w": torch.zeros(200_000)}})  # 800 kB: does not
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["last.pt"]  # no partial .tmp keeps the disk full
+    assert torch.load(small, weights_only=True)["model"]["w"].numel() == 1000
