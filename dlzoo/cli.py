@@ -11,6 +11,7 @@ from pathlib import Path
 from dlzoo.compose import compose_and_validate, config_groups, precheck, split_args
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
+from dlzoo.runs import in_use_message, lock_holder
 
 __all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
 
@@ -112,7 +113,9 @@ def _output_problem(args: list[str]) -> str | None:
     while not path.exists() and path != path.parent:
         path = path.parent
     if path.is_dir() and os.access(path, os.W_OK):
-        return None
+        # Hydra would rewrite .hydra/ of a run another process is still writing: refuse before it starts.
+        holder = lock_holder(path) if path == Path(target).expanduser().absolute() else None
+        return in_use_message(path, holder) if holder else None
     what = "is a file, not a folder" if path.exists() and not path.is_dir() else "is not writable"
     return (
         f"Cannot create the output folder {target}: {path} {what}. Fix: choose another with "

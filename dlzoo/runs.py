@@ -6,6 +6,8 @@ from __future__ import annotations
 import pickle
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,55 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def lock_holder(folder: Path) -> str | None:
+    """The pid holding `folder`'s run lock, or None when no process holds it."""
+    import fcntl
+
+    path = folder / ".lock"
+    if not path.is_file():
+        return None
+    with path.open("r") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "unknown"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def in_use_message(folder: Path, holder: str) -> str:
+    return (
+        f"{folder} is in use by another dlzoo process (pid {holder}), which is writing its checkpoints and "
+        "metrics there. Fix: wait for it to finish, or give this run its own folder (hydra.run.dir=<folder>)."
+    )
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
+    process asking for it is refused at once, naming the holder."""
+    import fcntl
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise DlzooError(in_use_message(folder, f.read().strip() or "unknown")) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def remove_if_empty(folder: Path, keep_log: bool = False) -> None:

@@ -40,6 +40,7 @@ from dlzoo.runs import (
     load_checkpoint,
     metadata,
     remove_if_empty,
+    run_lock,
     write_json,
 )
 from dlzoo.splits import build_splits
@@ -92,7 +93,23 @@ def run(
         console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
     if dist.main:
         check_writable(out_dir)
+    # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
+    # of another). Ranks > 0 of a DDP run write nothing.
+    with run_lock(out_dir) if dist.main else nullcontext():
+        return _run_in(cfg, out_dir, resume, stop, on_epoch_end, started)
 
+
+def _run_in(
+    cfg: DictConfig,
+    out_dir: Path,
+    resume: dict[str, Any] | None,
+    stop: StopFlag | None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    started: float,
+) -> dict[str, Any]:
+    """The body of `run` once the run folder is known and locked."""
+    t = cfg.trainer
+    dist = distributed.current()
     threads = t.threads if t.threads is not None else launch.default_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -276,6 +276,24 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
         assert metrics["best_epoch"] == a["best_epoch"]
 
 
+def test_a_second_process_in_a_run_folder_is_refused_at_once(fmnist_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "model=mlp", "data=fashion_mnist", f"data.root={fmnist_root}", "trainer.epochs=3",
+            "trainer.threads=1", "data.train_subset=4000", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    first = subprocess.Popen([*DLZOO, *args], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    wait_for(run_dir / ".lock", first)
+    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    second = dlzoo(*args[:-1], "trainer.seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert second.returncode == 2
+    assert f"in use by another dlzoo process (pid {first.pid})" in " ".join(second.stderr.split())
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides  # Hydra never started for it
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["seed"] == 777 and not (run_dir / ".lock").exists()
+
+
 def test_sigterm_checkpoints_and_exits_143(fmnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["train", "model=mlp", "data=fashion_mnist", f"data.root={fmnist_root}", "trainer.epochs=50",
