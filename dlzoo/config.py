@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -130,7 +131,7 @@ def validate(cfg: DictConfig) -> None:
         "(resuming ensembles is not supported yet; resume a member's folder as a single run)",
     )
     check("data.normalize", cfg.data.normalize in ("none", "standardize"), "none or standardize")
-    check("optim.lr", o.lr > 0, "> 0")
+    check("optim.lr", 0 < o.lr < math.inf, "> 0 and finite")
     check("optim.weight_decay", o.weight_decay >= 0, ">= 0")
     check("optim.momentum", 0 <= o.momentum < 1, "in [0, 1)")
     check("optim.momentum", o.name not in ("momentum", "nesterov") or o.momentum > 0, f"> 0 for optim.name={o.name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
     """Read one IDX file (gzip or raw) into a uint8 array, checking its magic number and size."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: a corrupt deflate stream inside
         raise DlzooError(
             f"Cannot read {path}: {e}. The file is corrupt or truncated; replace it with a fresh copy "
             "(or delete it and let dlzoo download it again)."

@@ -221,12 +221,13 @@ def check_writable(folder: Path) -> None:
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as e:
+        probe.unlink(missing_ok=True)  # a full disk can create the file and then refuse its bytes
         raise DlzooError(
             f"The output folder {folder} is not writable ({e.strerror or e}). Fix: free disk space, fix its "
             "permissions, or choose another with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
         ) from None
+    probe.unlink(missing_ok=True)
 
 
 def metadata(seed: int, device: torch.device) -> dict[str, Any]:

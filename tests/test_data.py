@@ -137,3 +137,13 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path: Path, monkeypatch: 
     with pytest.raises(DlzooError, match=r"the download into .* failed"):
         locate("mnist", str(cache), download=True)
     assert sorted(p.name for p in cache.rglob("*")) == ["kept"]
+
+
+def test_a_corrupt_deflate_stream_names_the_file(tmp_path: Path) -> None:
+    root = make_idx_folder(tmp_path / "bad")
+    target = root / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(target.read_bytes())
+    data[20:60] = bytes(40)  # the deflate blocks, not the gzip header or its length trailer
+    target.write_bytes(bytes(data))
+    with pytest.raises(DlzooError, match=r"Cannot read .*t10k-labels-idx1-ubyte\.gz.*corrupt or truncated"):
+        load_splits("mnist", str(root), download=False, val_size=10)

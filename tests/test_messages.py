@@ -35,6 +35,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["validate", "trainer.epoch=1"], "Did you mean trainer.epochs?"),
         (["validate", "+trainer.epoch=1"], "Did you mean trainer.epochs?"),
         (["validate", "model.activation=[/x]"], "model.activation=[/x]"),
+        (["validate", "optim.lr=inf"], "optim.lr=inf is out of range: it must be > 0 and finite"),
     ],
 )
 def test_typos_get_one_paragraph_naming_the_fix(
