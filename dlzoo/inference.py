@@ -105,11 +105,21 @@ def eval_command(args: list[str]) -> dict[str, float]:
     if cfg.eval.mc_samples > 0:
         mc_acc, mc_entropy = mc_evaluate(model, data.x_test, data.y_test, cfg.eval.mc_samples, bs, data.prep)
         metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
-    out = path.parent / f"eval-{path.stem}.json"
-    write_json(out, metrics)
     console.print(f"checkpoint {path}")
-    print_final(metrics, out, "the scores as JSON")
+    print_final(metrics, *_save_scores(path.parent / f"eval-{path.stem}.json", metrics))
     return metrics
+
+
+def _save_scores(out: Path, metrics: dict[str, Any]) -> tuple[Path, str]:
+    """Write the scores beside the checkpoint; a read-only folder costs the file, never the printed result."""
+    from dlzoo.tracking import print_warning
+
+    try:
+        write_json(out, metrics)
+    except OSError as e:
+        print_warning(f"could not save the scores to {out} ({e.strerror or e}); they are printed below only.")
+        return out, "not written: the folder is read-only"
+    return out, "the scores as JSON"
 
 
 def eval_ensemble(folder: Path, overrides: list[str]) -> dict[str, Any]:
@@ -129,11 +139,27 @@ def eval_ensemble(folder: Path, overrides: list[str]) -> dict[str, Any]:
         "member_test_acc": member_acc,
         "member_test_acc_mean": sum(member_acc) / len(loaded),
     }
-    out = folder / "eval-ensemble.json"
-    write_json(out, metrics)
     console.print(f"ensemble {folder}: {len(loaded)} members")
-    print_final(metrics, out, "the scores as JSON")
+    print_final(metrics, *_save_scores(folder / "eval-ensemble.json", metrics))
     return metrics
+
+
+def _as_images(a: np.ndarray, name: str) -> np.ndarray:
+    """A .npy array as (N, 28, 28) real, finite pixel values, or a DlzooError saying what it holds instead."""
+    if a.dtype.kind not in "biuf":
+        raise DlzooError(f"{name} holds {a.dtype} values, not pixel numbers. Fix: save a real-valued array "
+                         "(uint8 in [0, 255] or floats in [0, 1]).")  # fmt: skip
+    shape = a.shape
+    if shape == (28, 28):
+        a = a[None]
+    elif len(shape) == 2 and shape[1] == 784:
+        a = a.reshape(-1, 28, 28)
+    elif not (len(shape) == 3 and shape[1:] == (28, 28)):
+        raise DlzooError(f"{name} has shape {shape}; dlzoo reads (28, 28), (N, 28, 28) or (N, 784) grayscale "
+                         "arrays. Fix: convert colour images to grayscale and resize them to 28x28.")  # fmt: skip
+    if not np.isfinite(a).all():
+        raise DlzooError(f"{name} holds NaN or infinite values. Fix: replace them before predicting.")
+    return a
 
 
 def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -146,14 +172,16 @@ def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
             raise DlzooError(f"input {name!r} does not exist. Fix: give .npy files or images, comma-separated.")
         try:
             if path.suffix == ".npy":
-                a = np.load(path)
-                a = a.reshape(-1, 28, 28)
+                a = np.load(path, allow_pickle=False)  # a pickled object array could run code
+                a = _as_images(a, name)
                 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
                     a = a * 255.0
             else:
                 from PIL import Image
 
                 a = np.asarray(Image.open(path).convert("L").resize((28, 28)))[None]
+        except DlzooError:
+            raise
         except (ValueError, OSError) as e:
             raise DlzooError(
                 f"Cannot read {name} as 28x28 images: {e}. Fix: .npy of shape (N, 28, 28) or an image."

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlzoo.cli import main
@@ -85,3 +86,43 @@ def test_validate_reads_a_users_config_folder(tmp_path: Path, capsys: pytest.Cap
     assert code == 2 and "Did you mean res_branch?" in text
     code, text = run(capsys, "validate", "--config-dir", str(tmp_path / "nope"), "model=res_branch")
     assert code == 2 and "is not a folder" in text
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.zeros((28, 28, 3), dtype=np.uint8), r"shape \(28, 28, 3\).*grayscale"),
+        (np.full((2, 28, 28), np.nan), "NaN or infinite"),
+        (np.zeros((1, 28, 28), dtype=np.complex64), "complex64 values, not pixel numbers"),
+        (np.array(["a", "b"]), "<U1 values, not pixel numbers"),
+    ],
+)
+def test_predict_refuses_arrays_that_are_not_grayscale_images(array: np.ndarray, expected: str, tmp_path: Path) -> None:
+    from dlzoo.errors import DlzooError
+    from dlzoo.inference import read_inputs
+
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(DlzooError, match=expected):
+        read_inputs([str(tmp_path / "x.npy")])
+
+
+def test_predict_reads_the_three_documented_shapes(tmp_path: Path) -> None:
+    from dlzoo.inference import read_inputs
+
+    for shape, n in (((28, 28), 1), ((3, 28, 28), 3), ((2, 784), 2)):
+        np.save(tmp_path / "x.npy", np.zeros(shape, dtype=np.uint8))
+        names, images = read_inputs([str(tmp_path / "x.npy")])
+        assert images.shape == (n, 1, 28, 28) and len(names) == n
+
+
+def test_eval_prints_its_scores_when_the_folder_is_read_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlzoo import inference
+
+    def read_only(path: Path, payload: dict) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(inference, "write_json", read_only)
+    _, what = inference._save_scores(tmp_path / "eval-last.json", {"test_acc": 0.5})
+    assert what.startswith("not written") and "could not save the scores" in capsys.readouterr().err
