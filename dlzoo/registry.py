@@ -45,12 +45,15 @@ class Registry(Generic[T]):
             raise DlzooError(self.unknown_message(name))
         return self._entries[name]
 
-    def unknown_message(self, name: object) -> str:
+    def unknown_message(self, name: object, key: str | None = None) -> str:
+        """Why `name` is refused; `key` names where it was written when that is not the registry's config key
+        (a block's own `name:` inside model.blocks, say)."""
+        key = key or self.config_key
         hint = closest(str(name), self.names())
         did_you_mean = f" Did you mean {hint!r}?" if hint else ""
         return (
-            f"Unknown {self.kind} {name!r} for {self.config_key}; choices: {', '.join(self.names())}."
-            f"{did_you_mean} Fix: pass one of them, e.g. `{self.config_key}={hint or self.names()[0]}`, "
+            f"Unknown {self.kind} {name!r} for {key}; choices: {', '.join(self.names())}."
+            f"{did_you_mean} Fix: pass one of them, e.g. `{key}={hint or self.names()[0]}`, "
             f"or list them with `dlzoo ls {self.kind}`."
         )
 

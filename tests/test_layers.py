@@ -3,11 +3,12 @@ model preset taking a real training step, and ensembles."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -168,3 +169,39 @@ def test_the_mlp_presets_are_expressible_as_blocks() -> None:
     seq.load_state_dict(dict(zip(seq.state_dict(), mlp.state_dict().values(), strict=True)))
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(seq(x), mlp(x))
+
+
+# Values a hand-written YAML block may hold, the hostile ones included.
+_VALUES = st.one_of(st.integers(-2, 40), st.sampled_from(["same", "valid", "relu", "rleu", "", "x"]),
+                    st.floats(-1, 2), st.just(float("nan")), st.booleans(), st.none())  # fmt: skip
+_KEYS = st.sampled_from(["out", "kernel", "stride", "padding", "bias", "init", "init_std", "in", "p", "kind", "name",
+                         "merge"])  # fmt: skip
+
+
+@st.composite
+def _block(draw: st.DrawFn, depth: int = 0) -> dict:
+    kind = draw(st.sampled_from(BLOCKS.names()))
+    spec = {"type": kind} | draw(st.dictionaries(_KEYS, _VALUES, max_size=4))
+    if kind in ("residual",) and depth < 2:
+        spec["blocks"] = draw(st.lists(_block(depth + 1), max_size=3))
+    if kind == "branches" and depth < 2:
+        spec["paths"] = draw(st.lists(st.lists(_block(depth + 1), max_size=2), max_size=3))
+    return spec
+
+
+def test_any_block_list_builds_or_gives_a_clean_error() -> None:
+    """300 random block lists, hostile values included: each builds, or fails with a DlzooError naming the block;
+    any other exception (ZeroDivisionError, IndexError, ValueError...) fails the test."""
+    from dlzoo.errors import DlzooError
+
+    tried = []
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(st.lists(_block(), min_size=0, max_size=5))
+    def case(specs: list[dict]) -> None:
+        tried.append(specs)
+        with contextlib.suppress(DlzooError):
+            build_blocks(specs, IMAGE, Defaults())
+
+    case()
+    assert len(tried) >= 300

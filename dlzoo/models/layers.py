@@ -76,10 +76,33 @@ class Branches(nn.Module):
         return torch.cat(outs, dim=1) if self.merge == "concat" else torch.stack(outs).sum(0)
 
 
-def _init_mark(module: nn.Module, spec: dict[str, Any]) -> nn.Module:
+def _known(registry: Registry[Any], name: object, where: str) -> None:
+    """A name inside a block is blamed on the block's own key (model.blocks[3].name), not on the model default."""
+    if name not in registry:
+        raise DlzooError(registry.unknown_message(name, where))
+
+
+# Block keys that count things: a 0 or a negative value would divide by zero or build an empty layer.
+_POSITIVE = ("out", "kernel", "stride", "in")
+
+
+def _check_numbers(spec: dict[str, Any], where: str) -> None:
+    for key in _POSITIVE:
+        value = spec.get(key)
+        if key in spec and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DlzooError(f"{where} ({spec['type']}): {key}={value!r} must be a whole number >= 1.")
+    pad = spec.get("padding")
+    if "padding" in spec and pad not in ("same", "valid") and (isinstance(pad, bool) or not isinstance(pad, int)
+                                                               or pad < 0):  # fmt: skip
+        raise DlzooError(f"{where} ({spec['type']}): padding={pad!r}; choices: same, valid, or a whole number >= 0.")
+    if "init_std" in spec and not (isinstance(spec["init_std"], (int, float)) and spec["init_std"] > 0):
+        raise DlzooError(f"{where} ({spec['type']}): init_std={spec['init_std']!r} must be a number > 0.")
+
+
+def _init_mark(module: nn.Module, spec: dict[str, Any], path: str = "model.blocks") -> nn.Module:
     """A per-block initializer (e.g. the labs' conv W ~ N(0, 0.01)) that build_model applies after the global one."""
     if "init" in spec:
-        INITIALIZERS.get(spec["init"])  # unknown names fail here, with the list of choices
+        _known(INITIALIZERS, spec["init"], f"{path}.init")
         module.dlzoo_init = (spec["init"], InitArgs(std=float(spec.get("init_std", 1.0))))
     return module
 
@@ -121,7 +144,7 @@ def _conv(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tuple[n
             f"((N - F + 2P) / stride + 1). Fix: padding=same, a smaller kernel, or fewer pooling steps before it."
         )
     conv = nn.Conv2d(c, int(spec["out"]), k, s, p, bias=bool(spec.get("bias", True)))
-    return _init_mark(conv, spec), (int(spec["out"]), out_h, out_w)
+    return _init_mark(conv, spec, path), (int(spec["out"]), out_h, out_w)
 
 
 def _pool(kind: type[nn.Module]) -> Callable[[dict[str, Any], Shape, Defaults, str], tuple[nn.Module, Shape]]:
@@ -172,7 +195,7 @@ def _linear(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tuple
         )
     _check_in(spec, shape[0], path, "linear", "features")
     layer = nn.Linear(shape[0], int(spec["out"]), bias=bool(spec.get("bias", True)))
-    return _init_mark(layer, spec), (int(spec["out"]),)
+    return _init_mark(layer, spec, path), (int(spec["out"]),)
 
 
 @_register("dropout", "dropout: p (default model.dropout), kind (default model.dropout_kind)", {"p", "kind"})
@@ -180,6 +203,8 @@ def _dropout(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tupl
     p = float(spec.get("p", d.dropout))
     if not 0 <= p < 1:
         raise DlzooError(f"{path} (dropout): p={p} must be in [0, 1).")
+    if "kind" in spec:
+        _known(DROPOUTS, spec["kind"], f"{path}.kind")
     return DROPOUTS.get(spec.get("kind", d.dropout_kind))(p), shape
 
 
@@ -190,6 +215,8 @@ def _batchnorm(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tu
 
 @_register("act", "activation: name (default model.activation)", {"name"})
 def _act(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tuple[nn.Module, Shape]:
+    if "name" in spec:
+        _known(ACTIVATIONS, spec["name"], f"{path}.name")
     act = ACTIVATIONS.get(spec.get("name", d.activation))
     if act.pieces(d.act_args) != 1:
         raise DlzooError(f"{path} (act): maxout changes the width and is only available in arch=mlp.")
@@ -219,6 +246,9 @@ def _branches(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tup
     merge = spec.get("merge", "concat")
     if merge not in ("concat", "sum"):
         raise DlzooError(f"{path} (branches): merge={merge!r}; choices: concat, sum.")
+    if not isinstance(spec["paths"], (list, tuple)) or not spec["paths"]:
+        raise DlzooError(f"{path} (branches): paths must be a non-empty list of block lists, e.g. "
+                         "[[{type: conv, out: 8, kernel: 1}], [{type: conv, out: 8}]].")  # fmt: skip
     built = [build_blocks(p, shape, d, f"{path}.paths[{i}]") for i, p in enumerate(spec["paths"])]
     shapes = [s for _, s in built]
     if merge == "sum" and len(set(shapes)) > 1:
@@ -258,6 +288,7 @@ def build_blocks(
         if unknown or missing:
             problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"
             raise DlzooError(f"{where} ({spec['type']}): {problem}; it takes {sorted(kind.keys) or 'no keys'}.")
+        _check_numbers(spec, where)
         module, out = kind.build(dict(spec), shape, d, where)
         with torch.no_grad():
             try:
