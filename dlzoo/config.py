@@ -183,7 +183,8 @@ def validate(cfg: DictConfig) -> None:
     one_new = cfg.ensemble.size == 1 and t.resume is None
     rule = "1 with ensemble.size > 1 or trainer.resume (DDP trains one new model)"
     check("trainer.devices", t.devices == 1 or one_new, rule)
-    check("data.val_size", d.val_size >= 0, ">= 0")
+    # 0 would leave validation empty: val/loss, early stopping and best-epoch checkpoints need at least one image.
+    check("data.val_size", d.val_size >= 1, ">= 1")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
     problems += data_problems(d)
     if not problems and m.head == "sigmoid":

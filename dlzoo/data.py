@@ -106,11 +106,15 @@ def candidate_roots(root: str | None) -> list[Path]:
 def find_local(spec: DatasetSpec, roots: list[Path]) -> Path | None:
     """The first folder holding all four IDX files (.gz or not), trying each root, its dataset sub-folders
     and torchvision's `<Class>/raw` layout."""
-    for base in roots:
-        for folder in [base, *(base / n for n in spec.folder_names), base / spec.torchvision_class / "raw"]:
-            if all(_idx_path(folder, f) is not None for f in IDX_FILES.values()):
-                return folder
+    for folder in _candidates(spec, roots):
+        if all(_idx_path(folder, f) is not None for f in IDX_FILES.values()):
+            return folder
     return None
+
+
+def _candidates(spec: DatasetSpec, roots: list[Path]) -> list[Path]:
+    """Where a copy may live under each root: the root, its dataset sub-folders, torchvision's <Class>/raw."""
+    return [f for b in roots for f in (b, *(b / n for n in spec.folder_names), b / spec.torchvision_class / "raw")]
 
 
 def _idx_path(folder: Path, stem: str) -> Path | None:
@@ -231,8 +235,12 @@ def _missing_message(spec: DatasetSpec, searched: list[Path], why: str) -> str:
         if spec.name == "fashion_mnist"
         else ""
     )
+    partial = [(f, [n for n in IDX_FILES.values() if _idx_path(f, n) is None]) for f in _candidates(spec, searched)]
+    partial = [(f, missing) for f, missing in partial if f.is_dir() and 0 < len(missing) < len(IDX_FILES)]
+    incomplete = "".join(f" {f} has only some of the files: missing {', '.join(m)}." for f, m in partial[:2])
     return (
-        f"No local copy of {spec.name} was found and {why}. Searched: {', '.join(str(r) for r in searched)} "
+        f"No local copy of {spec.name} was found and {why}.{incomplete} "
+        f"Searched: {', '.join(str(r) for r in searched)} "
         f"(each also as <folder>/{{{','.join(spec.folder_names)}}} and <folder>/{spec.torchvision_class}/raw). "
         f"Fix: point data.root (or $DLZOO_DATA) at a folder holding the four IDX files ({files}), or connect "
         f"to the internet and keep data.download=true.{debian}"
@@ -296,7 +304,7 @@ def load_splits(
     mean, std = 0.0, 1.0
     if normalize == "standardize":
         pixels = x[train_idx].float().div_(255.0)
-        mean, std = pixels.mean().item(), pixels.std().item()
+        mean, std = pixels.mean().item(), check_spread(pixels.std().item(), folder)
     return Splits(
         x_train=x[train_idx].to(device),
         y_train=y[train_idx].to(device),
@@ -309,6 +317,16 @@ def load_splits(
         mean=mean,
         std=std,
     )
+
+
+def check_spread(std: float, source: object) -> float:
+    """The std that data.normalize=standardize divides by; images that are all one value have none."""
+    if not std > 1e-8:
+        raise DlzooError(
+            f"data.normalize=standardize: the training images from {source} are all one value (std 0), so there "
+            "is nothing to scale. Fix: check the files, or use data.normalize=none."
+        )
+    return std
 
 
 def to_float(images: Tensor) -> Tensor:

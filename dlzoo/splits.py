@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from dlzoo.data import DATASETS, Splits, load_splits
+from dlzoo.data import DATASETS, Splits, check_spread, load_splits
 from dlzoo.synthetic import xor_splits
 
 
@@ -103,7 +103,7 @@ def build_splits(data: DictConfig, device: torch.device | str = "cpu") -> Splits
         splits.x_train, splits.y_train = splits.x_train[: data.train_subset], splits.y_train[: data.train_subset]
     if data.normalize == "standardize":
         values = splits.prep(splits.x_train)
-        splits.mean, splits.std = values.mean().item(), values.std().item()
+        splits.mean, splits.std = values.mean().item(), check_spread(values.std().item(), splits.source)
     for split in ("train", "val", "test"):
         setattr(splits, f"x_{split}", getattr(splits, f"x_{split}").to(device))
         setattr(splits, f"y_{split}", getattr(splits, f"y_{split}").to(device))

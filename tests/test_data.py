@@ -147,3 +147,20 @@ def test_a_corrupt_deflate_stream_names_the_file(tmp_path: Path) -> None:
     target.write_bytes(bytes(data))
     with pytest.raises(DlzooError, match=r"Cannot read .*t10k-labels-idx1-ubyte\.gz.*corrupt or truncated"):
         load_splits("mnist", str(root), download=False, val_size=10)
+
+
+def test_a_folder_with_some_of_the_files_names_the_missing_ones(tmp_path: Path) -> None:
+    root = make_idx_folder(tmp_path / "partial")
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DlzooError, match=r"has only some of the files: missing t10k-labels-idx1-ubyte"):
+        locate("mnist", str(root), download=False)
+
+
+def test_standardizing_constant_images_is_a_clean_error(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    root.mkdir()
+    for split, n in (("train", 200), ("t10k", 50)):
+        write_idx(root / f"{split}-images-idx3-ubyte", np.full((n, 28, 28), 7, dtype=np.uint8), 2051)
+        write_idx(root / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10, 2049)
+    with pytest.raises(DlzooError, match=r"all one value \(std 0\).*data.normalize=none"):
+        load_splits("mnist", str(root), download=False, val_size=20, normalize="standardize")

@@ -36,6 +36,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["validate", "trainer.epoch=1"], "Did you mean trainer.epochs?"),
         (["validate", "+trainer.epoch=1"], "Did you mean trainer.epochs?"),
         (["validate", "model.activation=[/x]"], "model.activation=[/x]"),
+        (["validate", "data.val_size=0"], "data.val_size=0 is out of range: it must be >= 1"),
         (["validate", "optim.lr=inf"], "optim.lr=inf is out of range: it must be > 0 and finite"),
     ],
 )
