@@ -202,8 +202,24 @@ def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
             + ". Fix: resume with the same model settings (they are in the run's .hydra/config.yaml), or start "
             "a new run without trainer.resume."
         )
+    # The batch order and the position inside an epoch index the training split: another split would replay
+    # the old order over other images (empty batches past its end, NaN). Where the files live may change.
+    data_diffs = [d for d in diffs if d.startswith(DATA_IDENTITY)]
+    if data_diffs:
+        raise DlzooError(
+            "The checkpoint was trained on other data than this config selects: "
+            + "; ".join(data_diffs)
+            + ". Fix: resume with the run's own data settings (in its .hydra/config.yaml), or start a new run "
+            "without trainer.resume."
+        )
     ignored = ("trainer.resume", "trainer.progress")
     return [d for d in diffs if not d.startswith(ignored)]
+
+
+# The data keys that decide which images, in which split, a run trains on (data.root and data.download only say
+# where the same files are found).
+DATA_IDENTITY = tuple(f"data.{k}" for k in ("name", "val_size", "split_seed", "train_subset", "normalize", "classes",
+                                            "binary_positive", "xor_samples", "xor_noise"))  # fmt: skip
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

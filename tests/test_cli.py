@@ -311,6 +311,13 @@ def test_resume_refuses_a_different_architecture(fmnist_root: Path, tmp_path: Pa
                  f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "does not match the config: model.hidden" in " ".join(proc.stderr.split())
     assert not (tmp_path / "other").exists()  # a refused resume leaves no empty run folder
+    proc = dlzoo("train", *base, "model=mlp", "data.train_subset=1000", f"trainer.resume={run_dir}",
+                 f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)  # fmt: skip
+    message = " ".join(proc.stderr.split())
+    assert (
+        proc.returncode == 2
+        and "trained on other data than this config selects: data.train_subset: 2000 -> 1000" in message
+    )
 
 
 def test_eval_and_predict_a_checkpoint(fmnist_root: Path, tmp_path: Path) -> None:
