@@ -76,16 +76,41 @@ def print_summary(summary: Summary, title: str) -> None:
     console.print(table)
 
 
+# Facts about where a run ran, not results: printed on one line under the results table.
+ENVIRONMENT = ("seed", "device", "device_name", "threads", "python", "torch", "torchvision", "dlzoo", "git_commit",
+               "world_size")  # fmt: skip
+
+
+def _cell(key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.endswith("_per_s"):
+        return f"{value:,.0f}"
+    if key.endswith("_s"):
+        return f"{value:,.1f} s"
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+
+
 def print_final(
     metrics: dict[str, Any], out: Path, what: str = "metrics.json, checkpoints/, TensorBoard events"
 ) -> None:
-    """The final metrics as a table, then where they were written (`what` says what `out` holds)."""
+    """The results as a table (environment facts on one line under it), then where they were written (`what`
+    says what `out` holds)."""
     table = Table(title="final metrics", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and not isinstance(value, bool) else str(value))
+        if key not in ENVIRONMENT:
+            table.add_row(key, _cell(key, value))
     console.print(table)
+    shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}
+    if shown.get("device_name") == shown.get("device"):
+        shown.pop("device_name", None)
+    if isinstance(shown.get("git_commit"), str):
+        shown["git_commit"] = shown["git_commit"][:12] + ("-dirty" if shown["git_commit"].endswith("dirty") else "")
+    facts = [f"{k} {v}" for k, v in shown.items()]
+    if facts:
+        console.print("  ·  ".join(facts), style="dim", highlight=False)
     log.info("final metrics: %s", metrics)
     console.print(f"outputs: {out}  ({what})")
     if out.is_dir():

@@ -191,8 +191,8 @@ def _train_member(
     reused = build_reuse(cfg.transfer, model, fresh=resume is None)
     print_summary(
         summarize(model, data.input_shape, device),
-        title=f"{cfg.model.arch} on {cfg.data.name} ({len(data.y_train):,} train / {len(data.y_val):,} val / "
-        f"{len(data.y_test):,} test from {data.source}), device {device}",
+        title=f"{_model_name(cfg, hparams)} on {cfg.data.name} ({len(data.y_train):,} train / "
+        f"{len(data.y_val):,} val / {len(data.y_test):,} test from {data.source}), device {device}",
     )
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
@@ -278,6 +278,12 @@ def _train_member(
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
+
+
+def _model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
+    """`mlp_dropout (mlp)`: the preset the user chose, then its architecture (the title said only `mlp`)."""
+    chosen = str(hparams.get("model", "none"))
+    return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -36,6 +37,11 @@ def test_tiny_run_writes_metrics_checkpoint_and_dashboards(fmnist_root: Path, tm
     assert proc.returncode == 0, proc.stderr
     assert "layers.fc1.linear" in proc.stdout and "trainable 1,195,018" in proc.stdout  # the model summary
     assert "final metrics" in proc.stdout
+    assert "mlp_dropout (mlp) on fashion_mnist" in proc.stdout  # the preset the user chose, not only its arch
+    assert "seed 777  ·  device cpu  ·  threads 1" in proc.stdout  # environment facts on one line, not rows
+    assert re.search(r"│ train_samples_per_s +│ +[\d,]+ │", proc.stdout) and re.search(
+        r"│ wall_time_s +│ +[\d.]+ s │", proc.stdout
+    )
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
