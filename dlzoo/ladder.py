@@ -436,7 +436,10 @@ def ladder_command(argv: list[str]) -> int:
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)
     table = rows(rungs)
-    print_table(f"ladder: {out}", HEADER, table, caption(rungs, args.seeds, command), right=range(2, len(HEADER)))
+    # Below 120 columns the "what changed" text would wrap every row into a tall column: ladder.md keeps it.
+    keep = [i for i in range(len(HEADER)) if i != 1 or console.width >= 120]
+    print_table(f"ladder: {out}", [HEADER[i] for i in keep], [[row[i] for i in keep] for row in table],
+                caption(rungs, args.seeds, command), right=range(keep.index(2), len(keep)))  # fmt: skip
     write_markdown(rungs, table, caption(rungs, args.seeds, command), out / "ladder.md")
     write_csv(rungs, out / "ladder.csv")
     dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
