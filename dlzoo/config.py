@@ -186,6 +186,7 @@ def validate(cfg: DictConfig) -> None:
     # 0 would leave validation empty: val/loss, early stopping and best-epoch checkpoints need at least one image.
     check("data.val_size", d.val_size >= 1, ">= 1")
     check("data.train_subset", d.train_subset is None or d.train_subset >= 1, ">= 1 or null")
+    check("data.test_subset", d.test_subset is None or d.test_subset >= 1, ">= 1 or null")
     problems += data_problems(d)
     if not problems and m.head == "sigmoid":
         check("model.head", m.arch == "mlp", "softmax for arch=" + m.arch + " (the sigmoid head is built by arch=mlp)")

@@ -20,6 +20,7 @@ class DataConfig:
     val_size: int = 5000  # held out of the 60k train images (TF input_data's 55k/5k split)
     split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
     train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
+    test_subset: int | None = None  # score on the first N test images only (smoke runs; figures use all 10,000)
     normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
     classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1 in this order (Géron's task A)
     binary_positive: int | None = None  # label 1 for this class, 0 for every other kept one (Géron's task B: 6)

@@ -80,15 +80,18 @@ def build_splits(data: DictConfig, device: torch.device | str = "cpu") -> Splits
         source = Path(f"<generated, data.split_seed={data.split_seed}>")
         splits = Splits(x, y, x_val, y_val, x_test, y_test, spec.num_classes, source)
     elif data.classes is None and data.binary_positive is None:
-        return load_splits(
-            data.name,
-            data.root,
-            data.download,
-            data.val_size,
-            data.split_seed,
-            data.train_subset,
-            device,
-            data.normalize,
+        return _test_subset(
+            data,
+            load_splits(
+                data.name,
+                data.root,
+                data.download,
+                data.val_size,
+                data.split_seed,
+                data.train_subset,
+                device,
+                data.normalize,
+            ),
         )
     else:
         splits = load_splits(data.name, data.root, data.download, data.val_size, data.split_seed, None, device)
@@ -107,4 +110,10 @@ def build_splits(data: DictConfig, device: torch.device | str = "cpu") -> Splits
     for split in ("train", "val", "test"):
         setattr(splits, f"x_{split}", getattr(splits, f"x_{split}").to(device))
         setattr(splits, f"y_{split}", getattr(splits, f"y_{split}").to(device))
+    return _test_subset(data, splits)
+
+
+def _test_subset(data: DictConfig, splits: Splits) -> Splits:
+    if data.test_subset is not None:
+        splits.x_test, splits.y_test = splits.x_test[: data.test_subset], splits.y_test[: data.test_subset]
     return splits
