@@ -339,8 +339,9 @@ def test_eval_and_predict_a_checkpoint(fmnist_root: Path, tmp_path: Path) -> Non
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     # Hydra overrides as in `dlzoo train`: a group choice (data=...) included, which a dotlist cannot express.
+    # The group replaces the whole data section, as in train: the run's debug=fast slices are given again.
     proc = dlzoo("eval", f"ckpt={run_dir}", "eval.mc_samples=3", "data=fashion_mnist", f"data.root={fmnist_root}",
-                 cwd=tmp_path)  # fmt: skip
+                 "data.val_size=500", "data.test_subset=2000", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     scored = json.loads((run_dir / "checkpoints" / "eval-last.json").read_text())
     assert scored["test_acc"] == metrics["test_acc"] and 0 < scored["test_mc_acc"] <= 1
@@ -428,7 +429,8 @@ def test_ensemble_trains_members_and_combines_them(fmnist_root: Path, tmp_path: 
     assert "ensemble/test_acc" in events.Tags()["scalars"]
 
     # The ensemble folder itself can be scored: every member, then their combination, as the run did.
-    proc = dlzoo("eval", f"ckpt={run_dir}", "data=fashion_mnist", f"data.root={fmnist_root}", cwd=tmp_path)
+    proc = dlzoo("eval", f"ckpt={run_dir}", "data=fashion_mnist", f"data.root={fmnist_root}", "data.val_size=500",
+                 "data.test_subset=2000", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     scored = json.loads((run_dir / "eval-ensemble.json").read_text())
     assert scored["member_test_acc"] == metrics["member_test_acc"] and scored["test_acc"] == metrics["test_acc"]
