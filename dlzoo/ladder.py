@@ -128,12 +128,11 @@ def run_job(job: Job, resume: bool) -> int:
 def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
     """`trainer.threads=<cores // jobs>` for runs side by side (one thread each when jobs = cores): more threads
     than cores make OpenMP spin-wait and slow every run. None when the user set trainer.threads or runs one job."""
-    import os
+    from dlzoo.launch import usable_cores
 
     if jobs == 1 or any(o.split("=", 1)[0].lstrip("+") == "trainer.threads" for o in overrides):
         return []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return [f"trainer.threads={max(1, cores // jobs)}"]
+    return [f"trainer.threads={max(1, usable_cores() // jobs)}"]
 
 
 def run_all(todo: list[Job], jobs: int, resume: bool) -> None:
@@ -260,7 +259,7 @@ def _epochs(r: Rung) -> str:
     return f"{config.trainer.epochs}" + (f" × {size} members" if size > 1 else "")
 
 
-def caption(rungs: list[Rung], seeds: int, command: str) -> str:
+def caption(rungs: list[Rung], command: str) -> str:
     run = next((g.runs[0] for r in rungs if (g := r.group) and g.runs), None)
     where = "no finished run"
     if run is not None and run.metrics is not None:
@@ -439,8 +438,8 @@ def ladder_command(argv: list[str]) -> int:
     # Below 120 columns the "what changed" text would wrap every row into a tall column: ladder.md keeps it.
     keep = [i for i in range(len(HEADER)) if i != 1 or console.width >= 120]
     print_table(f"ladder: {out}", [HEADER[i] for i in keep], [[row[i] for i in keep] for row in table],
-                caption(rungs, args.seeds, command), right=range(keep.index(2), len(keep)))  # fmt: skip
-    write_markdown(rungs, table, caption(rungs, args.seeds, command), out / "ladder.md")
+                caption(rungs, command), right=range(keep.index(2), len(keep)))  # fmt: skip
+    write_markdown(rungs, table, caption(rungs, command), out / "ladder.md")
     write_csv(rungs, out / "ladder.csv")
     dataset = next((g.runs[0].config.data.name for r in rungs if (g := r.group) and g.runs), "")
     seeds = "/".join(str(n) for n in dict.fromkeys(r.n for r in rungs))

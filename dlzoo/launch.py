@@ -28,7 +28,6 @@ def default_threads() -> int | None:
     """CPU threads for a run that left trainer.threads null. A job of a local parallel sweep (joblib) gets its
     share, the usable cores // hydra.launcher.n_jobs (at least 1): more threads than cores make OpenMP spin and
     slow every job. Anywhere else None: torch's own default (the physical cores)."""
-    import os
 
     from hydra.core.hydra_config import HydraConfig
 
@@ -37,8 +36,15 @@ def default_threads() -> int | None:
     n_jobs = HydraConfig.get().launcher.get("n_jobs")
     if not isinstance(n_jobs, int):  # submitit and other launchers: the job's own allocation
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     return max(1, cores // (n_jobs if n_jobs > 0 else cores))  # joblib's n_jobs=-1: one job per core
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a cluster job or taskset sets it)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parallel_worker() -> bool:
