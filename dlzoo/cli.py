@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dlzoo.compose import compose_and_validate, config_groups, precheck, split_args
+from dlzoo.config.compose import compose_and_validate, config_groups, precheck, split_args
+from dlzoo.engine.folders import in_use_message, lock_holder
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
-from dlzoo.runs import in_use_message, lock_holder
 
 __all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
 
@@ -37,8 +37,8 @@ examples:
 
 
 def _train(rest: list[str]) -> int:
-    from dlzoo import distributed
-    from dlzoo.compose import SKIP_PRECHECK, precheck
+    from dlzoo.config.compose import SKIP_PRECHECK, precheck
+    from dlzoo.engine import distributed
 
     problem = _output_problem(rest) or precheck(rest)
     if problem:
@@ -55,40 +55,40 @@ def _train(rest: list[str]) -> int:
 
 
 def _eval(rest: list[str]) -> int:
-    from dlzoo import inference
+    from dlzoo.engine import inference
 
     inference.eval_command(rest)
     return 0
 
 
 def _predict(rest: list[str]) -> int:
-    from dlzoo import inference
+    from dlzoo.engine import inference
 
     inference.predict_command(rest)
     return 0
 
 
 def _tune(rest: list[str]) -> int:
-    from dlzoo.tune import tune_command
+    from dlzoo.sweeps.tune import tune_command
 
     return tune_command(rest)
 
 
 def _report(rest: list[str]) -> int:
-    from dlzoo.report import report_command
+    from dlzoo.sweeps.report import report_command
 
     return report_command(rest)
 
 
 def _ladder(rest: list[str]) -> int:
-    from dlzoo.ladder import ladder_command
+    from dlzoo.sweeps.ladder import ladder_command
 
     return ladder_command(rest)
 
 
 def _transfer(rest: list[str]) -> int:
-    from dlzoo.tracking import console
-    from dlzoo.transfer_experiment import transfer_command
+    from dlzoo.console import console
+    from dlzoo.sweeps.transfer_study import transfer_command
 
     console.print(f"report: {transfer_command(rest) / 'report.md'}")
     return 0
@@ -126,8 +126,8 @@ def _output_problem(args: list[str]) -> str | None:
 def _ls(what: str | None) -> int:
     from rich.table import Table
 
-    from dlzoo.config import registries
-    from dlzoo.tracking import console
+    from dlzoo.config.validate import registries
+    from dlzoo.console import console
 
     groups, regs = config_groups(), registries()
     if what is None:
@@ -169,8 +169,8 @@ def _validate(args: list[str]) -> int:
     """`dlzoo validate [--config-dir DIR] [overrides...]`: the config `dlzoo train` would run, or its problem."""
     from omegaconf import OmegaConf
 
-    from dlzoo.config import warnings
-    from dlzoo.tracking import console, print_warning
+    from dlzoo.config.validate import warnings
+    from dlzoo.console import console, print_warning
 
     parsed = split_args(args)
     if parsed.flags:
@@ -197,24 +197,33 @@ VERBS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a verb; the one error boundary: a DlzooError is one paragraph on stderr and exit 2."""
+    """Dispatch to a verb; the one error boundary: a DlzooError is one paragraph on stderr and exit 2, a stop
+    request (Interrupted) exits 128 + its signal, a second Ctrl-C 130."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    from dlzoo.tracking import print_error
+    from dlzoo.console import print_error
 
     if command not in VERBS:
         hint = closest(command, list(VERBS))
         print_error(f"unknown command {command!r}; choices: {', '.join(VERBS)}."
                     + (f" Did you mean `dlzoo {hint}`?" if hint else "") + " See `dlzoo --help`.")  # fmt: skip
         return 2
+    from dlzoo.engine.stopping import Interrupted
+
     try:
         return VERBS[command](rest)
     except DlzooError as e:
         print_error(str(e))
         return 2
+    except Interrupted as e:
+        print_error(f"Interrupted; the last checkpoint is {e.checkpoint}.")
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
+        return 130
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from dlzoo.config import register_configs
-from dlzoo.data import Splits, load_splits
-from dlzoo.engine import _AUTOCAST, fit
-from dlzoo.evaluation import evaluate
+from dlzoo.config.validate import register_configs
+from dlzoo.data.datasets import load_splits
+from dlzoo.data.splits import Splits
+from dlzoo.engine.evaluation import evaluate
+from dlzoo.engine.loop import _AUTOCAST, FitOptions, fit
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
@@ -60,7 +61,7 @@ class PerSample(Dataset):
 def as_users_write_it(model: nn.Module) -> nn.Module:
     """The same net and weights built from stock torch.nn: dlzoo's dropouts (a cheaper CPU mask) become
     nn.Dropout / nn.AlphaDropout, as a tutorial's model has them."""
-    from dlzoo.models.blocks import AlphaDropout, Dropout
+    from dlzoo.models.norm_dropout import AlphaDropout, Dropout
 
     stock_class = {Dropout: nn.Dropout, AlphaDropout: nn.AlphaDropout}
     stock = copy.deepcopy(model)
@@ -200,9 +201,17 @@ def bench(
     xb, yb = data.prep(data.x_train[:bs]), data.y_train[:bs]
 
     def engine(precision: str, compiled: bool) -> Callable[[], None]:
-        return lambda: fit(model, sub, optimizer, scheduler, Quiet(), epochs=1, batch_size=bs, seed=0,
-                           log_every_n_steps=50, layer_stats_enabled=True, eval_batch_size=10000,
-                           precision=precision, compile_mode="default" if compiled else None)  # fmt: skip
+        opts = FitOptions(
+            epochs=1,
+            batch_size=bs,
+            seed=0,
+            log_every_n_steps=50,
+            layer_stats=True,
+            eval_batch_size=10000,
+            precision=precision,
+            compile_mode="default" if compiled else None,
+        )
+        return lambda: fit(model, sub, optimizer, scheduler, Quiet(), opts)
 
     def compute_only(precision: str, compiled: bool) -> Callable[[], None]:
         def run() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dlzoo.compose import compose_and_validate
-from dlzoo.train import run
+from dlzoo.config.compose import compose_and_validate
+from dlzoo.engine.run import run
 
 EXPERIMENTS = ("xor_deep_sigmoid", "xor_deep_relu")
 FIRST, LAST = "grad_norm/layers.fc1.linear", "grad_norm/layers.out"

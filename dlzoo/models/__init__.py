@@ -8,12 +8,15 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from dlzoo.checks import Checks
 from dlzoo.errors import DlzooError
-from dlzoo.models.blocks import ActArgs
+from dlzoo.models.activations import ActArgs
+from dlzoo.models.activations import problems as activation_problems
 from dlzoo.models.init import DATA_DRIVEN, InitArgs, init_weights, lsuv_
-from dlzoo.models.layers import Defaults, build_blocks
+from dlzoo.models.init import problems as init_problems
 from dlzoo.models.mlp import MLP
 from dlzoo.models.rnn import RowRNN
+from dlzoo.models.sequential import Defaults, build_blocks
 from dlzoo.registry import Registry
 
 ArchBuilder = Callable[[tuple[int, ...], int, DictConfig], nn.Module]
@@ -76,3 +79,12 @@ def build_model(
             raise DlzooError(f"model.init={cfg.init} needs a batch of training data to initialize from.")
         lsuv_(model, init_batch)
     return model
+
+
+def problems(m: DictConfig) -> list[str]:
+    """What is wrong with the model section's numbers (its names are checked against their registries)."""
+    c = Checks(m, "model")
+    c.check("hidden", all(h >= 1 for h in m.hidden), "a list of widths >= 1 (e.g. [256,256]; [] for softmax)")
+    c.check("dropout", 0.0 <= m.dropout < 1.0, "in [0, 1) (a drop probability, not TF's keep_prob)")
+    c.check("norm_position", m.norm_position in ("before", "after"), "'before' or 'after'")
+    return c.problems + activation_problems(m.act_args) + init_problems(m)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dlzoo.checks import Checks
 from dlzoo.registry import Registry
 
 
@@ -143,3 +145,21 @@ def lsuv_(model: nn.Module, batch: Tensor, tol: float = 0.1, max_iter: int = 10)
             hook.remove()
     model.train(was_training)
     return variances
+
+
+def problems(m: Any) -> list[str]:
+    """What is wrong with the model section's initializer settings (init_args, bias_init_args, bias_init)."""
+    c = Checks(m, "model")
+    for key in ("init_args", "bias_init_args"):
+        c.check(f"{key}.std", m[key].std > 0, "> 0")
+        c.check(f"{key}.range", m[key].range > 0, "> 0")
+        c.check(f"{key}.scale", m[key].scale > 0, "> 0")
+        c.check(f"{key}.gain", m[key].gain > 0, "> 0")
+        c.check(f"{key}.mode", m[key].mode in MODES, " or ".join(MODES))
+        c.check(f"{key}.distribution", m[key].distribution in DISTRIBUTIONS, " or ".join(DISTRIBUTIONS))
+    if m.bias_init in INITIALIZERS and m.bias_init not in BIAS_INITIALIZERS:
+        c.problems.append(
+            f"model.bias_init={m.bias_init!r} needs a weight matrix's fans and cannot initialize a bias; "
+            f"choices for biases: {', '.join(sorted(BIAS_INITIALIZERS))}."
+        )
+    return c.problems

@@ -7,8 +7,9 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from dlzoo.models.blocks import ACTIVATIONS, DROPOUTS, NORMS, ActArgs
+from dlzoo.models.activations import ACTIVATIONS, ActArgs
 from dlzoo.models.heads import HEADS
+from dlzoo.models.norm_dropout import DROPOUTS, NORMS
 
 
 class MLP(nn.Module):
@@ -55,7 +56,7 @@ class MLP(nn.Module):
             )
             if norm_layer is not None and norm_position == "before":
                 parts["norm"] = norm_layer
-            parts["act"] = act.make(out, act_args)
+            parts["act"] = act.build(out, act_args)
             if norm_layer is not None and norm_position == "after":
                 parts["norm"] = norm_layer
             if dropout > 0:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from dlzoo.models.blocks import DROPOUTS
+from dlzoo.models.norm_dropout import DROPOUTS
 from dlzoo.registry import Registry
 
 CELLS: Registry[Callable[..., nn.Module]] = Registry("cell", "model.cell")

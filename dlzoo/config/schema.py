@@ -1,0 +1,234 @@
+"""Typed config schemas, stored in Hydra's ConfigStore so a wrong type fails at composition. Only the entry
+points and the build_* functions read them; `dlzoo.config.validate.validate` checks their values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from dlzoo.models.activations import ActArgs
+from dlzoo.models.init import InitArgs
+
+# The closed sets some keys choose from, shared by the schema, validation and the engine.
+PRECISIONS = ("fp32", "bf16", "fp16")  # the training step's autocast; weights, optimizer and evaluation stay fp32
+# torch.compile's modes; reduce-overhead replays the step's kernels as CUDA graphs (fixed shapes, on GPUs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMBINES = ("sum_logits", "mean_probs")  # how an ensemble's members vote (lab 11-5 sums logits)
+MONITORS = ("val/loss", "val/acc")  # what checkpoints and early stopping rank epochs by
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # registry: dlzoo ls dataset
+    root: str | None = None  # a folder with the four IDX files; else $DLZOO_DATA, then the cache
+    download: bool = True  # fetch through torchvision when no local copy is found
+    val_size: int = 5000  # held out of the 60k train images (TF input_data's 55k/5k split)
+    split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
+    train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
+    test_subset: int | None = None  # score on the first N test images only (smoke runs; figures use all 10,000)
+    normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
+    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1 in this order (Géron's task A)
+    binary_positive: int | None = None  # label 1 for this class, 0 for every other kept one (Géron's task B: 6)
+    xor_samples: int = 1  # data.name=xor: copies of each of the 4 XOR points in every split
+    xor_noise: float = 0.0  # data.name=xor: std of the Gaussian noise added to every copy's coordinates
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # registry: dlzoo ls arch
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths ([] = softmax); rnn: layers
+    blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
+    cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
+    activation: str = "relu"  # registry: dlzoo ls activation
+    head: str = "softmax"  # registry: dlzoo ls head (sigmoid: one unit + binary cross-entropy, 2 classes)
+    init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
+    bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
+    dropout: float = 0.0  # drop probability after each hidden activation (TF keep_prob = 1 - dropout)
+    dropout_kind: str = "dropout"  # registry: dlzoo ls dropout (alpha_dropout for SELU)
+    norm: str = "none"  # registry: dlzoo ls norm
+    norm_position: str = "before"  # "before" or "after" the activation
+    act_args: ActArgs = field(default_factory=ActArgs)  # slopes, alpha, maxout's k
+    init_args: InitArgs = field(default_factory=InitArgs)  # std, range, scale/mode/distribution, gain
+    bias_init_args: InitArgs = field(default_factory=InitArgs)  # the same for biases (std 1: TF random_normal)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # registry: dlzoo ls optimizer
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # momentum, nesterov (and rmsprop's optional momentum)
+    rho: float = 0.9  # rmsprop's decay of the squared-gradient average (Keras' rho)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamax, nadam, adamw
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedConfig:
+    name: str = "constant"  # registry: dlzoo ls schedule; each schedule's YAML sets the keys it reads
+    min_lr: float = 0.0  # cosine's end point; plateau's floor
+    warmup_steps: int = 0  # cosine
+    decay_steps: float = 1000.0  # power (s), exponential_step
+    power: float = 1.0  # power (c)
+    decay_epochs: float = 10.0  # exponential (s)
+    decay_rate: float = 0.1  # exponential_step
+    staircase: bool = False  # exponential_step
+    boundaries: list[int] = field(default_factory=lambda: [5, 15])  # piecewise, in epochs
+    lr_values: list[float] = field(default_factory=lambda: [0.01, 0.005, 0.001])  # piecewise lrs
+    factor: float = 0.5  # plateau
+    patience: int = 5  # plateau, in epochs
+    max_lr: float = 0.01  # onecycle peak
+    final_fraction: float = 0.1  # onecycle: share of the run spent in the final anneal
+    final_div: float = 1000.0  # onecycle: the anneal ends at lr0 / final_div
+    momentum_range: list[float] = field(default_factory=lambda: [0.85, 0.95])  # onecycle
+
+
+@dataclass
+class RegConfig:
+    l1: float = 0.0  # lambda of the L1 penalty sum|W| added to the loss (weights only, not biases)
+    l2: float = 0.0  # lambda of the L2 penalty sum W^2 added to the loss (lecture 10-5: cost + lambda sum W^2)
+    max_norm: float | None = None  # cap each unit's incoming weight vector norm after every step (Srivastava 2014)
+    clip_value: float | None = None  # clip each gradient component to [-v, v] (Keras clipvalue)
+    clip_norm: float | None = None  # rescale the whole gradient to at most this global L2 norm (Keras clipnorm)
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: int = 0  # epochs without improvement before stopping; 0 = off
+    monitor: str = "val/loss"  # val/loss (lower is better) or val/acc (higher is better)
+    min_delta: float = 0.0  # smaller changes do not count as improvement
+    restore_best: bool = True  # end with the best epoch's weights (Keras restore_best_weights)
+
+
+@dataclass
+class CheckpointConfig:
+    enabled: bool = True
+    every: int = 1  # write checkpoints/last.pt (everything needed to resume) every N epochs
+    top_k: int = 1  # keep the k best epochs' weights as checkpoints/best-epochNNN.pt; 0 = none
+    monitor: str = "val/loss"  # what "best" means: val/loss (lower) or val/acc (higher)
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = 1  # train this many members (seeds trainer.seed, +1, ...) and combine them; 1 = a single model
+    combine: str = "sum_logits"  # sum_logits (lab 11-5's rule) or mean_probs
+
+
+@dataclass
+class EvalConfig:
+    mc_samples: int = 0  # MC dropout (Gal & Ghahramani 2016): average N stochastic test passes; 0 = off
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 15
+    batch_size: int = 100
+    eval_batch_size: int = 10000  # evaluation runs in a few large batches, never per sample
+    seed: int = 777
+    device: str = "auto"  # auto = cuda when available, else cpu
+    max_steps: int | None = None  # caps the run (smoke tests, benchmarks)
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
+    layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
+    deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)
+    max_loss: float | None = 1e5  # a logged loss above this stops the run as diverged; null = NaN/Inf only
+    detect_anomaly: bool = False  # autograd anomaly detection: names the op that produced a NaN (slow; debugging)
+    progress: bool = True  # the rich progress bar (per-epoch lines are printed regardless)
+    # This run's own HParams experiment (its columns). TensorBoard shows one experiment per logdir, picked
+    # arbitrarily among those written: `dlzoo ladder` turns it off and writes one over all its runs.
+    hparams_experiment: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or CUDA) | fp16 (autocast + loss scaling, CUDA only)
+    channels_last: bool = True  # NHWC weights for conv nets: faster convolutions on CPU (oneDNN) and tensor cores
+    compile: bool = False  # torch.compile the training forward (eager if compilation is unavailable)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    devices: int = 1  # data-parallel processes (DDP); >1 runs torchrun; trainer.batch_size stays the global batch
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+
+@dataclass
+class ParamSpaceConfig:
+    """One searched config key (dlzoo tune): a distribution from `dlzoo ls distribution` and its bounds."""
+
+    type: str = "float"  # float | int | categorical
+    low: float | None = None  # float, int: the smallest value
+    high: float | None = None  # float, int: the largest value (inclusive)
+    log: bool = False  # sample uniformly in log space (learning rates, weight decays span decades)
+    step: float | None = None  # float, int: a grid spacing (int defaults to 1); not with log
+    choices: list[Any] | None = None  # categorical: values, lists or config-group names (model: [mlp, mlp_bn])
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"  # registry: dlzoo ls sampler
+    seed: int = 0  # the search is repeatable; a resumed search draws on from a seed it has not used
+    n_startup_trials: int = 10  # tpe: random trials before the density model takes over (Optuna's default)
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "median"  # registry: dlzoo ls pruner
+    n_startup_trials: int = 5  # median: trials that always run to the end, so the median means something
+    n_warmup_steps: int = 1  # median: the first epoch at which a trial can be pruned (Optuna's steps are epochs)
+    min_resource: int = 1  # successive_halving: epochs before the first rung (Jamieson & Talwalkar 2016)
+    reduction_factor: int = 3  # successive_halving: keep the best 1/reduction_factor at each rung
+
+
+@dataclass
+class SearchConfig:
+    """A `dlzoo tune` search (conf/search/*.yaml); `dlzoo train` ignores it."""
+
+    metric: str = "val_acc"  # val_acc | val_loss: the search never looks at the test set
+    direction: str = "maximize"  # maximize for val_acc, minimize for val_loss
+    n_trials: int = 20  # `--trials N` overrides it
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    overrides: list[str] = field(default_factory=list)  # every trial's base: `dlzoo train` overrides
+    space: dict[str, ParamSpaceConfig] = field(default_factory=dict)  # dotted key or config group -> distribution
+
+
+@dataclass
+class TransferConfig:
+    # `from` is a Python keyword, so the source is `ckpt` (as in `dlzoo eval ckpt=`).
+    ckpt: str | None = None  # a run folder or .pt whose weights seed this model's first layers; null = no transfer
+    reuse_layers: int | None = None  # how many leading weight layers to copy; null = all but the output layer
+    freeze_epochs: int = 0  # keep the copied layers frozen for this many epochs, then train them too
+    unfreeze_lr: float | None = None  # the lr from the unfreezing on (Géron: 10x lower); null = keep optim.lr
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "none"  # registry: dlzoo ls pretrain; conf/pretrain/<method>.yaml holds each method's defaults
+    epochs: int = 5  # passes over the images, per hidden layer
+    lr: float = 0.1  # rbm: SGD step on the mean CD gradient (Hinton's RBM guide §4); autoencoder: Adam's lr
+    cd_k: int = 1  # rbm: Gibbs steps of CD-k (Hinton et al. 2006 used CD-1)
+    batch_size: int = 100  # the guide's §5: 10 to 100
+    momentum: float = 0.9  # rbm: 0.5 in the first epoch, then this (the guide's §9)
+    weight_decay: float = 2e-4  # rbm: L2 on the weights only (the guide's §10: 1e-2 to 1e-5)
+    unlabeled: bool = True  # pretrain on the whole train split, also images data.train_subset leaves unlabelled
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    search: SearchConfig | None = None  # set only by `dlzoo tune search=<name>`
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def register_configs() -> None:
+    """Store the schema under `train_schema`; conf/train.yaml lists it first in its defaults."""
+    from dlzoo.config.launch import register_resolvers
+
+    register_resolvers()  # ${gpu_per_job:} must resolve wherever a config is composed
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,103 @@
+"""The terminal: one rich console for everything dlzoo prints (errors, warnings, lines, tables), and the run's
+file log beside it. The base layer: any package may import it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+log = logging.getLogger("dlzoo")
+# markup=False: what dlzoo prints quotes paths, overrides and error text, whose brackets rich would read as tags.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def print_error(message: str) -> None:
+    """A user-facing error: one paragraph on stderr, no traceback; inside a run also in its train.log, where
+    `dlzoo report` finds why a job failed."""
+    # Text, not markup: a message quotes user input, whose brackets ([tune], [abc], [/x]) rich would eat or choke on.
+    err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
+    if log.hasHandlers():  # set up by Hydra inside a run; outside one, logging's fallback would print it twice
+        log.error(message)
+
+
+def print_warning(message: str) -> None:
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), message), highlight=False, soft_wrap=True)
+    log.warning(message)
+
+
+def say(line: str) -> None:
+    """A line for the terminal and the run's train.log alike."""
+    console.print(line, highlight=False, soft_wrap=True)
+    log.info(line)
+
+
+def redirect_file_logs(path: Path) -> None:
+    """Send the run's file log (Hydra's train.log handler) to `path`, appending: a resumed run keeps one log in
+    the folder it continues, not a second one in the folder Hydra made for this invocation."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) != path.absolute():
+            handler.close()
+            handler.baseFilename, handler.mode = str(path.absolute()), "a"
+            handler.stream = handler._open()
+
+
+# Facts about where a run ran, not results: printed on one line under the results table.
+ENVIRONMENT = ("seed", "device", "device_name", "threads", "python", "torch", "torchvision", "dlzoo", "git_commit",
+               "world_size")  # fmt: skip
+
+
+def _cell(key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.endswith("_per_s"):
+        return f"{value:,.0f}"
+    if key.endswith("_s"):
+        return f"{value:,.1f} s"
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+
+
+def print_final(
+    metrics: dict[str, Any], out: Path, what: str = "metrics.json, checkpoints/, TensorBoard events"
+) -> None:
+    """The results as a table (environment facts on one line under it), then where they were written (`what`
+    says what `out` holds)."""
+    table = Table(title="final metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key not in ENVIRONMENT:
+            table.add_row(key, _cell(key, value))
+    console.print(table)
+    shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}
+    if shown.get("device_name") == shown.get("device"):
+        shown.pop("device_name", None)
+    if isinstance(shown.get("git_commit"), str):
+        shown["git_commit"] = shown["git_commit"][:12] + ("-dirty" if shown["git_commit"].endswith("dirty") else "")
+    facts = [f"{k} {v}" for k, v in shown.items()]
+    if facts:
+        console.print("  ·  ".join(facts), style="dim", highlight=False)
+    log.info("final metrics: %s", metrics)
+    console.print(f"outputs: {out}  ({what})")
+    if out.is_dir():
+        console.print(f"dashboards: tensorboard --logdir {out.parent}")
+
+
+def print_table(
+    title: str, header: list[str], rows: list[list[str]], caption: str | None = None, right: Iterable[int] = ()
+) -> None:
+    """A table of plain strings (never read as rich markup: values and error lines may hold brackets); the
+    columns at indices `right` are right-aligned (numbers)."""
+    right = set(right)
+    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(Text(name), justify="right" if i in right else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)

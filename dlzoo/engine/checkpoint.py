@@ -1,0 +1,118 @@
+"""Checkpoints: what a run writes so it can be resumed exactly (every RNG stream included) and its best epochs
+kept. Every file is written to a temporary name and renamed, so a crash or a full disk never leaves a corrupt one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlzoo.errors import DlzooError
+from dlzoo.paths import atomic_write
+
+
+@dataclass
+class Checkpointing:
+    """Where and how often the loop writes checkpoints.
+
+    Args:
+        folder: the run's checkpoints/ folder; last.pt (resumable) and best-*.pt (weights) live there.
+        every: write last.pt after every `every` epochs (and always at the end and on interruption).
+        top_k: keep the k best epochs' weights by `monitor`; 0 keeps none.
+        monitor: val/loss (lower is better) or val/acc (higher is better).
+        extra: stored in every checkpoint (the resolved config, run metadata).
+    """
+
+    folder: Path
+    every: int = 1
+    top_k: int = 1
+    monitor: str = "val/loss"
+    extra: dict[str, Any] = field(default_factory=dict)
+    best: list[tuple[float, Path]] = field(default_factory=list)  # (signed metric, file), best first
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    def best_path(self, epoch: int) -> Path:
+        return self.folder / f"best-epoch{epoch:03d}.pt"
+
+    def adopt_best(self, history: list[dict[str, float]]) -> None:
+        """On resume: count the best-epochNNN.pt files the run already kept, so top-k carries on from them."""
+        by_epoch = {int(h["epoch"]): h[self.monitor] for h in history}
+        kept = [(int(p.stem.removeprefix("best-epoch")), p) for p in self.folder.glob("best-epoch*.pt")]
+        self.best = sorted(((signed(self.monitor, by_epoch[e]), p) for e, p in kept if e in by_epoch),
+                           key=lambda item: item[0])  # fmt: skip
+
+
+def signed(monitor: str, value: float) -> float:
+    """`value` turned so that lower is better: losses as they are, accuracies negated."""
+    return value if monitor.endswith("loss") else -value
+
+
+def best_epoch(history: list[dict[str, float]], monitor: str) -> int:
+    """The epoch best by `monitor` (the first of equals, as save_best keeps it)."""
+    return int(min(history, key=lambda h: signed(monitor, h[monitor]))["epoch"])
+
+
+def rng_state(order: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random stream a run draws from (and the batch-order generator, if given), so a resumed run draws
+    the same numbers."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if order is not None:
+        state["order"] = order.get_state()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], order: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if order is not None:
+        order.set_state(state["order"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_best(ck: Checkpointing, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+    """Keep the top-k epochs' weights by the monitored metric as best-epochNNN.pt, dropping those pushed out."""
+    if ck.top_k <= 0:
+        return
+    value = signed(ck.monitor, metrics[ck.monitor])
+    if len(ck.best) >= ck.top_k and value >= ck.best[-1][0]:
+        return
+    path = ck.best_path(epoch)
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": epoch, ck.monitor: metrics[ck.monitor]} | ck.extra)
+    ck.best = sorted([*ck.best, (value, path)], key=lambda item: item[0])
+    for _, old in ck.best[ck.top_k :]:
+        old.unlink(missing_ok=True)
+    ck.best = ck.best[: ck.top_k]
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write to a temporary file and rename it over `path`, so a crash or a full disk mid-write never leaves a
+    corrupt checkpoint behind: the previous file stays until the new one is complete."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:  # torch.save's zip writer reports a full disk as a RuntimeError
+        if isinstance(e, RuntimeError) and not _looks_like_a_write_failure(e):
+            raise
+        kept = f" The previous {path.name} is intact." if path.exists() else ""
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise DlzooError(
+            f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space or point "
+            "hydra.run.dir at a writable folder, then resume with trainer.resume=<that run folder>."
+        ) from None
+
+
+def _looks_like_a_write_failure(e: RuntimeError) -> bool:
+    """torch.save's errors from the file system (a full disk, a vanished folder) rather than from the state."""
+    text = str(e).lower()
+    return any(w in text for w in ("file write failed", "unexpected pos", "no space", "write", "errno"))

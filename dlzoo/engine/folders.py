@@ -1,0 +1,272 @@
+"""Run folders and checkpoints: finding what to resume, checking it fits the config, loading it, and the
+metadata that makes a run reproducible (seed, versions, device, git commit)."""
+
+from __future__ import annotations
+
+import pickle
+import platform
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo import __version__
+from dlzoo.errors import DlzooError
+from dlzoo.paths import atomic_write
+
+# What must match for trainer.resume=auto to pick a run: the experiment itself, not how it is being run.
+IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
+
+
+def checkpoint_file(path: Path) -> Path:
+    """A run folder means its checkpoints/last.pt (or a checkpoints folder's last.pt); a file is itself."""
+    if path.is_dir():
+        return next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with a clear error for a missing, truncated or foreign file."""
+    if not path.is_file():
+        raise DlzooError(f"No checkpoint at {path}. Fix: give a run folder with checkpoints/last.pt or a .pt file.")
+    try:
+        # weights_only: a .pt is a pickle, and a foreign one could run code as it loads. Only the types dlzoo
+        # itself saves are allowed (tensors, containers, numpy RNG state, torch's version string).
+        with torch.serialization.safe_globals(_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DlzooError(
+            f"Refused to load {path}: it holds objects a dlzoo checkpoint never does, and loading them could run "
+            f"code ({' '.join(str(e).split('Check the documentation')[0].split()[-25:])}). Fix: use a checkpoint "
+            "written by dlzoo; a file from elsewhere is not loaded."
+        ) from None
+    except Exception as e:  # zip errors and truncation all mean the same thing to the user
+        raise DlzooError(
+            f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
+            "(checkpoints/best-*.pt, or an earlier run)."
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    return state
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` as JSON atomically: a crash or full disk leaves the old file or none, never half of one.
+    The temporary name is unique, so two writers never share it."""
+    import json
+
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def lock_holder(folder: Path) -> str | None:
+    """The pid holding `folder`'s run lock, or None when no process holds it."""
+    import fcntl
+
+    path = folder / ".lock"
+    if not path.is_file():
+        return None
+    with path.open("r") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip() or "unknown"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def in_use_message(folder: Path, holder: str) -> str:
+    return (
+        f"{folder} is in use by another dlzoo process (pid {holder}), which is writing its checkpoints and "
+        "metrics there. Fix: wait for it to finish, or give this run its own folder (hydra.run.dir=<folder>)."
+    )
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
+    process asking for it is refused at once, naming the holder."""
+    import fcntl
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise DlzooError(in_use_message(folder, f.read().strip() or "unknown")) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
+    """Remove a run folder that holds no result: nothing but Hydra's .hydra/, empty folders and train.log (kept,
+    with its folder, when `keep_log` and the log has something to say, such as a sweep job's error)."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    log = folder / "train.log"
+    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts]
+    if any(p != log for p in files) or (keep_log and log.is_file() and log.stat().st_size > 0):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _safe_globals() -> list[Any]:
+    """What a dlzoo checkpoint pickles beyond tensors and containers: numpy's RNG state (an array of uint32
+    and Python scalars) and numpy scalars in the history, and torch's version in the metadata."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core
+    names = ("UInt32DType", "UInt8DType", "Int64DType", "Int32DType", "Float64DType", "Float32DType", "BoolDType")
+    dtypes = [getattr(np.dtypes, n) for n in names if hasattr(getattr(np, "dtypes", None), n)]
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+        torch.torch_version.TorchVersion,
+    ]
+
+
+def _select(container: dict[str, Any], dotted: str) -> Any:
+    return OmegaConf.select(OmegaConf.create(container), dotted)
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: OmegaConf.to_container(v) if OmegaConf.is_config(v := _select(config, key)) else v
+            for key in IDENTITY_KEYS}  # fmt: skip
+
+
+def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | None:
+    """The last.pt that trainer.resume names: auto looks in this run's folder, then for the newest unfinished
+    sibling run with the same experiment; a folder or file names one directly."""
+    if value is None:
+        return None
+    if value != "auto":
+        path = checkpoint_file(Path(value).expanduser())
+        if not path.is_file():
+            raise DlzooError(
+                f"trainer.resume={value!r}: no checkpoint there (looked for checkpoints/last.pt in a run folder, "
+                "or a .pt file). Fix: point it at the run folder printed when the run stopped, or use auto."
+            )
+        return path
+    own = out_dir / "checkpoints" / "last.pt"
+    if own.is_file() and not (out_dir / "metrics.json").is_file():
+        return own
+    wanted = identity(OmegaConf.to_container(cfg, resolve=True))
+    candidates = sorted(out_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        run = path.parent.parent
+        if run == out_dir or (run / "metrics.json").is_file():
+            continue
+        try:
+            if identity(load_checkpoint(path)["config"]) == wanted:
+                return path
+        except DlzooError:
+            continue
+    return None
+
+
+def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """Refuse a checkpoint whose model differs from the config; list the other settings that changed."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    diffs = _diff(saved, current)
+    model_diffs = [d for d in diffs if d.startswith("model.")]
+    if model_diffs or saved["data"]["name"] != current["data"]["name"]:
+        raise DlzooError(
+            "The checkpoint's model does not match the config: "
+            + "; ".join(model_diffs or ["data.name"])
+            + ". Fix: resume with the same model settings (they are in the run's .hydra/config.yaml), or start "
+            "a new run without trainer.resume."
+        )
+    # The batch order and the position inside an epoch index the training split: another split would replay
+    # the old order over other images (empty batches past its end, NaN). Where the files live may change.
+    data_diffs = [d for d in diffs if d.startswith(DATA_IDENTITY)]
+    if data_diffs:
+        raise DlzooError(
+            "The checkpoint was trained on other data than this config selects: "
+            + "; ".join(data_diffs)
+            + ". Fix: resume with the run's own data settings (in its .hydra/config.yaml), or start a new run "
+            "without trainer.resume."
+        )
+    ignored = ("trainer.resume", "trainer.progress")
+    return [d for d in diffs if not d.startswith(ignored)]
+
+
+# The data keys that decide which images, in which split, a run trains on (data.root and data.download only say
+# where the same files are found).
+DATA_IDENTITY = tuple(f"data.{k}" for k in ("name", "val_size", "split_seed", "train_subset", "normalize", "classes",
+                                            "binary_positive", "xor_samples", "xor_noise"))  # fmt: skip
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work if the run folder cannot take files."""
+    probe = folder / "checkpoints" / ".write-test"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+    except OSError as e:
+        probe.unlink(missing_ok=True)  # a full disk can create the file and then refuse its bytes
+        raise DlzooError(
+            f"The output folder {folder} is not writable ({e.strerror or e}). Fix: free disk space, fix its "
+            "permissions, or choose another with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
+        ) from None
+    probe.unlink(missing_ok=True)
+
+
+def metadata(seed: int, device: torch.device) -> dict[str, Any]:
+    """What it takes to reproduce the numbers: seed, versions, device and the code's git commit."""
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "seed": seed,
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "dlzoo": __version__,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the dlzoo checkout this code runs from (with -dirty), or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")

@@ -1,0 +1,405 @@
+"""The one training loop, with mixed precision, exact resume and the stops of dlzoo.engine.stopping (early
+stopping, divergence, stop requests). Data stays on the device as whole tensors; batches are drawn by index and
+the loop reads values back to the host only at logging intervals.
+
+`fit` reads top to bottom: restore, then per epoch train_epoch (the step), end_epoch (means, divergence,
+validation, schedule) and after_epoch (early stopping, checkpoints, the caller's hook)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dlzoo.config.schema import PRECISIONS  # noqa: F401  (re-exported: the precisions fit accepts)
+from dlzoo.data.splits import Splits
+from dlzoo.engine.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
+from dlzoo.engine.compiled import compile_forward
+from dlzoo.engine.distributed import Dist
+from dlzoo.engine.probes import activation_stats, layer_stats
+from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, diverged_error
+from dlzoo.engine.tracking import Tracker
+from dlzoo.errors import DlzooError
+from dlzoo.optim.regularize import Regularizer
+from dlzoo.optim.schedules import Scheduler
+
+# Mixed precision for the training step. The weights, the optimizer and evaluation stay fp32.
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FitOptions:
+    """How `fit` trains, one object instead of two dozen keyword arguments.
+
+    Args:
+        seed: seeds the generator that orders each epoch's batches (on the data's device).
+        max_steps: stop after this many optimizer steps in total (the epoch in progress is still validated).
+        layer_stats: record per-layer norms and activation statistics at logging steps.
+        regularizer: weight penalty, gradient clipping and max-norm around each step.
+        early_stopping: stops on a stalled validation metric; with `restore_best`, the model ends with the best
+            epoch's weights and the returned metrics are that epoch's.
+        checkpointing: writes last.pt (everything needed to resume) and the top-k best weights. Files are
+            replaced atomically, so a crash or divergence leaves the last good checkpoint on disk.
+        stop: checked after every step; when set, last.pt is written and Interrupted raised.
+        max_loss: a logged loss above this counts as divergence too (an exploded run is as useless as a NaN one).
+        on_epoch_end: called with (epoch, metrics) after each epoch is validated, logged and checkpointed; the
+            caller's way in (a search pruning a trial by raising, a schedule of frozen layers).
+        precision: fp32, or bf16/fp16 autocast for the forward pass and loss (fp16 adds dynamic loss scaling,
+            because its gradients underflow; bf16 has fp32's exponent range and needs none).
+        dist: this process's rank in data-parallel training: each rank trains on its shard of every global batch
+            of `batch_size` through DDP, and the epoch's metrics are summed over ranks (default: one process).
+        compile_mode: a torch.compile mode for the training forward (None: eager). Steps that record layer
+            statistics run eagerly, because their forward hooks would break the compiled graph.
+        warn: where a non-fatal problem is reported (a compile that fell back to eager).
+    """
+
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps: int | None = None
+    eval_batch_size: int = 10000
+    log_every_n_steps: int = 50
+    layer_stats: bool = True
+    regularizer: Regularizer = field(default_factory=Regularizer)
+    early_stopping: EarlyStopping | None = None
+    restore_best: bool = True
+    checkpointing: Checkpointing | None = None
+    stop: StopFlag | None = None
+    max_loss: float | None = None
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
+    precision: str = "fp32"
+    dist: Dist = field(default_factory=Dist)
+    compile_mode: str | None = None
+    warn: Callable[[str], None] = print
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
+
+
+@dataclass
+class TrainState:
+    """Everything that moves during training besides the weights, optimizer and schedule: what last.pt holds
+    beside them, so a resumed run continues exactly (mid-epoch included)."""
+
+    order: torch.Generator  # draws each epoch's batch order
+    step: int = 0
+    seen: int = 0  # samples of finished epochs
+    train_time: float = 0.0
+    first_epoch: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None  # the epoch a stop request interrupted
+    last_finite_loss: float = float("nan")
+    stopped_early: bool = False
+
+
+@dataclass
+class EpochSums:
+    """One epoch's batch order and running sums, kept on the device until the epoch ends."""
+
+    perm: Tensor
+    start: int
+    loss_sum: Tensor
+    correct: Tensor
+    seen: int = 0
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    train_time_s: float
+    train_samples: int
+    weights_epoch: int  # the epoch whose weights the model ends with (the best one after restore_best)
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+    compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda when available, else cpu; an unavailable explicit device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DlzooError("trainer.device=cuda was asked for, but no CUDA device is visible. Fix: trainer.device=auto.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DlzooError("trainer.device=mps was asked for, but MPS is not available. Fix: trainer.device=auto.")
+    return device
+
+
+def fit(
+    model: nn.Module,
+    data: Splits,
+    optimizer: Optimizer,
+    scheduler: Scheduler,
+    tracker: Tracker,
+    opts: FitOptions,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
+
+    `resume` is a checkpoint dict from last.pt: training continues exactly where it stopped (on CPU the result
+    is bit-identical to an uninterrupted run), mid-epoch included. Returns the final (or restored best) epoch's
+    train and validation metrics plus timing."""
+    loop = _Loop(model, data, optimizer, scheduler, tracker, opts)
+    state = loop.restore(resume)
+    loop.prepare()
+    for epoch in range(state.first_epoch, opts.epochs + 1):
+        sums = loop.train_epoch(state, epoch)
+        metrics = loop.end_epoch(state, epoch, sums)
+        if loop.after_epoch(state, epoch, metrics):
+            break
+    return loop.result(state)
+
+
+class _Loop:
+    """The parts of one `fit` call and the phases of its epochs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Splits,
+        optimizer: Optimizer,
+        scheduler: Scheduler,
+        tracker: Tracker,
+        opts: FitOptions,
+    ) -> None:
+        self.model, self.data, self.optimizer, self.scheduler = model, data, optimizer, scheduler
+        self.tracker, self.opts, self.dist = tracker, opts, opts.dist
+        self.device = data.x_train.device
+        self.n = len(data.y_train)
+        self.steps_per_epoch = math.ceil(self.n / opts.batch_size)
+        # Disabled for fp32/bf16, where scale() and step() pass straight through.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=opts.precision == "fp16")
+        self.compile_time = 0.0
+
+    # --- before the first epoch ------------------------------------------------------------------------------
+    def restore(self, resume: dict[str, Any] | None) -> TrainState:
+        """A fresh state, or the one last.pt saved (weights, optimizer, schedule, RNG streams, sums)."""
+        state = TrainState(order=torch.Generator(device=self.device).manual_seed(self.opts.seed))
+        if resume is None:
+            return state
+        self.model.load_state_dict(resume["model"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
+        state.step, state.seen, state.train_time = resume["step"], resume["seen"], resume["train_time"]
+        state.history = list(resume["history"])
+        state.first_epoch = resume["epoch"] + 1
+        state.partial = resume.get("partial_epoch")
+        es = self.opts.early_stopping
+        if es is not None and resume.get("early_stopping"):
+            es.load_state_dict(resume["early_stopping"])
+        set_rng_state(resume["rng"], state.order)
+        if resume.get("scaler"):
+            self.scaler.load_state_dict(resume["scaler"])
+        return state
+
+    def prepare(self) -> None:
+        """Wrap the model for DDP and, when asked, compile its training forward (timed apart from training)."""
+        self.forward = self.dist.wrap(self.model)  # DDP averages the gradients across ranks during backward
+        self.model.train()
+        self.fast_forward = self.forward
+        if self.opts.compile_mode is None or self.n == 0:
+            return
+        bs, data = min(self.opts.batch_size, self.n), self.data
+        probe_idx = self.dist.shard(torch.arange(bs, device=self.device))
+
+        def probe(fn: Callable[[Tensor], Tensor]) -> Tensor:
+            with self.autocast():
+                return self.dist.loss(fn(data.prep(data.x_train[probe_idx])), data.y_train[probe_idx], bs)
+
+        t0 = time.perf_counter()
+        self.fast_forward = compile_forward(self.forward, self.opts.compile_mode, probe, self.opts.warn)
+        self.compile_time = time.perf_counter() - t0
+
+    def autocast(self) -> torch.autocast:
+        p = self.opts.precision
+        return torch.autocast(self.device.type, _AUTOCAST.get(p), enabled=p != "fp32")
+
+    # --- one epoch -------------------------------------------------------------------------------------------
+    def start_epoch(self, state: TrainState) -> EpochSums:
+        """A new batch order and zero sums, or, resuming mid-epoch, the same order from the same batch on."""
+        if state.partial is not None:
+            p, state.partial = state.partial, None
+            return EpochSums(p["perm"].to(self.device), p["next_batch"], p["loss_sum"].to(self.device),
+                             p["correct"].to(self.device), p["epoch_seen"])  # fmt: skip
+        return EpochSums(
+            torch.randperm(self.n, generator=state.order, device=self.device),
+            0,
+            torch.zeros((), device=self.device),
+            torch.zeros((), device=self.device, dtype=torch.long),
+        )
+
+    def train_epoch(self, state: TrainState, epoch: int) -> EpochSums:
+        """The steps of one epoch; a stop request mid-epoch writes last.pt and raises Interrupted."""
+        opts, dist, data = self.opts, self.dist, self.data
+        self.tracker.on_epoch_start(epoch, self.steps_per_epoch)
+        sums = self.start_epoch(state)
+        t0 = time.perf_counter()
+        for i in range(sums.start, self.steps_per_epoch):
+            batch = sums.perm[i * opts.batch_size : (i + 1) * opts.batch_size]
+            idx = dist.shard(batch)
+            x, y = data.prep(data.x_train[idx]), data.y_train[idx]
+            logging_step = (state.step + 1) % opts.log_every_n_steps == 0
+            logits, loss = self.step(state, x, y, len(batch), logging_step and opts.layer_stats)
+            sums.loss_sum += loss.detach() * (len(batch) / dist.world)  # this rank's share of the batch's loss sum
+            sums.correct += (logits.detach().argmax(1) == y).sum()
+            sums.seen += len(y)
+            if logging_step:
+                self.log_step(state, loss, sums.seen / max(time.perf_counter() - t0, 1e-9))
+            if opts.stop_requested and i + 1 < self.steps_per_epoch:
+                state.train_time += time.perf_counter() - t0
+                # `seen` counts finished epochs; the partial one's count travels in its own state.
+                partial = {"perm": sums.perm.cpu(), "next_batch": i + 1, "loss_sum": sums.loss_sum.cpu(),
+                           "correct": sums.correct.cpu(), "epoch_seen": sums.seen}  # fmt: skip
+                self.save(state, epoch - 1, partial)
+                raise self.interrupted()
+            if opts.max_steps is not None and state.step >= opts.max_steps:
+                break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        state.train_time += time.perf_counter() - t0
+        return sums
+
+    def step(self, state: TrainState, x: Tensor, y: Tensor, global_batch: int, stats: bool) -> tuple[Tensor, Tensor]:
+        """One optimizer step: forward (eager with activation hooks when `stats`), penalty, backward, clipping,
+        update, constraints, schedule. Returns the logits and the data loss."""
+        model, reg = self.model, self.opts.regularizer
+        with self.autocast():
+            if stats:
+                with activation_stats(model) as act:
+                    logits = self.forward(x)
+            else:
+                logits = self.fast_forward(x)
+            loss = self.dist.loss(logits, y, global_batch)
+        penalty = reg.penalty(model)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss if penalty is None else loss + penalty).backward()
+        self.scaler.unscale_(self.optimizer)  # clipping and the logged gradient norms need the true gradients
+        reg.clip_(model)
+        state.step += 1
+        if stats:
+            self.tracker.log_layer_stats(state.step, layer_stats(model) | act)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        reg.constrain_(model)
+        self.scheduler.step()
+        return logits, loss
+
+    def log_step(self, state: TrainState, loss: Tensor, samples_per_s: float) -> None:
+        """The one host sync per logging interval: check the loss for divergence, then report it."""
+        value = self.dist.mean(loss.item())
+        max_loss = self.opts.max_loss
+        if not math.isfinite(value) or (max_loss is not None and value > max_loss):
+            raise diverged_error(state.step, state.last_finite_loss, self.opts.checkpointing, value, max_loss)
+        state.last_finite_loss = value
+        self.tracker.log_step(state.step, value, self.scheduler.get_last_lr()[0], self.dist.world * samples_per_s)
+
+    def end_epoch(self, state: TrainState, epoch: int, sums: EpochSums) -> dict[str, float]:
+        """The epoch's train means (checked for divergence), validation, the schedule's epoch step; logged."""
+        loss_total, correct_total, epoch_seen = self.dist.sum(sums.loss_sum.item(), sums.correct.item(), sums.seen)
+        state.seen += epoch_seen
+        train_loss, train_acc = loss_total / epoch_seen, correct_total / epoch_seen
+        # The epoch mean too: between logged steps a loss can explode (and settle) unseen by log_step's check.
+        max_loss = self.opts.max_loss
+        if not math.isfinite(train_loss) or (max_loss is not None and train_loss > max_loss):
+            raise diverged_error(state.step, state.last_finite_loss, self.opts.checkpointing, train_loss, max_loss,
+                                 "epoch mean loss")  # fmt: skip
+        data = self.data
+        val_loss, val_acc = self.dist.evaluate(self.model, data.x_val, data.y_val, self.opts.eval_batch_size, data.prep)
+        self.scheduler.epoch_end(val_loss)
+        metrics = {
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "val/loss": val_loss,
+            "val/acc": val_acc,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        state.history.append({"epoch": epoch, **metrics})
+        self.tracker.log_epoch(epoch, state.step, metrics)
+        return metrics
+
+    def after_epoch(self, state: TrainState, epoch: int, metrics: dict[str, float]) -> bool:
+        """Early stopping, checkpoints, the caller's hook and stop requests; True when training is over."""
+        opts = self.opts
+        finished = epoch == opts.epochs or (opts.max_steps is not None and state.step >= opts.max_steps)
+        if opts.early_stopping is not None and opts.early_stopping.update(epoch, metrics, self.model):
+            state.stopped_early = finished = True
+        ck = opts.checkpointing
+        if ck is not None:
+            save_best(ck, self.model, epoch, metrics)
+            if finished or epoch % ck.every == 0 or opts.stop_requested:
+                self.save(state, epoch)
+        if opts.on_epoch_end is not None:
+            opts.on_epoch_end(epoch, metrics)
+        if opts.stop_requested and not finished:
+            raise self.interrupted()
+        return finished
+
+    # --- checkpoints and the end ----------------------------------------------------------------------------
+    def save(self, state: TrainState, epoch_done: int, partial_epoch: dict[str, Any] | None = None) -> None:
+        ck = self.opts.checkpointing
+        if ck is None:
+            return
+        es = self.opts.early_stopping
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch_done,
+            "step": state.step,
+            "seen": state.seen,
+            "train_time": state.train_time,
+            "history": state.history,
+            "rng": rng_state(state.order),
+            "early_stopping": es.state_dict() if es is not None else None,
+            "partial_epoch": partial_epoch,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+        save_checkpoint(ck.last, payload | ck.extra)
+
+    def interrupted(self) -> Interrupted:
+        ck, stop = self.opts.checkpointing, self.opts.stop
+        assert stop is not None and stop.signum is not None
+        return Interrupted(ck.last if ck else None, stop.signum)
+
+    def result(self, state: TrainState) -> FitResult:
+        """The final epoch's metrics, or the best epoch's (and its weights) after early stopping."""
+        final = state.history[-1]
+        es = self.opts.early_stopping
+        if es is not None and self.opts.restore_best and es.best_state is not None:
+            self.model.load_state_dict(es.best_state)
+            final = state.history[es.best_epoch - 1]
+        return FitResult(
+            epochs=len(state.history),
+            steps=state.step,
+            train_loss=final["train/loss"],
+            train_acc=final["train/acc"],
+            val_loss=final["val/loss"],
+            val_acc=final["val/acc"],
+            train_time_s=state.train_time,
+            train_samples=state.seen,
+            weights_epoch=int(final["epoch"]),
+            stopped_early=state.stopped_early,
+            history=state.history,
+            compile_time_s=self.compile_time,
+        )

@@ -1,0 +1,321 @@
+"""One run, assembled: config -> data, model, optimizer, schedule -> fit -> test -> metrics.json, checkpoints and
+TensorBoard events in the run folder. `dlzoo train` (dlzoo.train) and the sweeps call `run`."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo.config import launch
+from dlzoo.config.validate import validate, warnings
+from dlzoo.console import console, print_final, print_warning, redirect_file_logs, say
+from dlzoo.data.build import build_splits
+from dlzoo.data.splits import Splits
+from dlzoo.engine import distributed
+from dlzoo.engine.checkpoint import Checkpointing, best_epoch
+from dlzoo.engine.evaluation import evaluate_ensemble, mc_evaluate
+from dlzoo.engine.folders import (
+    check_compatible,
+    check_writable,
+    find_resume,
+    load_checkpoint,
+    metadata,
+    run_lock,
+    write_json,
+)
+from dlzoo.engine.loop import FitOptions, FitResult, fit, resolve_device, seed_everything
+from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.tracking import RunTracker, SilentTracker, print_summary, run_hparams
+from dlzoo.engine.transfer import build_freeze_schedule, build_reuse
+from dlzoo.errors import DlzooError
+from dlzoo.models import build_model
+from dlzoo.models.summary import summarize
+from dlzoo.optim import build_optimizer, build_scheduler
+from dlzoo.optim.regularize import build_regularizer
+from dlzoo.pretrain.layerwise import pretrain_model
+
+OnEpochEnd = Callable[[int, dict[str, float]], None]
+
+
+def run(
+    cfg: DictConfig,
+    out_dir: Path,
+    stop: StopFlag | None = None,
+    on_epoch_end: OnEpochEnd | None = None,
+) -> dict[str, Any]:
+    """Train and test one configuration (or an ensemble of `ensemble.size` members), writing everything into
+    `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
+    user can fix, Interrupted on a stop request. `on_epoch_end(epoch, metrics)` runs after every validated epoch
+    (see dlzoo.engine.loop.FitOptions)."""
+    started = time.perf_counter()
+    validate(cfg)
+    for message in warnings(cfg):
+        print_warning(message)
+    t = cfg.trainer
+    dist = distributed.current()
+    distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
+    resume_path = find_resume(t.resume, out_dir, cfg)
+    resume = None
+    if resume_path is not None:
+        resume = load_checkpoint(resume_path)
+        for change in check_compatible(resume["config"], cfg):
+            print_warning(f"resuming with a changed setting: {change}")
+        if "rng" not in resume:
+            raise DlzooError(f"{resume_path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
+        out_dir = resume_path.parent.parent
+        redirect_file_logs(out_dir / "train.log")
+        say(f"resuming {out_dir} after epoch {resume['epoch']}, step {resume['step']}")
+    elif t.resume == "auto":
+        console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
+    if dist.main:
+        check_writable(out_dir)
+    # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
+    # of another). Ranks > 0 of a DDP run write nothing.
+    with run_lock(out_dir) if dist.main else nullcontext():
+        return _run_in(cfg, out_dir, resume, stop, on_epoch_end, started)
+
+
+def _run_in(
+    cfg: DictConfig,
+    out_dir: Path,
+    resume: dict[str, Any] | None,
+    stop: StopFlag | None,
+    on_epoch_end: OnEpochEnd | None,
+    started: float,
+) -> dict[str, Any]:
+    """The body of `run` once the run folder is known and locked: each member, then the ensemble's vote."""
+    t = cfg.trainer
+    dist = distributed.current()
+    _setup_process(cfg)
+    device = dist.device(resolve_device(t.device))
+    data = build_splits(cfg.data, device)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    hparams = run_hparams(config, choices)
+
+    size = cfg.ensemble.size
+    members = []
+    for i in range(size):
+        folder = out_dir if size == 1 else out_dir / f"member{i}"
+        if size > 1:
+            console.print(f"ensemble member {i + 1}/{size} (seed {t.seed + i}) -> {folder}")
+        members.append(
+            _train_member(cfg, config, hparams, data, device, folder, t.seed + i, resume, stop, on_epoch_end)
+        )
+    metrics = members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
+    metrics["wall_time_s"] = time.perf_counter() - started
+    if dist.world > 1:
+        metrics["world_size"] = dist.world
+    if dist.main:
+        write_json(out_dir / "metrics.json", metrics)
+    print_final(metrics, out_dir)
+    return metrics
+
+
+def _setup_process(cfg: DictConfig) -> None:
+    """Threads, determinism and anomaly detection: process-wide torch settings, before any tensor is made."""
+    t = cfg.trainer
+    threads = t.threads if t.threads is not None else launch.default_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if t.deterministic:
+        # cuBLAS needs this workspace setting for deterministic matmuls (PyTorch's reproducibility notes).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    torch.autograd.set_detect_anomaly(t.detect_anomaly)
+
+
+def _ensemble(
+    cfg: DictConfig,
+    hparams: dict[str, Any],
+    data: Splits,
+    out_dir: Path,
+    members: list[tuple[torch.nn.Module, dict[str, Any]]],
+) -> dict[str, Any]:
+    """The members' combined test accuracy (ensemble.combine) and their mean metrics, logged in the ensemble's
+    own TensorBoard run at the folder's root."""
+    t, size = cfg.trainer, len(members)
+    tests = [m["test_acc"] for _, m in members]
+    ensemble_acc = evaluate_ensemble(
+        [m for m, _ in members], data.x_test, data.y_test, cfg.ensemble.combine, t.eval_batch_size, data.prep
+    )
+    first = members[0][1]
+    metrics = {
+        "test_acc": ensemble_acc,
+        "ensemble_size": size,
+        "member_test_acc": tests,
+        "member_test_acc_mean": sum(tests) / size,
+        **{k: sum(m[k] for _, m in members) / size for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        "test_loss": None,  # the ensemble's rule combines scores, not a calibrated distribution
+        "epochs": first["epochs"],
+        "steps": sum(m["steps"] for _, m in members),
+        "train_samples_per_s": sum(m["train_samples_per_s"] for _, m in members) / size,
+    }
+    with RunTracker(out_dir, t.epochs, progress=False) as tracker:
+        tracker.log_test(t.epochs, {"ensemble/test_acc": ensemble_acc, "ensemble/member_mean_test_acc":
+                                    metrics["member_test_acc_mean"]})  # fmt: skip
+        tracker.log_hparams(hparams, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]}, t.hparams_experiment)
+    return metrics | {k: v for k, v in first.items() if k in ("seed", "device", "torch", "git_commit")}
+
+
+def _train_member(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    out_dir: Path,
+    seed: int,
+    resume: dict[str, Any] | None,
+    stop: StopFlag | None,
+    on_epoch_end: OnEpochEnd | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
+    t = cfg.trainer
+    dist = distributed.current()
+    model, reused = _setup_model(cfg, hparams, data, device, seed, resume)
+    steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
+    if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
+        torch.manual_seed(seed + dist.rank)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total_steps)
+    epochs_done = resume["epoch"] if resume is not None else 0
+    on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
+    meta = metadata(seed, device)
+    meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
+    opts = _fit_options(cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end)
+    purge_step = resume["step"] + 1 if resume else None
+    tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else SilentTracker()
+    with tracker_cm as tracker:
+        tracker.log_text("run/meta", meta)
+        if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
+            pretrain_model(cfg, model, data, tracker, seed)
+        result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
+        metrics = _test(cfg, model, data, result, tracker)
+        metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
+        tracker.log_hparams(
+            hparams, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")}, t.hparams_experiment
+        )
+    if cfg.ensemble.size > 1:
+        write_json(out_dir / "metrics.json", metrics)
+    return model, metrics
+
+
+def _setup_model(
+    cfg: DictConfig,
+    hparams: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    seed: int,
+    resume: dict[str, Any] | None,
+) -> tuple[torch.nn.Module, Any]:
+    """The member's model, seeded, initialized, with any transferred layers; its summary on the terminal."""
+    seed_everything(seed)
+    init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
+    model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
+    if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    reused = build_reuse(cfg.transfer, model, fresh=resume is None)
+    print_summary(
+        summarize(model, data.input_shape, device),
+        title=f"{_model_name(cfg, hparams)} on {cfg.data.name} ({len(data.y_train):,} train / "
+        f"{len(data.y_val):,} val / {len(data.y_test):,} test from {data.source}), device {device}",
+    )
+    return model, reused
+
+
+def _setup_checkpointing(
+    cfg: DictConfig, config: dict[str, Any], meta: dict[str, Any], out_dir: Path, resume: dict[str, Any] | None
+) -> Checkpointing | None:
+    """Where last.pt and the best epochs go (rank 0 only); a resumed run keeps counting the best it kept."""
+    ck = cfg.trainer.checkpoint
+    if not ck.enabled or not distributed.current().main:
+        return None
+    checkpointing = Checkpointing(
+        out_dir / "checkpoints", ck.every, ck.top_k, ck.monitor, {"config": config, "meta": meta}
+    )
+    if resume is not None:
+        checkpointing.adopt_best(resume["history"])
+    return checkpointing
+
+
+def _fit_options(
+    cfg: DictConfig,
+    seed: int,
+    checkpointing: Checkpointing | None,
+    stop: StopFlag | None,
+    on_epoch_end: OnEpochEnd | None,
+) -> FitOptions:
+    """The trainer section as the loop's options."""
+    t, es = cfg.trainer, cfg.trainer.early_stop
+    dist = distributed.current()
+    return FitOptions(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=seed,
+        max_steps=t.max_steps,
+        eval_batch_size=t.eval_batch_size,
+        log_every_n_steps=t.log_every_n_steps,
+        layer_stats=t.layer_stats and dist.main,
+        regularizer=build_regularizer(cfg.reg),
+        early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
+        restore_best=es.restore_best,
+        checkpointing=checkpointing,
+        stop=stop,
+        max_loss=t.max_loss,
+        on_epoch_end=on_epoch_end,
+        precision=t.precision,
+        dist=dist,
+        compile_mode=t.compile_mode if t.compile else None,
+        warn=print_warning,
+    )
+
+
+def _test(cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResult, tracker: Any) -> dict[str, Any]:
+    """The test set's scores (and MC dropout's, when asked) beside the fit's final metrics."""
+    t = cfg.trainer
+    dist = distributed.current()
+    test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
+    tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})
+    metrics: dict[str, Any] = {
+        "train_loss": result.train_loss,
+        "train_acc": result.train_acc,
+        "val_loss": result.val_loss,
+        "val_acc": result.val_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
+        "train_time_s": result.train_time_s,
+        # The same epoch as best-epochNNN.pt: best by trainer.checkpoint.monitor (val/loss by default).
+        "best_epoch": best_epoch(result.history, t.checkpoint.monitor),
+        "weights_epoch": result.weights_epoch,
+        "stopped_early": result.stopped_early,
+    }
+    if t.compile:
+        metrics["compile_time_s"] = result.compile_time_s
+    if cfg.eval.mc_samples > 0:
+        mc_acc, mc_entropy = mc_evaluate(
+            model, data.x_test, data.y_test, cfg.eval.mc_samples, t.eval_batch_size, data.prep
+        )
+        metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
+        tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
+    return metrics
+
+
+def _model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
+    """`mlp_dropout (mlp)`: the preset the user chose, then its architecture (the title said only `mlp`)."""
+    chosen = str(hparams.get("model", "none"))
+    return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"

@@ -1,0 +1,119 @@
+"""Why training stops before its last epoch: early stopping on a stalled validation metric, a stop request
+(Ctrl-C / SIGTERM), and divergence (a NaN, infinite or exploded loss), with the errors the loop raises."""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from dlzoo.console import console
+from dlzoo.engine.checkpoint import Checkpointing, signed
+from dlzoo.errors import DlzooError
+
+
+class DivergedError(DlzooError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C / SIGTERM) after writing a resumable checkpoint."""
+
+    def __init__(self, checkpoint: Path | None, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.checkpoint, self.signum = checkpoint, signum
+
+
+class StopFlag:
+    """Set from a signal handler (or a test); the loop checks it after every step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without `monitor` improving by more than `min_delta`; remember the best
+    epoch's weights (on their device) so they can be restored (Keras' EarlyStopping)."""
+
+    def __init__(self, patience: int, monitor: str = "val/loss", min_delta: float = 0.0) -> None:
+        self.patience, self.monitor, self.min_delta = patience, monitor, min_delta
+        self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def update(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> bool:
+        """Record this epoch; True when training should stop."""
+        value = signed(self.monitor, metrics[self.monitor])
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("best", "best_epoch", "bad_epochs", "best_state")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def diverged_error(
+    step: int,
+    last_finite: float,
+    checkpointing: Checkpointing | None,
+    value: float,
+    max_loss: float | None,
+    which: str = "loss",
+) -> DivergedError:
+    """The error for a loss (`which`: "loss" at a logged step, or the "epoch mean") that is NaN or above max_loss."""
+    what = (
+        "became NaN or infinite"
+        if not math.isfinite(value)
+        else f"exploded to {value:.4g} (above trainer.max_loss={max_loss:g})"
+    )
+    kept = (
+        f" The last good checkpoint is kept at {checkpointing.last}."
+        if checkpointing is not None and checkpointing.last.exists()
+        else ""
+    )
+    last = f" (last good logged loss {last_finite:.4g})" if math.isfinite(last_finite) else ""
+    return DivergedError(
+        f"Training diverged: the {which} {what} at step {step}{last}.{kept}"
+        " Fix: lower optim.lr (e.g. by 10x), use an initializer scaled to the layer "
+        "(model.init=xavier_uniform or he_normal), clip gradients (reg.clip_norm=1.0), or add model.norm=batch; "
+        "trainer.detect_anomaly=true finds the operation that produced it."
+    )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after its current step and checkpoint; a second Ctrl-C
+    interrupts at once (files stay intact: every write is a rename of a complete temporary file). Outside the main
+    thread (a thread-based launcher) Python allows no handlers: the flag then stays unset."""
+    stop = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.request(signum)
+        console.print("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,1 @@
+"""Many runs: the lecture ladder, the transfer study, hyper-parameter search (tune) and reports over run folders."""

@@ -1,0 +1,60 @@
+"""The end of a `dlzoo tune` search: the table of trials, the best one, and best.yaml, a config that
+`dlzoo train --config-dir <out> --config-name best` runs as it stands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    import optuna
+
+BEST_HEADER = """\
+# dlzoo tune: the best of {trials} complete trials of search={name} (trial {number}, {metric} {value:.4f}), {date}.
+# Run it:  dlzoo train --config-dir {out} --config-name best [more overrides, e.g. trainer.seed=1]
+# The trial's overrides: {overrides}
+defaults:
+  - train  # conf/train.yaml; everything below replaces its values
+  - _self_
+hydra:
+  run:
+    dir: outputs/runs/${{now:%Y-%m-%d_%H-%M-%S}}_tune_{name}
+"""
+
+
+def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
+    """Print every trial and the best one; write `out`/best.yaml from the best trial's composed config."""
+    from optuna.trial import TrialState
+
+    from dlzoo.console import console, print_table
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    rows = []
+    for t in trials:
+        state = t.state.name.lower() + (" (retried)" if t.number in retried else "")
+        value = "" if t.value is None else f"{t.value:.4f}"
+        rows.append([str(t.number), state, value, str(len(t.intermediate_values)),
+                     " ".join(t.user_attrs.get("overrides", []))])  # fmt: skip
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    caption = "  ·  ".join(f"{n} {s}" for s, n in counts.items() if n) + f"  ·  study: {out / 'study.db'}"
+    print_table(f"dlzoo tune search={name}: {metric} per trial", ["trial", "state", metric, "epochs", "params"],
+                rows, caption, right=(0, 2, 3))  # fmt: skip
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        console.print("no trial completed, so there is no best config yet")
+        return
+    best = study.best_trial
+    config = OmegaConf.load(out / f"trial_{best.number}" / "config.yaml")
+    config.pop("search", None)
+    header = BEST_HEADER.format(trials=len(complete), name=name, number=best.number, metric=metric, value=best.value,
+                                date=time.strftime("%Y-%m-%d %H:%M"), out=out,
+                                overrides=" ".join(best.user_attrs.get("overrides", [])))  # fmt: skip
+    (out / "best.yaml").write_text(header + OmegaConf.to_yaml(config))
+    console.print(f"best: trial {best.number}, {metric} {best.value:.4f}, "
+                  f"{' '.join(best.user_attrs.get('overrides', []))}")  # fmt: skip
+    console.print(f"best config: {out / 'best.yaml'}; train it with: "
+                  f"dlzoo train --config-dir {out} --config-name best")  # fmt: skip

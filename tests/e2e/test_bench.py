@@ -1,0 +1,53 @@
+"""The benchmark script's smoke check (`--quick`): it runs all three pipelines for both lecture nets on real data
+and writes the JSON the README's speed table is made from. A figure check, never: the numbers come from full runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_writes_every_ratio(fmnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--threads", "1"]
+    proc = subprocess.run(
+        [*cmd, "--data", str(fmnist_root), "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["env"]["threads"] == 1 and report["env"]["torch"] and report["env"]["peak_rss_mb"] > 0
+    rows = {r["model"]: r for r in report["results"]}
+    assert all(r["compile"] is False and r["precision"] == "fp32" for r in rows.values())
+    assert set(rows) == {"mlp_dropout", "cnn_deep"}
+    for r in rows.values():
+        for key in ("per_sample_samples_per_s", "dlzoo_samples_per_s", "compute_only_samples_per_s"):
+            assert r[key] > 0, key
+        assert r["dlzoo_over_per_sample"] == r["dlzoo_samples_per_s"] / r["per_sample_samples_per_s"]
+        assert r["eval_samples_per_s"] > 0  # a figure, never compared here: timings under load prove nothing
+    assert "mlp_dropout" in proc.stdout and "dlzoo/compute" in proc.stdout
+
+
+def test_the_baseline_net_is_stock_torch_with_the_same_weights() -> None:
+    # (a) must be what a tutorial runs: nn.Dropout (torch's bernoulli_ mask), not dlzoo's cheaper CPU mask.
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from bench import as_users_write_it
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    import torch
+    from torch import nn
+
+    from dlzoo.models.mlp import MLP
+    from dlzoo.models.norm_dropout import Dropout
+
+    model = MLP(784, 10, [32, 32], dropout=0.3)
+    stock = as_users_write_it(model)
+    assert sum(type(m) is Dropout for m in model.modules()) == 2
+    assert not any(isinstance(m, Dropout) for m in stock.modules())
+    assert [m.p for m in stock.modules() if type(m) is nn.Dropout] == [0.3, 0.3]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), stock.parameters(), strict=True))
+    assert all(p is not q for p, q in zip(model.parameters(), stock.parameters(), strict=True))

@@ -1,0 +1,109 @@
+"""The package's shape: imports only go down the layers (base -> vocabularies -> config -> engine -> sweeps ->
+entry points), and no two modules import each other, even through a function-level or TYPE_CHECKING import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dlzoo"
+
+# Each module's layer: a module may import its own layer and the ones below, never above.
+LAYERS = {
+    "dlzoo": 0, "dlzoo.errors": 0, "dlzoo.registry": 0, "dlzoo.checks": 0, "dlzoo.paths": 0, "dlzoo.console": 0,
+    "dlzoo.models": 1, "dlzoo.data": 1, "dlzoo.optim": 1, "dlzoo.pretrain": 1,
+    "dlzoo.config": 2,
+    "dlzoo.engine": 3,
+    "dlzoo.sweeps": 4,
+    "dlzoo.train": 5, "dlzoo.cli": 5,
+}  # fmt: skip
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every dlzoo module `name` imports, wherever the import statement sits (top level, function, TYPE_CHECKING),
+    plus the packages Python runs on the way (importing a.b.c runs a and a.b first)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            # `from dlzoo.engine import distributed` names a module; `from dlzoo.models import build_model` does not.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        for target in targets:
+            parts = target.split(".")
+            # The packages on the way, except the importer's own: those are already running.
+            found |= {".".join(parts[:i]) for i in range(1, len(parts))} - set(ancestors(name))
+            found.add(target)
+    return (found & known) - {name}
+
+
+def ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def layer(name: str) -> int:
+    while name not in LAYERS:
+        name = name.rpartition(".")[0]
+    return LAYERS[name]
+
+
+GRAPH = {name: imports(name, path, set(modules())) for name, path in modules().items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in GRAPH:
+        layer(name)  # raises KeyError for a module outside the map (a new top-level module must pick a layer)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_imports_only_go_down(name: str) -> None:
+    # A package may gather its own modules (models/__init__.py builds from models/mlp.py).
+    up = sorted(t for t in GRAPH[name] if layer(t) > layer(name) and not t.startswith(name + "."))
+    assert not up, f"{name} (layer {layer(name)}) imports a higher layer: {up}"
+
+
+def test_no_import_cycles() -> None:
+    """Depth-first search for a back edge. Every import counts (a package's __init__ importing its submodules
+    too), except imports of the root package `dlzoo`, which holds only the version."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(GRAPH[node] - {"dlzoo"}):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(nxt) :], nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name)
+
+
+def test_the_checker_sees_a_function_level_cycle(tmp_path: Path) -> None:
+    """The walk must find imports inside functions, where cycles used to hide."""
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    from dlzoo.cli import main\n")
+    assert "dlzoo.cli" in imports("dlzoo.errors", source, set(modules()))

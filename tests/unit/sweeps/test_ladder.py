@@ -1,0 +1,163 @@
+"""`dlzoo ladder` end to end on Fashion-MNIST: two rungs × two seeds as real runs, a rung that fails, --resume
+rerunning only what is missing, the table files against each run's metrics.json, and bad input refused up front."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from dlzoo.errors import DlzooError
+from dlzoo.paths import conf_dir
+from dlzoo.sweeps.ladder import RUNGS, ladder_command
+from tests.helpers import FAST, dlzoo
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "ladder.csv").open() as f:
+        return {row["rung"]: row for row in csv.DictReader(f)}
+
+
+def _test_accs(out: Path, rung: str) -> list[float]:
+    return [json.loads((out / rung / f"seed{k}" / "metrics.json").read_text())["test_acc"] for k in (1, 2)]
+
+
+def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ladder"
+    args = [
+        "ladder",
+        "--rungs",
+        "lab10_1_softmax,lab10_3_xavier",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *FAST,
+        f"data.root={mnist_root}",
+    ]
+    # The N(0,1)-initialized softmax logs losses of 9-16 in its first steps, the Xavier net under 2: a cap of 5
+    # makes one rung fail while the other still runs.
+    proc = dlzoo(*args, "--seeds", "1", "trainer.max_loss=5", cwd=tmp_path)
+    assert proc.returncode == 1 and "1 run(s) failed" in proc.stderr, proc.stdout + proc.stderr
+    assert "Training diverged" in proc.stdout  # the failed run's own error line
+    rows = _rows(out)
+    assert rows["lab10_1_softmax"]["n"] == "0" and rows["lab10_1_softmax"]["failed"] == "1"
+    assert rows["lab10_3_xavier"]["n"] == "1" and rows["lab10_3_xavier"]["failed"] == "0"
+    md = (out / "ladder.md").read_text()
+    assert next(line for line in md.splitlines() if "(lab10_1_softmax)" in line).count("– (1 failed)") == 1
+    assert "## Failed runs (1)" in md and "- lab10_1_softmax seed 1" in md and "Training diverged" in md
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("lab10_3_xavier/seed1/metrics.json")}
+
+    # Without the cap and with a second seed, --resume reruns the failed run and keeps the finished one; two
+    # runs at a time, each on one of the two cores.
+    args += ["--seeds", "2"]
+    proc = dlzoo(*args, "--resume", "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 runs (1 already done)" in proc.stdout and "2 at a time" in proc.stdout
+    assert len(re.findall(r"\[\d/3\] lab10_\w+ seed \d: test acc 0\.\d{4} \(\d+ s\) .* elapsed, about \S+ left",
+                          proc.stdout)) == 3  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    rows, md = _rows(out), (out / "ladder.md").read_text()
+    means = {}
+    for rung in ("lab10_1_softmax", "lab10_3_xavier"):
+        accs = _test_accs(out, rung)
+        means[rung] = statistics.fmean(accs)
+        assert float(rows[rung]["test_acc_mean"]) == pytest.approx(means[rung], rel=1e-5)
+        assert float(rows[rung]["test_acc_std"]) == pytest.approx(statistics.stdev(accs), rel=1e-4)
+        assert rows[rung]["n"] == "2" and rows[rung]["epochs"] == "1"
+        assert float(rows[rung]["lecture_mnist"]) == RUNGS[rung][2]
+        assert f"{means[rung]:.4f} ± {statistics.stdev(accs):.4f}" in md
+        for k in (1, 2):
+            run = out / rung / f"seed{k}"
+            assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+            assert any(run.glob("events.out.tfevents.*"))
+    assert "| 0.9035 |" in md and "| 0.9783 |" in md and "on mnist" in md
+    assert f"{means['lab10_3_xavier'] - means['lab10_1_softmax']:+.4f}" in md  # the step between rungs
+    assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_tensorboard_view(out, rows)
+
+    # A finished ladder: --resume has nothing left to run.
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/ladder.log")}
+    proc = dlzoo(*args, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0 and "4 runs (4 already done)" in proc.stdout, proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs
+
+
+def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
+    """The Ladder group's scalars are ladder.csv's numbers, rung k at step k; the one HParams experiment in the
+    folder is the ladder's: the rung first, then only the keys that differ between its runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+        events = EventAccumulator(str(run))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    rungs = list(rows)
+    ours = scalars(out / "_ladder" / "ours", "Ladder/test_acc")
+    assert ours == [(k, pytest.approx(float(rows[r]["test_acc_mean"]), abs=1e-6)) for k, r in enumerate(rungs, 1)]
+    lecture = scalars(out / "_ladder" / "lecture", "Ladder/test_acc")
+    assert lecture == [(k, pytest.approx(RUNGS[r][2], abs=1e-6)) for k, r in enumerate(rungs, 1)]
+    curves = scalars(out / "_ladder" / f"1_{rungs[0]}", "Ladder/val_acc")
+    assert [step for step, _ in curves] == [1]  # one epoch: the mean of the seeds' val/acc
+    experiments = []
+    for events_file in out.rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(events_file))
+        events.Reload()
+        for metadata in events.summary_metadata.values():
+            if metadata.plugin_data.plugin_name == "hparams":
+                data = HParamsPluginData.FromString(metadata.plugin_data.content)
+                if data.WhichOneof("data") == "experiment":
+                    experiments.append((events_file.parent, [h.name for h in data.experiment.hparam_infos]))
+    assert len(experiments) == 1 and experiments[0][0] == out, experiments
+    columns = experiments[0][1]
+    assert columns[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(columns)
+    assert "trainer.batch_size" not in columns and "data.name" not in columns  # the same in every run
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--rungs", "lab10_1_softmax,lab99_magic"], "unknown rung"),
+        (["trainer.seed=5"], "sets trainer.seed=5 itself"),
+        (["--seeds", "0"], "at least 1"),
+        (["--rungs", "lab10_1_softmax", "--rung-seeds", "lab11_5_ensemble=1"], "does not run"),
+        (["--rung-seeds", "lab11_5_ensemble"], "write rung=N pairs"),
+        (["--rungs", "lab10_3_xavier", "model.activation=rleu"], "rung lab10_3_xavier, seed 1: .*rleu"),
+        (["data=fashion_mnist", "data.root=missing_folder"], "missing_folder' does not exist"),
+    ],
+)
+def test_bad_input_fails_before_any_run(argv: list[str], expected: str, tmp_path: Path) -> None:
+    out = tmp_path / "ladder"
+    with pytest.raises(DlzooError, match=expected):
+        ladder_command(["--out", str(out), *argv])
+    assert not out.exists()
+
+
+def test_rung_seeds_give_some_rungs_their_own_seed_count(tmp_path: Path) -> None:
+    from dlzoo.sweeps.ladder import parse_rung_seeds, plan
+
+    jobs = plan(["lab10_1_softmax", "lab11_5_ensemble"], 5, None, [], tmp_path, parse_rung_seeds("lab11_5_ensemble=1"))
+    assert [(j.rung, j.seed) for j in jobs] == [("lab10_1_softmax", k) for k in range(1, 6)] + [("lab11_5_ensemble", 1)]
+
+
+def test_resume_needs_out_and_a_used_folder_needs_resume(tmp_path: Path) -> None:
+    with pytest.raises(DlzooError, match="--resume needs --out"):
+        ladder_command(["--resume"])
+    (tmp_path / "lab10_1_softmax" / "seed1" / ".hydra").mkdir(parents=True)
+    with pytest.raises(DlzooError, match="already holds ladder runs"):
+        ladder_command(["--out", str(tmp_path)])
+    proc = dlzoo("ladder", "--rungs", "nope", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown rung(s) nope; choices: lab10_1_softmax" in proc.stderr
+
+
+def test_lecture_figures_are_the_ones_quoted_in_the_experiment_configs() -> None:
+    for rung, (_, _, figure) in RUNGS.items():
+        text = (conf_dir() / "experiment" / f"{rung}.yaml").read_text()
+        quoted = re.search(r"Lecture accuracy ([0-9.]+)", text)
+        assert quoted is not None and float(quoted.group(1).rstrip(".")) == figure, rung
