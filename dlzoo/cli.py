@@ -211,19 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         print_error(f"unknown command {command!r}; choices: {', '.join(VERBS)}."
                     + (f" Did you mean `dlzoo {hint}`?" if hint else "") + " See `dlzoo --help`.")  # fmt: skip
         return 2
-    from dlzoo.engine.stopping import Interrupted
+    from dlzoo.engine.stopping import Interrupted, exit_status
 
     try:
         return VERBS[command](rest)
-    except DlzooError as e:
-        print_error(str(e))
-        return 2
-    except Interrupted as e:
-        print_error(f"Interrupted; the last checkpoint is {e.checkpoint}.")
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
-        return 130
+    except (DlzooError, Interrupted, KeyboardInterrupt) as e:
+        return exit_status(e)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from omegaconf import DictConfig
 
 from dlzoo.config import launch
 from dlzoo.config.validate import register_configs
-from dlzoo.console import print_error
 from dlzoo.engine import distributed
 from dlzoo.engine.folders import remove_if_empty
 from dlzoo.engine.run import run
-from dlzoo.engine.stopping import Interrupted, stop_on_signals
+from dlzoo.engine.stopping import Interrupted, exit_status, stop_on_signals
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -46,23 +45,13 @@ def _main(cfg: DictConfig, hydra_dir: Path) -> float:
         # Under DDP a stop must reach every rank at the same step; torchrun's own signal handling ends them all.
         with nullcontext() if distributed.launched() else stop_on_signals() as stop:
             return run(cfg, hydra_dir, stop)["test_acc"]
-    except DlzooError as e:
-        print_error(str(e))
-        sys.exit(2)
-    except Interrupted as e:
-        where = e.checkpoint.parent.parent if e.checkpoint else None
-        hint = f" Resume with: dlzoo train <same overrides> trainer.resume={where}" if where else ""
-        print_error(f"Interrupted; the last checkpoint is {e.checkpoint}.{hint}")
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
-        sys.exit(130)
+    except (DlzooError, Interrupted, KeyboardInterrupt) as e:
+        sys.exit(exit_status(e))  # Hydra would print a traceback for anything that leaves this function
 
 
 if __name__ == "__main__":
     try:
         sys.argv += distributed.setup(sys.argv[1:])  # `torchrun -m dlzoo.train`: one run folder for all ranks
     except DlzooError as e:
-        print_error(str(e))
-        sys.exit(2)
+        sys.exit(exit_status(e))
     main()

@@ -24,11 +24,33 @@ class DivergedError(DlzooError):
 
 
 class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C / SIGTERM) after writing a resumable checkpoint."""
+    """Training stopped on request (Ctrl-C / SIGTERM) after writing a resumable checkpoint. `hint` says how to
+    continue when the command is not a single `dlzoo train` (a search, a ladder)."""
 
-    def __init__(self, checkpoint: Path | None, signum: int) -> None:
+    def __init__(self, checkpoint: Path | None, signum: int, hint: str | None = None) -> None:
         super().__init__(f"interrupted by signal {signum}")
-        self.checkpoint, self.signum = checkpoint, signum
+        self.checkpoint, self.signum, self.hint = checkpoint, signum, hint
+
+
+def exit_status(e: BaseException) -> int:
+    """The one error boundary of every dlzoo process (the CLI and the @hydra.main entry): a DlzooError is one
+    paragraph on stderr and exit 2; a stop request says where the checkpoint is and how to resume, exit 128 + its
+    signal; a second Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
+    from dlzoo.console import print_error
+
+    if isinstance(e, DlzooError):
+        print_error(str(e))
+        return 2
+    if isinstance(e, Interrupted):
+        where = e.checkpoint.parent.parent if e.checkpoint else None
+        hint = e.hint or (f"Resume with: dlzoo train <same overrides> trainer.resume={where}" if where else "")
+        saved = f"the last checkpoint is {e.checkpoint}." if e.checkpoint else "what finished is kept."
+        print_error(f"Interrupted; {saved} {hint}".rstrip())
+        return 128 + e.signum
+    if isinstance(e, KeyboardInterrupt):
+        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
+        return 130
+    raise e
 
 
 class StopFlag:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from dlzoo.engine.stopping import Interrupted
 from dlzoo.errors import DlzooError
 from dlzoo.sweeps.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
 
@@ -428,9 +430,10 @@ def ladder_command(argv: list[str]) -> int:
     try:
         run_all(todo, args.jobs, args.resume)
     except KeyboardInterrupt:
-        print_error(f"Interrupted; finished runs are kept, and the interrupted ones checkpointed. Continue with: "
-                    f"dlzoo ladder <the same arguments> --resume --out {out}")  # fmt: skip
-        return 130
+        hint = (
+            f"The interrupted runs checkpointed. Continue with: dlzoo ladder <the same arguments> --resume --out {out}"
+        )
+        raise Interrupted(None, signal.SIGINT, hint) from None
 
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)

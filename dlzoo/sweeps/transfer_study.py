@@ -79,11 +79,10 @@ def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
     try:
         with stop_on_signals() as stop:
             return run(cfg, folder, stop)
-    except Interrupted:
-        raise DlzooError(
-            f"Interrupted during {folder}. Rerun the same command with --out {folder.parent.parent}: finished arms "
-            "are kept and the interrupted one starts again."
-        ) from None
+    except Interrupted as e:
+        hint = (f"Interrupted during {folder}. Rerun the same command with --out {folder.parent.parent}: finished "
+                "arms are kept and the interrupted one starts again.")  # fmt: skip
+        raise Interrupted(None, e.signum, hint) from None
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

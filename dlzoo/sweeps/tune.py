@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,6 @@ SAME_FAILURES_TO_STOP = 3  # this many trials failing with one message means the
 
 def tune_command(argv: list[str]) -> int:
     """Parse `dlzoo tune` arguments and run (or resume) the search; returns the exit code."""
-    from dlzoo.console import print_error
     from dlzoo.engine.stopping import Interrupted
 
     parser = argparse.ArgumentParser(prog="dlzoo tune", description=__doc__)
@@ -40,20 +40,15 @@ def tune_command(argv: list[str]) -> int:
     try:
         import optuna
     except ImportError as e:
-        print_error(f"dlzoo tune needs Optuna ({e}). Fix: pip install 'dlzoo[tune]'.")
-        return 2
+        raise DlzooError(f"dlzoo tune needs Optuna ({e}). Fix: pip install 'dlzoo[tune]'.") from None
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # dlzoo prints each trial's outcome itself
+    hint = f"The study is saved. Resume with: dlzoo tune --resume --out {args.out}"
     try:
         return _tune(args)
-    except DlzooError as e:
-        print_error(str(e))
     except Interrupted as e:
-        print_error(f"Interrupted; the study is saved. Resume with: dlzoo tune --resume --out {args.out}")
-        return 128 + e.signum
+        raise Interrupted(None, e.signum, hint) from None
     except KeyboardInterrupt:
-        print_error(f"Interrupted at once; the study is saved. Resume with: dlzoo tune --resume --out {args.out}")
-        return 130
-    return 2
+        raise Interrupted(None, signal.SIGINT, hint) from None
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -115,7 +115,6 @@ def model_presets() -> list[str]:
 @pytest.mark.parametrize("preset", model_presets())
 def test_every_model_preset_takes_a_training_step(preset: str) -> None:
     from dlzoo.models import build_model
-
     from tests.unit.config.test_config import compose_train
 
     cfg = compose_train([f"model={preset}"])

@@ -1,0 +1,28 @@
+"""The one error boundary: every failure a user can act on becomes one message and its exit status."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from dlzoo.engine.stopping import Interrupted, exit_status
+from dlzoo.errors import DlzooError
+
+
+def test_exit_status_names_the_fix_and_the_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status(DlzooError("model.hidden=[0] is out of range")) == 2
+    assert "error: model.hidden=[0] is out of range" in capsys.readouterr().err
+    last = Path("/runs/a/checkpoints/last.pt")
+    assert exit_status(Interrupted(last, signal.SIGTERM)) == 128 + signal.SIGTERM
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the last checkpoint is {last}" in err and "trainer.resume=/runs/a" in err
+    assert exit_status(Interrupted(None, signal.SIGINT, "Resume with: dlzoo tune --resume --out x")) == 130
+    assert "dlzoo tune --resume --out x" in capsys.readouterr().err
+    assert exit_status(KeyboardInterrupt()) == 130
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        exit_status(ZeroDivisionError("a bug"))
