@@ -53,7 +53,7 @@ ENVIRONMENT = ("seed", "device", "device_name", "threads", "python", "torch", "t
                "world_size")  # fmt: skip
 
 
-def _cell(key: str, value: Any) -> str:
+def format_value(key: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if key.endswith("_per_s"):
@@ -73,7 +73,7 @@ def print_final(
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         if key not in ENVIRONMENT:
-            table.add_row(key, _cell(key, value))
+            table.add_row(key, format_value(key, value))
     console.print(table)
     shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}
     if shown.get("device_name") == shown.get("device"):

@@ -105,6 +105,48 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def dashboards(model_name: str, data_root: str, steps: int, repeats: int, device: torch.device) -> list[dict]:
+    """What the dashboards cost: dlzoo's loop over `steps` steps writing real TensorBoard events (RunTracker)
+    with no per-layer logging, with the per-layer scalars (trainer.layer_stats, every log_every_n_steps), and
+    with those plus the histograms (trainer.histogram_every_n_steps=500: the defaults), in interleaved rounds;
+    min / median / max seconds over the rounds."""
+    import tempfile
+
+    from dlzoo.engine.tracking import RunTracker
+
+    cfg, data, model, optimizer = setup(model_name, data_root, device)
+    bs, n = cfg.trainer.batch_size, steps * cfg.trainer.batch_size
+    sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n],
+                        "x_val": data.x_val[:0], "y_val": data.y_val[:0]})  # fmt: skip
+    scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
+    settings = {"none": (False, 0), "per-layer scalars": (True, 0), "scalars + histograms (default)": (True, 500)}
+    folder = Path(tempfile.mkdtemp(prefix="dlzoo-bench-"))
+
+    def run(stats: bool, every: int) -> Callable[[], None]:
+        opts = FitOptions(epochs=1, batch_size=bs, seed=0, log_every_n_steps=cfg.trainer.log_every_n_steps,
+                          layer_stats=stats, histogram_every_n_steps=every)  # fmt: skip
+
+        def go() -> None:
+            with RunTracker(folder / f"{stats}-{every}", 1, progress=False) as tracker:
+                fit(model, sub, optimizer, scheduler, tracker, opts)
+
+        return go
+
+    fns = {name: run(*v) for name, v in settings.items()}
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["none"])
+    return [{"model": model_name, "logging": name, "steps": steps, "seconds_min": min(t),
+             "seconds_median": statistics.median(t), "seconds_max": max(t),
+             "overhead_vs_none": statistics.median(t) / base - 1} for name, t in times.items()]  # fmt: skip
+
+
 def train_step(
     net: Callable[[torch.Tensor], torch.Tensor], opt: Optimizer, x: torch.Tensor, y: torch.Tensor, precision: str
 ) -> None:
@@ -261,6 +303,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16 for (b) and (c)")
     parser.add_argument("--compile", action="store_true", help="add rows with trainer.compile=true for (b) and (c)")
     parser.add_argument("--ablate", action="store_true", help="also time the step with each of dlzoo's means added")
+    parser.add_argument("--dashboards", action="store_true", help="only time the loop with and without per-layer "
+                        "logging (use --steps 550: one MNIST epoch, so histograms fall as in a real run)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, fp32: a smoke check, not a figure")
     parser.add_argument("--out", default="outputs/bench.json")
     args = parser.parse_args()
@@ -273,6 +317,16 @@ def main() -> None:
     precisions = args.precision.split(",")
     models = args.models.split(",")
     compiles = [False, True] if args.compile else [False]
+    if args.dashboards:
+        rows = [r for m in models for r in dashboards(m, args.data, args.steps, args.repeats, device)]
+        print(f"{'model':<14}{'per-layer logging':<34}{'s min':>8}{'median':>8}{'max':>8}{'overhead':>10}")
+        for r in rows:
+            print(f"{r['model']:<14}{r['logging']:<34}{r['seconds_min']:>8.3f}{r['seconds_median']:>8.3f}"
+                  f"{r['seconds_max']:>8.3f}{r['overhead_vs_none']:>9.1%}")  # fmt: skip
+        print(f"{args.steps} steps per round, {args.repeats} rounds, {torch.get_num_threads()} threads, {cpu_name()}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"dashboards": rows}, indent=2) + "\n")
+        return
     rows = [r for m in models for r in bench(m, args.data, args.steps, args.repeats, device, precisions, compiles)]
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),

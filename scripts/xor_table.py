@@ -16,8 +16,8 @@ from dlzoo.config.compose import compose_and_validate
 from dlzoo.engine.run import run
 
 EXPERIMENTS = ("xor_deep_sigmoid", "xor_deep_relu")
-FIRST, LAST = "grad_norm/layers.fc1.linear", "grad_norm/layers.out"
-STEP = 50  # the first logged step (trainer.log_every_n_steps), while both nets are still far from a solution
+FIRST, LAST = "per_layer_grad_norm/layers.fc1.linear", "per_layer_grad_norm/layers.out"
+STEP = 50  # a logged step (trainer.log_every_n_steps), while both nets are still far from a solution
 
 
 def grad_norms(run_dir: Path, step: int) -> tuple[float, float]:

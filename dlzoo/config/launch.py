@@ -1,5 +1,6 @@
 """What parallel and cluster sweeps (Hydra's joblib and submitit launchers) need from dlzoo: the `gpu_per_job`
-resolver that spreads a sweep's jobs over the GPUs, and knowing when a job runs beside others."""
+resolver that spreads a sweep's jobs over the GPUs, `run_name` for folder names, and knowing when a job runs
+beside others."""
 
 from __future__ import annotations
 
@@ -18,10 +19,18 @@ def gpu_per_job() -> str:
     return f"cuda:{max(num, 0) % count}" if count else "cuda:0"
 
 
+def run_name(*choices: object) -> str:
+    """`${run_name:${hydra.runtime.choices.experiment},${hydra.runtime.choices.model}}`: a run folder's name is
+    the first choice that is set, so a sweep over experiments (XOR's sigmoid vs ReLU, the init pair) names its
+    folders, and TensorBoard's runs, by experiment rather than by their shared model."""
+    return next((str(c) for c in choices if c not in (None, "null", "")), "run")
+
+
 def register_resolvers() -> None:
     """Make the resolvers above usable in YAML and overrides (idempotent)."""
-    if not OmegaConf.has_resolver("gpu_per_job"):
-        OmegaConf.register_new_resolver("gpu_per_job", gpu_per_job)
+    for name, resolver in (("gpu_per_job", gpu_per_job), ("run_name", run_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def default_threads() -> int | None:

@@ -132,6 +132,8 @@ class TrainerConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
     layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
+    histogram_every_n_steps: int = 500  # per-layer histograms of weights, gradients, activations (0: none)
+    figures: bool = True  # depth figures and test images at the end of a run (matplotlib)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
     deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)

@@ -109,6 +109,7 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     c.check("max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null")
     c.check("threads", t.threads is None or t.threads >= 1, ">= 1 or null")
     c.check("log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
+    c.check("histogram_every_n_steps", t.histogram_every_n_steps >= 0, ">= 0 (0 = no histograms)")
     c.check("max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     c.check("device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
     c.check("precision", t.precision in PRECISIONS, " | ".join(PRECISIONS))

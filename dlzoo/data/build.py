@@ -24,6 +24,16 @@ def num_classes(data: DictConfig) -> int:
     return DATASETS.get(data.name).num_classes
 
 
+def class_names(data: DictConfig) -> list[str]:
+    """The label names after data.classes / data.binary_positive relabel them (for confusion matrices)."""
+    spec = DATASETS.get(data.name)
+    if data.binary_positive is not None:
+        return ["other", spec.classes[data.binary_positive]]
+    if data.classes is not None:
+        return [spec.classes[c] for c in data.classes]
+    return list(spec.classes)
+
+
 def data_problems(data: DictConfig) -> list[str]:
     """What is wrong with the data section: sizes, normalization, the class filter and the xor options."""
     c = Checks(data, "data")

@@ -78,3 +78,22 @@ def evaluate_ensemble(
         )
         correct += (score.argmax(1) == labels[start : start + batch_size]).sum()
     return correct.item() / len(labels)
+
+
+@torch.inference_mode()
+def predict_probs(
+    models: list[nn.Module], images: Tensor, combine: str = "sum_logits", batch_size: int = 10000, prep: Prep = to_float
+) -> Tensor:
+    """Class probabilities for every image (eval mode, restored after): one model's softmax, or the members'
+    combined scores as evaluate_ensemble ranks them (softmax of the summed logits, or the mean softmax)."""
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = prep(images[start : start + batch_size])
+        logits = torch.stack([m(x).float() for m in models])
+        out.append(logits.sum(0).softmax(1) if combine == "sum_logits" else logits.softmax(2).mean(0))
+    for m, training in zip(models, was, strict=True):
+        m.train(training)
+    return torch.cat(out) if out else torch.zeros(0)

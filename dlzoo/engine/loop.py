@@ -24,7 +24,7 @@ from dlzoo.data.splits import Splits
 from dlzoo.engine.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
 from dlzoo.engine.compiled import compile_forward
 from dlzoo.engine.distributed import Dist
-from dlzoo.engine.probes import activation_stats, layer_stats
+from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
 from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, diverged_error
 from dlzoo.engine.tracking import Tracker
 from dlzoo.errors import DlzooError
@@ -42,7 +42,9 @@ class FitOptions:
     Args:
         seed: seeds the generator that orders each epoch's batches (on the data's device).
         max_steps: stop after this many optimizer steps in total (the epoch in progress is still validated).
-        layer_stats: record per-layer norms and activation statistics at logging steps.
+        layer_stats: record per-layer norms and activation statistics at the first step and at logging steps.
+        histogram_every_n_steps: with layer_stats, histograms of every layer's weights, gradients and activations
+            at the first step and then every this many steps (0: none).
         regularizer: weight penalty, gradient clipping and max-norm around each step.
         early_stopping: stops on a stalled validation metric; with `restore_best`, the model ends with the best
             epoch's weights and the returned metrics are that epoch's.
@@ -68,6 +70,7 @@ class FitOptions:
     eval_batch_size: int = 10000
     log_every_n_steps: int = 50
     layer_stats: bool = True
+    histogram_every_n_steps: int = 0
     regularizer: Regularizer = field(default_factory=Regularizer)
     early_stopping: EarlyStopping | None = None
     restore_best: bool = True
@@ -260,7 +263,7 @@ class _Loop:
             idx = dist.shard(batch)
             x, y = data.prep(data.x_train[idx]), data.y_train[idx]
             logging_step = (state.step + 1) % opts.log_every_n_steps == 0
-            logits, loss = self.step(state, x, y, len(batch), logging_step and opts.layer_stats)
+            logits, loss = self.step(state, x, y, len(batch), *self.probes(state, logging_step))
             sums.loss_sum += loss.detach() * (len(batch) / dist.world)  # this rank's share of the batch's loss sum
             sums.correct += (logits.detach().argmax(1) == y).sum()
             sums.seen += len(y)
@@ -280,13 +283,24 @@ class _Loop:
         state.train_time += time.perf_counter() - t0
         return sums
 
-    def step(self, state: TrainState, x: Tensor, y: Tensor, global_batch: int, stats: bool) -> tuple[Tensor, Tensor]:
+    def probes(self, state: TrainState, logging_step: bool) -> tuple[bool, bool]:
+        """(record layer statistics, record histograms) for the step about to run: both from the very first step,
+        so the dashboards show the net as initialized, then at their intervals."""
+        opts, first = self.opts, state.step == 0
+        every = opts.histogram_every_n_steps
+        histograms = opts.layer_stats and every > 0 and (first or (state.step + 1) % every == 0)
+        return opts.layer_stats and (first or logging_step or histograms), histograms
+
+    def step(
+        self, state: TrainState, x: Tensor, y: Tensor, global_batch: int, stats: bool, histograms: bool
+    ) -> tuple[Tensor, Tensor]:
         """One optimizer step: forward (eager with activation hooks when `stats`), penalty, backward, clipping,
         update, constraints, schedule. Returns the logits and the data loss."""
         model, reg = self.model, self.opts.regularizer
+        outputs: dict[str, Tensor] | None = {} if histograms else None
         with self.autocast():
             if stats:
-                with activation_stats(model) as act:
+                with activation_stats(model, outputs) as act:
                     logits = self.forward(x)
             else:
                 logits = self.fast_forward(x)
@@ -299,6 +313,8 @@ class _Loop:
         state.step += 1
         if stats:
             self.tracker.log_layer_stats(state.step, layer_stats(model) | act)
+        if outputs is not None:
+            self.tracker.log_histograms(state.step, layer_tensors(model, outputs))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         reg.constrain_(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -17,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config import launch
 from dlzoo.config.validate import validate, warnings
-from dlzoo.console import console, print_final, print_warning, redirect_file_logs, say
-from dlzoo.data.build import build_splits
+from dlzoo.console import console, format_value, print_final, print_warning, redirect_file_logs, say
+from dlzoo.data.build import build_splits, class_names
 from dlzoo.data.splits import Splits
 from dlzoo.engine import distributed
 from dlzoo.engine.checkpoint import Checkpointing, best_epoch
-from dlzoo.engine.evaluation import evaluate_ensemble, mc_evaluate
+from dlzoo.engine.evaluation import evaluate_ensemble, mc_evaluate, predict_probs
+from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
 from dlzoo.engine.folders import (
     check_compatible,
     check_writable,
@@ -34,11 +36,18 @@ from dlzoo.engine.folders import (
 )
 from dlzoo.engine.loop import FitOptions, FitResult, fit, resolve_device, seed_everything
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import RunTracker, SilentTracker, print_summary, run_hparams
+from dlzoo.engine.tracking import (
+    RunTracker,
+    SilentTracker,
+    chosen_columns,
+    print_summary,
+    run_hparams,
+    summary_markdown,
+)
 from dlzoo.engine.transfer import build_freeze_schedule, build_reuse
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
-from dlzoo.models.summary import summarize
+from dlzoo.models.summary import Summary, summarize
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.optim.regularize import build_regularizer
 from dlzoo.pretrain.layerwise import pretrain_model
@@ -100,7 +109,7 @@ def _run_in(
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    hparams = run_hparams(config, choices)
+    hparams = run_hparams(config, choices, _overrides())
 
     size = cfg.ensemble.size
     members = []
@@ -161,10 +170,13 @@ def _ensemble(
         "steps": sum(m["steps"] for _, m in members),
         "train_samples_per_s": sum(m["train_samples_per_s"] for _, m in members) / size,
     }
+    step = max(m["steps"] for _, m in members)  # each member's last step: the ensemble's points end the curves
     with RunTracker(out_dir, t.epochs, progress=False) as tracker:
-        tracker.log_test(t.epochs, {"ensemble/test_acc": ensemble_acc, "ensemble/member_mean_test_acc":
-                                    metrics["member_test_acc_mean"]})  # fmt: skip
-        tracker.log_hparams(hparams, {"test_acc": ensemble_acc, "val_acc": metrics["val_acc"]}, t.hparams_experiment)
+        tracker.log_test(step, {"acc": ensemble_acc, "member_mean_acc": metrics["member_test_acc_mean"]})
+        tracker.log_val(step, metrics["val_acc"], metrics["val_loss"])
+        if t.figures:
+            _log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, _overrides()))
     return metrics | {k: v for k, v in first.items() if k in ("seed", "device", "torch", "git_commit")}
 
 
@@ -183,7 +195,7 @@ def _train_member(
     """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
     t = cfg.trainer
     dist = distributed.current()
-    model, reused = _setup_model(cfg, hparams, data, device, seed, resume)
+    model, reused, summary = _setup_model(cfg, hparams, data, device, seed, resume)
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
@@ -199,14 +211,21 @@ def _train_member(
     tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else SilentTracker()
     with tracker_cm as tracker:
         tracker.log_text("run/meta", meta)
+        if dist.main and resume is None:
+            tracker.log_graph(model, data.prep(data.x_train[:2]))
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain_model(cfg, model, data, tracker, seed)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
         metrics = _test(cfg, model, data, result, tracker)
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        tracker.log_hparams(
-            hparams, {k: metrics[k] for k in ("val_acc", "val_loss", "test_acc", "test_loss")}, t.hparams_experiment
-        )
+        title = f"{_model_name(cfg, hparams)}, seed {seed}"
+        if dist.main:
+            _log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
+        if dist.main and t.figures:
+            _log_pictures(tracker, cfg, [model], data, result.steps, title)
+            for tag, image in tracker.depth_figures(title).items():
+                tracker.log_image(tag, image, result.steps)
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, _overrides()))
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
@@ -219,7 +238,7 @@ def _setup_model(
     device: torch.device,
     seed: int,
     resume: dict[str, Any] | None,
-) -> tuple[torch.nn.Module, Any]:
+) -> tuple[torch.nn.Module, Any, Summary]:
     """The member's model, seeded, initialized, with any transferred layers; its summary on the terminal."""
     seed_everything(seed)
     init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
@@ -227,12 +246,13 @@ def _setup_model(
     if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     reused = build_reuse(cfg.transfer, model, fresh=resume is None)
+    summary = summarize(model, data.input_shape, device)
     print_summary(
-        summarize(model, data.input_shape, device),
+        summary,
         title=f"{_model_name(cfg, hparams)} on {cfg.data.name} ({len(data.y_train):,} train / "
         f"{len(data.y_val):,} val / {len(data.y_test):,} test from {data.source}), device {device}",
     )
-    return model, reused
+    return model, reused, summary
 
 
 def _setup_checkpointing(
@@ -268,6 +288,7 @@ def _fit_options(
         eval_batch_size=t.eval_batch_size,
         log_every_n_steps=t.log_every_n_steps,
         layer_stats=t.layer_stats and dist.main,
+        histogram_every_n_steps=t.histogram_every_n_steps,
         regularizer=build_regularizer(cfg.reg),
         early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
         restore_best=es.restore_best,
@@ -287,7 +308,7 @@ def _test(cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResu
     t = cfg.trainer
     dist = distributed.current()
     test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
-    tracker.log_test(result.epochs, {"test/loss": test_loss, "test/acc": test_acc})
+    tracker.log_test(result.steps, {"acc": test_acc, "loss": test_loss})
     metrics: dict[str, Any] = {
         "train_loss": result.train_loss,
         "train_acc": result.train_acc,
@@ -311,11 +332,44 @@ def _test(cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResu
             model, data.x_test, data.y_test, cfg.eval.mc_samples, t.eval_batch_size, data.prep
         )
         metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
-        tracker.log_test(result.epochs, {"test/mc_acc": mc_acc, "test/mc_entropy": mc_entropy})
+        tracker.log_test(result.steps, {"mc_acc": mc_acc, "mc_entropy": mc_entropy})
     return metrics
 
 
+def _log_pictures(
+    tracker: Any, cfg: DictConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
+) -> None:
+    """The test set's confusion matrix and its most confidently misclassified images (an ensemble's: its vote)."""
+    if len(data.y_test) == 0:
+        return
+    probs = predict_probs(models, data.x_test, cfg.ensemble.combine, cfg.trainer.eval_batch_size, data.prep).cpu()
+    labels = data.y_test.cpu()
+    names = class_names(cfg.data)
+    counts = confusion(probs.argmax(1), labels, len(names))
+    accuracy = counts.diag().sum().item() / max(len(labels), 1)
+    tracker.log_image("test_images/confusion_matrix", confusion_figure(counts, names, f"{title}: test accuracy "
+                      f"{accuracy:.4f}"), step)  # fmt: skip
+    worst = misclassified_figure(data.x_test.cpu(), labels, probs, names, f"{title}: most confident mistakes")
+    tracker.log_image("test_images/misclassified", worst, step)
+
+
+def _log_texts(tracker: Any, cfg: DictConfig, config: dict[str, Any], metrics: dict[str, Any], summary_md: str) -> None:
+    """The text tab: how the run was started, the composed config, the model, the final metrics."""
+    tracker.log_markdown("run/command", "    " + " ".join(["dlzoo train", *_overrides()]))
+    tracker.log_markdown("run/config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
+    tracker.log_markdown("run/model", summary_md)
+    rows = "\n".join(f"| {k} | {format_value(k, v)} |" for k, v in metrics.items())
+    tracker.log_markdown("run/final_metrics", "| metric | value |\n|---|---:|\n" + rows)
+
+
+def _overrides() -> list[str]:
+    """The command line's overrides (Hydra's, inside a run it launched; else this process's arguments)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+
+
 def _model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
-    """`mlp_dropout (mlp)`: the preset the user chose, then its architecture (the title said only `mlp`)."""
-    chosen = str(hparams.get("model", "none"))
+    """`mlp_dropout (mlp)`: the experiment or preset the user chose, then its architecture (the title said only
+    `mlp`)."""
+    experiment, preset = str(hparams.get("experiment", "none")), str(hparams.get("model", "none"))
+    chosen = experiment if experiment != "none" else preset
     return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"

@@ -1,13 +1,16 @@
-"""What a run records: the live progress display and model summary on the terminal (through dlzoo.console) and
-the TensorBoard event file (scalars, per-layer norms, HParams). The only module that imports TensorBoard."""
+"""What a run records: the live progress display and model summary on the terminal (through dlzoo.console), and
+its TensorBoard events in the layout of dlzoo.engine.dashboards: curves, per-layer lessons (scalars, histograms,
+the depth figure), test-time images, text and the HParams session."""
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,10 +20,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from dlzoo.console import console, log
+from dlzoo.engine import dashboards as tb
 from dlzoo.models.summary import Summary
 
 
@@ -32,11 +36,14 @@ def print_summary(summary: Summary, title: str) -> None:
     table.add_column("params", justify="right")
     for row in summary.rows:
         table.add_row(row.name, row.kind, "(N, " + ", ".join(map(str, row.output_shape)) + ")", f"{row.params:,}")
-    table.caption = (
-        f"total {summary.trainable + summary.non_trainable:,}  ·  trainable {summary.trainable:,}  ·  "
-        f"non-trainable {summary.non_trainable:,}"
-    )
     console.print(table)
+    # Under the table, not its caption: a caption wraps to the table's width, mid-number on a narrow terminal.
+    console.print(
+        f"total {summary.trainable + summary.non_trainable:,}  ·  trainable {summary.trainable:,}  ·  "
+        f"non-trainable {summary.non_trainable:,}",
+        style="dim",
+        highlight=False,
+    )
 
 
 # The config keys a reader compares runs by, in the HParams table's column order (after the config-group choices):
@@ -49,18 +56,40 @@ HPARAM_KEYS = (
 CHOICE_GROUPS = ("experiment", "model", "data", "optim", "sched")
 
 
-def run_hparams(config: dict[str, Any], choices: dict[str, Any] | None = None) -> dict[str, bool | int | float | str]:
-    """The run's HParams row: its config-group choices (`experiment` first: the lecture rung), then HPARAM_KEYS.
-    Booleans stay booleans and numbers numbers; lists and null become text, which HParams accepts."""
+def run_hparams(
+    config: dict[str, Any], choices: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> dict[str, bool | int | float | str]:
+    """The run's HParams row: its config-group choices (`experiment` first: the lecture rung), then HPARAM_KEYS,
+    then any other key the command line set. Booleans stay booleans and numbers numbers; lists and null become
+    text, which HParams accepts."""
     flat = flatten(config)
     row: dict[str, bool | int | float | str] = {}
     for group in CHOICE_GROUPS:
         value = (choices or {}).get(group)
         row[group] = str(value) if value is not None else "none"
-    for key in HPARAM_KEYS:
+    for key in (*HPARAM_KEYS, *overridden(overrides or [])):
         if key in flat:
             row[key] = flat[key]
     return row
+
+
+def overridden(overrides: list[str]) -> list[str]:
+    """The config keys and groups a command line set (`model=mlp`, `+trainer.x=1`, `optim.lr=0.1` -> model,
+    trainer.x, optim.lr); Hydra's own keys and paths (data.root, hydra.*) are not hyperparameters."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    return [k for k in keys if not k.startswith(NOT_HPARAMS)]
+
+
+# Settings of where and how a run is watched, not of what it learns: never HParams columns.
+NOT_HPARAMS = ("hydra", "debug", "data.root", "trainer.resume", "trainer.threads", "trainer.progress", "trainer.device",
+               "trainer.checkpoint", "trainer.layer_stats", "trainer.histogram", "trainer.log_every",
+               "trainer.hparams_experiment", "trainer.detect_anomaly")  # fmt: skip
+
+
+def chosen_columns(hparams: dict[str, Any], overrides: list[str] | None) -> list[str]:
+    """The columns HParams shows first for one run: what its command line chose, and its experiment (the rung)."""
+    first = [k for k in overridden(overrides or []) if k in hparams]
+    return (["experiment"] if hparams.get("experiment") not in (None, "none") else []) + first
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -74,23 +103,55 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def summary_markdown(summary: Summary) -> str:
+    """The model summary as a markdown table, for TensorBoard's text tab."""
+    rows = "\n".join(
+        f"| {r.name} | {r.kind} | (N, {', '.join(map(str, r.output_shape))}) | {r.params:,} |" for r in summary.rows
+    )
+    total = f"total {summary.trainable + summary.non_trainable:,}, trainable {summary.trainable:,}"
+    return "| layer | type | output shape | params |\n|---|---|---|---:|\n" + rows + f"\n\n{total}"
+
+
+def epoch_lines(epochs: int, most: int = 20) -> int:
+    """Print every k-th epoch line (and the first and last) so a run prints at most about `most` of them; XOR's
+    1,000 one-step epochs would otherwise scroll the terminal away. train.log keeps every line."""
+    return max(1, math.ceil(epochs / most))
+
+
 class Tracker(Protocol):
     """What the loop, the run and pretraining report to: RunTracker writes it, SilentTracker (ranks > 0 of a DDP
-    run) drops it; tests may pass a stub with the loop's four methods."""
+    run) drops it; tests may pass a stub with the loop's methods."""
 
     def on_epoch_start(self, epoch: int, steps: int) -> None: ...
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None: ...
+    def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None: ...
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
-    def log_test(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def log_test(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_graph(self, model: nn.Module, example: Tensor) -> None: ...
+    def log_image(self, tag: str, image: np.ndarray | None, step: int) -> None: ...
     def log_text(self, tag: str, values: dict[str, Any]) -> None: ...
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], experiment: bool = True) -> None: ...
+    def log_markdown(self, tag: str, text: str) -> None: ...
+    def log_hparams(self, hparams: dict[str, Any], experiment: bool = True, first: list[str] | None = None) -> None: ...
     def log_pretrain_start(self, method: str, images: int, layers: int) -> None: ...
     def log_pretrain(self, layer: str, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
+HISTOGRAM_SAMPLES = 1 << 15
+# Per-layer statistics drawn against depth, one figure each: probe name -> (image tag, y label).
+DEPTH_PANELS = {
+    "grad_norm": (tb.DEPTH + "1_gradient_norm", "weight gradient norm"),
+    "act_std": (tb.DEPTH + "2_activation_std", "activation std"),
+    "act_slope": (tb.DEPTH + "3_activation_slope", "mean activation slope"),
+}
+# The test metrics' tags in the test sub-run (and the ensemble's).
+TEST_TAGS = {"acc": tb.ACCURACY, "loss": tb.LOSS, "mc_acc": tb.ACCURACY + "_mc_dropout",
+             "mc_entropy": "test/mc_dropout_entropy", "member_mean_acc": tb.ACCURACY + "_member_mean"}  # fmt: skip
+
+
 class RunTracker:
-    """Writes one run's TensorBoard events into `log_dir` and drives the terminal display.
+    """Writes one run's TensorBoard events into `log_dir` (and its train/val/test sub-runs) and drives the
+    terminal display.
 
     Args:
         log_dir: the run's output folder.
@@ -102,7 +163,10 @@ class RunTracker:
     def __init__(self, log_dir: Path, epochs: int, progress: bool = True, purge_step: int | None = None) -> None:
         # purge_step drops events a crashed run logged after its checkpoint, so a resumed run's curves join up.
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self._log_dir, self._purge_step = log_dir, purge_step
+        self._splits: dict[str, SummaryWriter] = {}
         self.epochs = epochs
+        self.every = epoch_lines(epochs)
         self._progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),
@@ -117,8 +181,16 @@ class RunTracker:
             disable=not (progress and console.is_terminal),
         )
         self._task = self._progress.add_task("train", total=1, **self._fields(0))
-        self._epoch_first_step = 0
+        self._epoch_first_step, self._steps, self._epoch, self._last_step = 0, 1, 0, 0
+        self._depth: dict[str, list[tuple[int, dict[str, float]]]] = {k: [] for k in DEPTH_PANELS}
         self._progress.start()
+
+    def split(self, name: str) -> SummaryWriter:
+        """The writer of sub-run `name` (train, val or test), made at its first value: an ensemble's folder,
+        which trains nothing itself, gets no empty train run."""
+        if name not in self._splits:
+            self._splits[name] = SummaryWriter(log_dir=str(self._log_dir / name), purge_step=self._purge_step)
+        return self._splits[name]
 
     def _fields(self, epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "epochs": self.epochs, "loss": float("nan"), "speed": 0.0}
@@ -126,26 +198,48 @@ class RunTracker:
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         # rich's reset() replaces a task's fields rather than merging them: pass every field the columns read.
         self._progress.reset(self._task, total=steps, **self._fields(epoch))
+        self._epoch, self._steps = epoch, max(steps, 1)
 
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
-        self.writer.add_scalar("train/loss_step", loss, step)
-        self.writer.add_scalar("lr_step", lr, step)  # per-step schedules (power, 1cycle, cosine) seen as they run
-        self._progress.update(self._task, completed=step - self._epoch_first_step, loss=loss, speed=samples_per_s)
+        self.split("train").add_scalar(tb.LOSS_STEP, loss, step)
+        self.writer.add_scalar(tb.LR, lr, step)  # per-step schedules (power, 1cycle, cosine) seen as they run
+        done = step - self._epoch_first_step
+        self.writer.add_scalar(tb.EPOCH, self._epoch - 1 + done / self._steps, step)
+        self._last_step = step
+        self._progress.update(self._task, completed=done, loss=loss, speed=samples_per_s)
 
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None:
-        for tag, value in stats.items():
-            self.writer.add_scalar(tag, value, step)
+        for name, value in stats.items():
+            self.writer.add_scalar(tb.per_layer_tag(name), value, step)
+        for kind, snaps in self._depth.items():
+            values = {n.partition("/")[2]: v for n, v in stats.items() if n.startswith(kind + "/")}
+            if values:
+                snaps.append((step, values))
+
+    def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None:
+        """One histogram per tensor. A big tensor is drawn from an even stride of at most HISTOGRAM_SAMPLES of its
+        values: the shape of the distribution is the same, and numpy's binning of every value of a 784x512
+        matrix would cost more than the training steps between two histograms."""
+        for name, tensor in tensors.items():
+            flat = tensor.detach().flatten()
+            stride = -(-flat.numel() // HISTOGRAM_SAMPLES)
+            self.writer.add_histogram(tb.per_layer_tag(name), flat[::stride].float().cpu(), step)
 
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, epoch)
-        self._epoch_first_step = step
-        line = (
-            f"epoch {epoch:>3}/{self.epochs}  step {step:>6}  "
+        for split in ("train", "val"):
+            self.split(split).add_scalar(tb.ACCURACY, metrics[f"{split}/acc"], step)
+            self.split(split).add_scalar(tb.LOSS, metrics[f"{split}/loss"], step)
+        self.writer.add_scalar(tb.EPOCH, epoch, step)
+        self._epoch_first_step, self._last_step = step, step
+        scores = (
             f"train loss {metrics['train/loss']:.4f} acc {metrics['train/acc']:.4f}  "
             f"val loss {metrics['val/loss']:.4f} acc {metrics['val/acc']:.4f}  lr {metrics['lr']:.3g}"
         )
-        console.print(line, highlight=False, soft_wrap=True)
+        line = f"epoch {epoch:>3}/{self.epochs}  step {step:>6}  {scores}"
+        if epoch == 1 or epoch == self.epochs or epoch % self.every == 0:
+            # On a narrow terminal the step (TensorBoard's x axis, also in train.log) gives way to the scores.
+            shown = line if len(line) <= console.width else f"epoch {epoch:>3}/{self.epochs}  {scores}"
+            console.print(shown, highlight=False, soft_wrap=True)
         log.info(line)
 
     def log_pretrain_start(self, method: str, images: int, layers: int) -> None:
@@ -161,25 +255,64 @@ class RunTracker:
         console.print(line, highlight=False, soft_wrap=True)
         log.info(line)
 
-    def log_test(self, epoch: int, metrics: dict[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, epoch)
+    def log_test(self, step: int, metrics: dict[str, float]) -> None:
+        """Test-set scores (keys of TEST_TAGS) in the test sub-run at `step`: the point ends the val curve."""
+        for key, value in metrics.items():
+            self.split("test").add_scalar(TEST_TAGS[key], value, step)
+        self._last_step = max(self._last_step, step)
+
+    def log_val(self, step: int, acc: float, loss: float | None = None) -> None:
+        """A validation score outside the loop (an ensemble's members' mean), for its HParams column."""
+        self.split("val").add_scalar(tb.ACCURACY, acc, step)
+        if loss is not None:
+            self.split("val").add_scalar(tb.LOSS, loss, step)
+
+    def log_graph(self, model: nn.Module, example: Tensor) -> None:
+        """The model's graph for TensorBoard's Graphs tab, traced in eval mode without gradients (no random draws,
+        no batch-norm updates: training goes on as without it). A model the tracer cannot follow gets none."""
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                self.writer.add_graph(model, example)
+        except Exception as e:  # torch.jit.trace refuses some modules (data-dependent control flow)
+            log.info("no graph in TensorBoard: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        finally:
+            model.train(was)
+
+    def log_image(self, tag: str, image: np.ndarray | None, step: int) -> None:
+        if image is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def log_text(self, tag: str, values: dict[str, Any]) -> None:
         """A two-column markdown table in TensorBoard's text tab."""
         rows = "\n".join(f"| {k} | {v} |" for k, v in values.items())
         self.writer.add_text(tag, "| key | value |\n|---|---|\n" + rows, 0)
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], experiment: bool = True) -> None:
-        """Write the run's headline hyperparameters (see `run_hparams`) and final metrics into its own event file,
-        so every run of a multirun lines up as one row of a single HParams table (add_hparams would make a
-        sub-run instead). Without `experiment` only the session is written: a ladder writes the experiment."""
-        tagged = {f"hparam/{k}": v for k, v in metrics.items()}
-        exp, ssi, sei = hparams_summary(hparams, tagged)
-        for summary in (exp, ssi, sei) if experiment else (ssi, sei):
+    def log_markdown(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text, 0)
+
+    def log_hparams(self, hparams: dict[str, Any], experiment: bool = True, first: list[str] | None = None) -> None:
+        """The run's HParams session (its headline hyperparameters, `run_hparams`), whose metrics TensorBoard
+        reads from the val and test sub-runs. With `experiment`, also the experiment (the table's columns, those
+        in `first` leading), so a run or a sweep opened alone has its table; a ladder writes one experiment for
+        all its runs instead."""
+        summaries = tb.session_summaries(hparams)
+        if experiment:
+            summaries.insert(0, tb.experiment_summary(tb.columns_of([hparams], hparams), first or []))
+        for summary in summaries:
             self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
-        for tag, value in tagged.items():
-            self.writer.add_scalar(tag, value, 0)
+
+    def depth_figures(self, title: str) -> dict[str, np.ndarray]:
+        """Each per-layer statistic against depth at the recorded steps (dlzoo.engine.figures.depth_figure),
+        keyed by its tag; none for a net of one layer."""
+        from dlzoo.engine.figures import depth_figure
+
+        return {
+            tag: depth_figure(snaps, what, title, log=kind != "act_slope")
+            for kind, (tag, what) in DEPTH_PANELS.items()
+            if (snaps := self._depth[kind]) and len(snaps[-1][1]) > 1
+        }
 
     def __enter__(self) -> RunTracker:
         return self
@@ -189,122 +322,10 @@ class RunTracker:
 
     def close(self) -> None:
         self._progress.stop()
-        self.writer.flush()
-        self.writer.close()
+        for writer in (self.writer, *self._splits.values()):
+            writer.flush()
+            writer.close()
         sys.stdout.flush()
-
-
-def write_hparams_experiment(log_dir: Path, sessions: list[tuple[str, dict[str, Any], dict[str, float]]]) -> None:
-    """One TensorBoard HParams experiment over many finished runs, so they line up in one table: the experiment
-    (every column and metric) in `log_dir` itself, and one session per run in `log_dir/<name>` holding its
-    hyperparameters (a column whose values are not all numbers becomes text) and, as step-0 scalars, its final
-    metrics."""
-    keys = list(dict.fromkeys(k for _, hparams, _ in sessions for k in hparams))
-    metric_tags = list(dict.fromkeys(f"hparam/{m}" for _, _, metrics in sessions for m in metrics))
-    numeric = {k for k in keys if all(isinstance(h.get(k), (int, float)) for _, h, _ in sessions)}
-
-    def typed(key: str, value: object) -> float | str:
-        # One type per column: TensorBoard drops a session whose value does not fit the column's type.
-        return float(value) if key in numeric else str(value)  # type: ignore[arg-type]
-
-    domains = {k: sorted({typed(k, h.get(k)) for _, h, _ in sessions}) for k in keys}  # type: ignore[type-var]
-    exp, _, _ = hparams_summary({k: domains[k][0] for k in keys}, dict.fromkeys(metric_tags, 0.0), domains)
-    with SummaryWriter(log_dir=str(log_dir)) as writer:
-        writer.file_writer.add_summary(exp)  # type: ignore[union-attr]
-    for name, hparams, metrics in sessions:
-        tagged = {f"hparam/{m}": v for m, v in metrics.items()}
-        _, ssi, sei = hparams_summary({k: typed(k, hparams.get(k)) for k in keys}, tagged)
-        with SummaryWriter(log_dir=str(log_dir / name)) as writer:
-            for summary in (ssi, sei):
-                writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
-            for tag, value in tagged.items():
-                writer.add_scalar(tag, value, 0)
-
-
-def read_scalars(run_dir: Path, tags: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) pairs of `tags` from the TensorBoard events in `run_dir` (its own files, not sub-runs)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    found = set(events.Tags().get("scalars", []))
-    return {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags if t in found}
-
-
-LADDER_CURVES = ("val/acc", "val/loss", "train/loss")
-
-
-def write_ladder_view(
-    log_dir: Path,
-    rungs: list[tuple[str, float | None, float | None]],
-    curves: dict[str, list[dict[str, list[tuple[int, float]]]]],
-    sessions: list[dict[str, Any]],
-    table_md: str,
-    chart: Path | None = None,
-) -> None:
-    """The ladder's own TensorBoard group "Ladder", which sorts first and opens by default: runs `_ladder/ours`
-    and `_ladder/lecture` whose `Ladder/test_acc` puts rung k at step k, so one chart sets our means against the
-    lecture's figures; one run per rung, `_ladder/<k>_<rung>`, whose `Ladder/val_acc`, `Ladder/val_loss` and
-    `Ladder/train_loss` per epoch (the mean over its seeds) overlay the rungs' learning curves; the table in the
-    text tab; and, in `log_dir` itself, one HParams experiment whose columns are the rung (experiment) first,
-    then only the hyperparameters that differ between the ladder's runs.
-
-    Args:
-        log_dir: the ladder's output folder (TensorBoard's --logdir).
-        rungs: (label, our mean test accuracy, the lecture's) per rung, in ladder order.
-        curves: per rung name, each seed's LADDER_CURVES as read_scalars returns them.
-        sessions: each run's HParams row (`run_hparams`), to find the columns that differ.
-        table_md: the ladder table as markdown.
-        chart: ladder.png, shown as the group's first card (`Ladder/chart`): TensorBoard smooths and clips
-            scalar charts, so the honest picture is the drawn one.
-    """
-    import shutil
-
-    # Written anew each time (a --resume rewrites the view): old event files would double every point.
-    shutil.rmtree(log_dir / "_ladder", ignore_errors=True)
-    for old in log_dir.glob("events.out.tfevents.*"):
-        old.unlink()
-    steps = "\n".join(f"{i}. {label}" for i, (label, _, _) in enumerate(rungs, 1))
-    for run, column in (("ours", 1), ("lecture", 2)):
-        with SummaryWriter(log_dir=str(log_dir / "_ladder" / run)) as writer:
-            for step, row in enumerate(rungs, 1):
-                if row[column] is not None:
-                    writer.add_scalar("Ladder/test_acc", row[column], step)
-            if run == "ours" and chart is not None and chart.is_file():
-                import matplotlib.image
-
-                writer.add_image("Ladder/chart", matplotlib.image.imread(chart)[..., :3], 0, dataformats="HWC")
-            if run == "ours":
-                note = "\n\nSteps of Ladder/test_acc (rung k at step k):\n\n"
-                writer.add_text("Ladder/table", table_md + note + steps)
-    for k, (name, seeds) in enumerate(curves.items(), 1):
-        with SummaryWriter(log_dir=str(log_dir / "_ladder" / f"{k}_{name}")) as writer:
-            for tag in LADDER_CURVES:
-                by_step: dict[int, list[float]] = {}
-                for seed in seeds:
-                    for step, value in seed.get(tag, []):
-                        by_step.setdefault(step, []).append(value)
-                for step, values in sorted(by_step.items()):
-                    writer.add_scalar("Ladder/" + tag.replace("/", "_"), sum(values) / len(values), step)
-    keys = list(dict.fromkeys(k for s in sessions for k in s))
-    differing = [k for k in keys if k != "experiment" and len({str(s.get(k)) for s in sessions}) > 1]
-    columns = ["experiment", *differing]
-    # One type per column, as the runs wrote it: numbers need no domain, booleans and text list their values.
-    domains: dict[str, list[Any]] = {}
-    for k in columns:
-        if all(isinstance(s.get(k), bool) for s in sessions):
-            domains[k] = sorted({s.get(k) for s in sessions})
-        elif not _numeric(k, sessions):
-            domains[k] = sorted({str(s.get(k)) for s in sessions})
-    defaults = {k: (sessions[0].get(k) if k not in domains else domains[k][0]) for k in columns} if sessions else {}
-    metrics = dict.fromkeys(("hparam/test_acc", "hparam/val_acc", "hparam/test_loss", "hparam/val_loss"), 0.0)
-    exp, _, _ = hparams_summary(defaults, metrics, domains)
-    with SummaryWriter(log_dir=str(log_dir)) as writer:
-        writer.file_writer.add_summary(exp)  # type: ignore[union-attr]
-
-
-def _numeric(key: str, sessions: list[dict[str, Any]]) -> bool:
-    return all(isinstance(s.get(key), (int, float)) and not isinstance(s.get(key), bool) for s in sessions)
 
 
 class SilentTracker:
@@ -313,12 +334,18 @@ class SilentTracker:
     def on_epoch_start(self, epoch: int, steps: int) -> None: ...
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None: ...
+    def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None: ...
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
-    def log_test(self, epoch: int, metrics: dict[str, float]) -> None: ...
+    def log_test(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_val(self, step: int, acc: float, loss: float | None = None) -> None: ...
+    def log_graph(self, model: nn.Module, example: Tensor) -> None: ...
+    def log_image(self, tag: str, image: np.ndarray | None, step: int) -> None: ...
     def log_text(self, tag: str, values: dict[str, Any]) -> None: ...
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], experiment: bool = True) -> None: ...
+    def log_markdown(self, tag: str, text: str) -> None: ...
+    def log_hparams(self, hparams: dict[str, Any], experiment: bool = True, first: list[str] | None = None) -> None: ...
     def log_pretrain_start(self, method: str, images: int, layers: int) -> None: ...
     def log_pretrain(self, layer: str, epoch: int, metrics: dict[str, float]) -> None: ...
+    def depth_figures(self, title: str) -> dict[str, np.ndarray]: ...
 
     def __enter__(self) -> SilentTracker:
         return self

@@ -320,15 +320,16 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
 
 
 def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
-    """The ladder's TensorBoard view (tracking.write_ladder_view): the rungs on one chart against the lecture,
+    """The ladder's TensorBoard view (dashboards.write_ladder_view): the rungs on one chart against the lecture,
     and an HParams table of the ladder's runs led by the rung."""
     from omegaconf import OmegaConf
 
-    from dlzoo.engine.tracking import LADDER_CURVES, read_scalars, run_hparams, write_ladder_view
+    from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
+    from dlzoo.engine.tracking import run_hparams
 
     points = [(RUNGS[r.name][0], r.mean, RUNGS[r.name][2]) for r in rungs]
     # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
-    curves = {r.name: [read_scalars(folder, LADDER_CURVES) for run in r.group.runs
+    curves = {r.name: [read_epoch_curves(folder) for run in r.group.runs
                        for folder in (sorted(run.folder.glob("member*")) or [run.folder])]
               for r in rungs if r.group}  # fmt: skip
     runs = [run for r in rungs if r.group for run in r.group.runs]

@@ -273,7 +273,7 @@ def report_command(argv: list[str]) -> int:
     """`dlzoo report <folder> [--metric test_acc] [--out DIR]`: print, then write report.md, report.csv and
     <out>/hparams_report/ (one HParams experiment: `tensorboard --logdir <out>/hparams_report`)."""
     from dlzoo.console import console, print_table
-    from dlzoo.engine.tracking import write_hparams_experiment
+    from dlzoo.engine.dashboards import write_hparams_experiment
 
     parser = argparse.ArgumentParser(prog="dlzoo report", description=report_command.__doc__)
     parser.add_argument("folder", type=Path, help="a multirun (hydra.sweep.dir), outputs/runs, or a ladder folder")

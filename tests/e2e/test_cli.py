@@ -53,18 +53,19 @@ def test_tiny_run_writes_metrics_checkpoint_and_dashboards(fmnist_root: Path, tm
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "test/acc",
-        "lr",
-        "train/loss_step",
-        "grad_norm/layers.fc1.linear",
-        "weight_norm/layers.out",
-        "hparam/test_acc",
+        "optim/lr",
+        "progress/epoch",
+        "per_layer_grad_norm/layers.fc1.linear",
+        "per_layer_weight_norm/layers.out",
     }
     assert expected <= scalars, expected - scalars
+    assert not [t for t in scalars if t.startswith("hparam/")]  # HParams reads the sub-runs: no copies among curves
+    acc, loss = "accuracy_and_loss/accuracy", "accuracy_and_loss/loss"
+    for split, tags in (("train", {acc, loss, "optim/loss_per_step"}), ("val", {acc, loss}),
+                        ("test", {acc, loss})):  # fmt: skip
+        sub = EventAccumulator(str(run_dir / split))
+        sub.Reload()
+        assert set(sub.Tags()["scalars"]) == tags, split
     assert "run/meta/text_summary" in events.Tags()["tensors"]  # the text tab: seed, versions, device, commit
     hparams = {}
     for metadata in events.summary_metadata.values():
@@ -74,7 +75,8 @@ def test_tiny_run_writes_metrics_checkpoint_and_dashboards(fmnist_root: Path, tm
     assert hparams.keys() == {"experiment", "session_start_info", "session_end_info"}
     session = hparams["session_start_info"].session_start_info.hparams
     assert session["model.hidden"].string_value == "[512, 512, 512, 512]" and session["optim.lr"].number_value == 0.001
-    assert {m.name.tag for m in hparams["experiment"].experiment.metric_infos} >= {"hparam/test_acc", "hparam/val_acc"}
+    metrics = {(m.name.group, m.name.tag) for m in hparams["experiment"].experiment.metric_infos}
+    assert metrics >= {("test", "accuracy_and_loss/accuracy"), ("val", "accuracy_and_loss/accuracy")}
 
 
 def test_multirun_of_two_models(fmnist_root: Path, tmp_path: Path) -> None:
@@ -134,8 +136,11 @@ def test_techniques_compose_in_one_run(fmnist_root: Path, tmp_path: Path) -> Non
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"test/mc_acc", "act_mean/layers.fc1.act", "act_dead/layers.fc4.act", "lr", "lr_step"} <= tags
-    lrs = [e.value for e in events.Scalars("lr_step")]
+    assert {"per_layer_act_mean/layers.fc1.act", "per_layer_act_dead/layers.fc4.act", "optim/lr"} <= tags
+    test = EventAccumulator(str(run_dir / "test"))
+    test.Reload()
+    assert "accuracy_and_loss/accuracy_mc_dropout" in test.Tags()["scalars"]
+    lrs = [e.value for e in events.Scalars("optim/lr")]
     assert max(lrs) > 5 * 0.001  # 1cycle climbs from nadam's lr 0.001 towards max_lr 0.01
 
 
@@ -404,8 +409,8 @@ def test_yaml_only_custom_net_trains_end_to_end(fmnist_root: Path, tmp_path: Pat
 
 def test_ensemble_trains_members_and_combines_them(fmnist_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = dlzoo("train", "model=mlp", "ensemble.size=3", *FAST, "data=fashion_mnist", f"data.root={fmnist_root}",
-                 f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    proc = dlzoo("train", "model=mlp", "ensemble.size=3", *FAST, "trainer.figures=true", "data=fashion_mnist",
+                 f"data.root={fmnist_root}", f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["ensemble_size"] == 3 and len(metrics["member_test_acc"]) == 3
@@ -415,9 +420,12 @@ def test_ensemble_trains_members_and_combines_them(fmnist_root: Path, tmp_path: 
         member = json.loads((run_dir / f"member{i}" / "metrics.json").read_text())
         assert member["seed"] == 777 + i and member["test_acc"] == metrics["member_test_acc"][i]
         assert list((run_dir / f"member{i}").glob("events.out.tfevents.*"))
-    events = EventAccumulator(str(run_dir))
+    events = EventAccumulator(str(run_dir / "test"))
     events.Reload()
-    assert "ensemble/test_acc" in events.Tags()["scalars"]
+    assert events.Scalars("accuracy_and_loss/accuracy")[-1].value == pytest.approx(metrics["test_acc"])
+    root = EventAccumulator(str(run_dir))
+    root.Reload()
+    assert {"test_images/confusion_matrix", "test_images/misclassified"} <= set(root.Tags()["images"])  # the vote's
 
     # The ensemble folder itself can be scored: every member, then their combination, as the run did.
     proc = dlzoo("eval", f"ckpt={run_dir}", "data=fashion_mnist", f"data.root={fmnist_root}", "data.val_size=500",

@@ -91,8 +91,10 @@ def _presets(group: str) -> str:
 
 # Small budgets for the presets that would otherwise pretrain on every training image for minutes; no divergence
 # cap, since two steps of the N(0, 1)-initialized deep net average a loss near 1e6 before it settles.
+# trainer.figures=true: debug=fast draws none, and every preset must draw its depth figures and test images.
 PRESET_BUDGET = ["debug=fast", "trainer.max_steps=2", "trainer.threads=1", "pretrain.epochs=1",
-                 "pretrain.unlabeled=false", "trainer.progress=false", "trainer.max_loss=null"]  # fmt: skip
+                 "pretrain.unlabeled=false", "trainer.progress=false", "trainer.max_loss=null",
+                 "trainer.figures=true"]  # fmt: skip
 
 
 @pytest.mark.parametrize("group", ["model", "experiment"])

@@ -105,7 +105,9 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
     assert len(runs) == 1, runs
     written = sorted(p.relative_to(ddp_cwd) for p in ddp_cwd.rglob("*") if p.is_file())
     assert len([p for p in written if p.name == "metrics.json"]) == 1
-    assert len([p for p in written if p.name.startswith("events.out.tfevents")]) == 1
+    # One TensorBoard run and its train/val/test sub-runs, each written once (by rank 0).
+    events = sorted(p.parent.name for p in written if p.name.startswith("events.out.tfevents"))
+    assert len(events) == 4 and events[-3:] == ["test", "train", "val"], events
     assert len([p for p in written if p.name == "train.log"]) == 1
 
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())

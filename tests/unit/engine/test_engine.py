@@ -229,7 +229,38 @@ def test_activation_stats_show_dead_units_and_saturation(toy: Splits) -> None:
     torch.nn.init.normal_(sigmoid.layers.fc1.linear.weight, 0, 1.0)  # N(0,1) on 784 inputs: saturates
     with activation_stats(sigmoid) as stats:
         sigmoid(x)
-    assert stats["act_saturated/layers.fc1.act"] > 0.5
+    # Saturated units pass almost no gradient: the mean derivative falls far below sigmoid's best, 0.25.
+    assert stats["act_slope/layers.fc1.act"] < 0.05 and "act_dead/layers.fc1.act" not in stats
+
+
+@pytest.mark.parametrize(("activation", "expected"), [("relu", None), ("sigmoid", 0.25), ("identity", 1.0)])
+def test_act_slope_is_the_mean_derivative(activation: str, expected: float | None) -> None:
+    from dlzoo.engine.probes import activation_stats
+
+    model = MLP(3, 2, [4], activation=activation)
+    torch.nn.init.zeros_(model.layers.fc1.linear.weight)
+    torch.nn.init.zeros_(model.layers.fc1.linear.bias)
+    if activation == "relu":  # half the units active: bias +1 on two, -1 on the others
+        model.layers.fc1.linear.bias.data = torch.tensor([1.0, 1.0, -1.0, -1.0])
+        expected = 0.5
+    with activation_stats(model) as stats:
+        model(torch.randn(8, 3))
+    assert stats["act_slope/layers.fc1.act"] == pytest.approx(expected)
+
+
+def test_the_slope_probe_leaves_the_random_streams_alone() -> None:
+    """rrelu draws random slopes in training: the probe's extra forward must not shift later draws."""
+    from dlzoo.engine.probes import activation_stats
+
+    model = MLP(3, 2, [4], activation="rrelu", dropout=0.5).train()
+    x = torch.randn(8, 3)
+    torch.manual_seed(0)
+    with activation_stats(model):
+        first = model(x)
+    after_probe = torch.rand(3)
+    torch.manual_seed(0)
+    plain = model(x)
+    assert torch.equal(first, plain) and torch.equal(after_probe, torch.rand(3))
 
 
 def test_training_logs_activation_stats(toy: Splits) -> None:

@@ -147,7 +147,10 @@ def test_cli_pretrains_then_fine_tunes_and_logs_to_tensorboard(fmnist_root: Path
     assert "pretrain rbm2  epoch   1  recon_error" in proc.stdout
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    assert {"pretrain/rbm1/recon_error", "pretrain/rbm2/recon_error", "test/acc"} <= set(events.Tags()["scalars"])
+    assert {"pretrain/rbm1/recon_error", "pretrain/rbm2/recon_error"} <= set(events.Tags()["scalars"])
+    test = EventAccumulator(str(run_dir / "test"))
+    test.Reload()
+    assert "accuracy_and_loss/accuracy" in test.Tags()["scalars"]
 
     bad = dlzoo("train", *FAST, "pretrain=rbm", "pretrain.lr=-1", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert bad.returncode == 2 and "pretrain.lr=-1" in bad.stderr and "Traceback" not in bad.stderr

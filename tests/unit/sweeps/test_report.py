@@ -98,18 +98,20 @@ def test_one_hparams_experiment_lines_up_every_run(sweep: Path, reported: str) -
         "mlp_xavier",
         "softmax",
     ]
-    tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"hparam/val_acc", "hparam/val_loss", "hparam/test_acc", "hparam/test_loss"} <= tags
-    sessions = sorted(p.name for p in root.iterdir() if p.is_dir())
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert metrics == {
+        (g, t) for g in ("val", "test") for t in ("accuracy_and_loss/accuracy", "accuracy_and_loss/loss")
+    }
+    sessions = sorted(p.name for p in root.iterdir() if p.is_dir())  # each with its val/ and test/ sub-runs
     assert sessions == ["0_softmax", "1_softmax", "2_mlp_xavier", "3_mlp_xavier"]  # the failed run has no metrics
     for job in sessions:
         start = _hparams(root / job)["session_start_info"].session_start_info.hparams
         config = _metrics(sweep, job)
         assert start["model"].string_value == job.split("_", 1)[1]
         assert start["trainer.seed"].number_value == config["seed"]
-        events = EventAccumulator(str(root / job))
+        events = EventAccumulator(str(root / job / "test"))
         events.Reload()
-        assert events.Scalars("hparam/test_acc")[0].value == pytest.approx(config["test_acc"])
+        assert events.Scalars("accuracy_and_loss/accuracy")[0].value == pytest.approx(config["test_acc"])
 
 
 def _hparams(folder: Path) -> dict[str, HParamsPluginData]:
