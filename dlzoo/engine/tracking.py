@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -273,7 +274,10 @@ class RunTracker:
         was = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            # add_graph traces with torch.jit, which torch now marks deprecated and chatty (tracer warnings):
+            # the user did not ask for either message.
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self.writer.add_graph(model, example)
         except Exception as e:  # torch.jit.trace refuses some modules (data-dependent control flow)
             log.info("no graph in TensorBoard: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
