@@ -133,7 +133,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
     layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
     histogram_every_n_steps: int = 500  # per-layer histograms of weights, gradients, activations (0: none)
-    figures: bool = True  # depth figures and test images at the end of a run (matplotlib)
+    figures: bool = True  # the model graph, depth figures and test images (about two seconds a run)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly
     deterministic: bool = False  # torch's deterministic algorithms (slower on GPU; CPU runs are already repeatable)

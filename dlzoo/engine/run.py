@@ -211,7 +211,7 @@ def _train_member(
     tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else SilentTracker()
     with tracker_cm as tracker:
         tracker.log_text("run/meta", meta)
-        if dist.main and resume is None:
+        if dist.main and resume is None and t.figures:
             tracker.log_graph(model, data.prep(data.x_train[:2]))
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain_model(cfg, model, data, tracker, seed)

@@ -85,6 +85,7 @@ def test_histograms_images_and_text(xor_sigmoid: tuple[Path, str]) -> None:
         assert picture.shape[1] > picture.shape[0] > 200 and picture.std() > 10, what  # drawn, not blank
     assert root.Images("test_images/confusion_matrix")
     assert "test_images/misclassified" not in root.Tags()["images"]  # XOR's inputs are points, not images
+    assert root.Tags()["graph"]  # the Graphs tab
     texts = {t.removesuffix("/text_summary"): root.Tensors(t)[0] for t in root.Tags()["tensors"]}
     assert {"run/command", "run/config", "run/model", "run/final_metrics", "run/meta"} <= texts.keys()
     text = {k: v.tensor_proto.string_val[0].decode() for k, v in texts.items()}
@@ -123,20 +124,15 @@ def test_images_of_a_real_run_and_of_an_ensemble(mnist_root: Path, tmp_path: Pat
     assert {ACC, ACC + "_member_mean"} <= set(test.Tags()["scalars"])  # the ensemble beside its members' mean
 
 
-def test_debug_fast_draws_no_figures(mnist_root: Path, tmp_path: Path) -> None:
-    """A smoke run keeps its curves, histograms and text; only the matplotlib figures are left out."""
-    run = tmp_path / "run"
-    assert dlzoo("train", *FAST, f"data.root={mnist_root}", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
-    root = events(run)
-    assert (
-        not root.Tags()["images"] and root.Tags()["histograms"] and "run/config/text_summary" in root.Tags()["tensors"]
-    )
-
-
 def test_tables_stay_readable_on_an_80_column_terminal(mnist_root: Path, tmp_path: Path) -> None:
-    screen = on_tty([*DLZOO, "train", *FAST, f"data.root={mnist_root}", f"hydra.run.dir={tmp_path / 'run'}"],
-                    cwd=tmp_path, columns=80)  # fmt: skip
+    run = tmp_path / "run"
+    screen = on_tty([*DLZOO, "train", *FAST, f"data.root={mnist_root}", f"hydra.run.dir={run}"], cwd=tmp_path,
+                    columns=80)  # fmt: skip
     assert screen.returncode == 0, screen.text[-2000:]
+    # debug=fast is a smoke run: curves, histograms and text, but no graph or figures (they cost more than it).
+    root = events(run)
+    assert not root.Tags()["images"] and not root.Tags()["graph"] and root.Tags()["histograms"]
+    assert "run/config/text_summary" in root.Tags()["tensors"]
     lines = screen.text.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert any(re.match(r"│ train_samples_per_s +│ +[\d,]+ │", line) for line in lines)  # one row, not wrapped
