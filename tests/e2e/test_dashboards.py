@@ -112,16 +112,19 @@ def test_a_long_run_prints_a_bounded_number_of_epoch_lines(xor_sigmoid: tuple[Pa
     assert (run / "train.log").read_text().count("epoch ") >= 200  # the log keeps every epoch
 
 
-def test_images_of_a_real_run_and_of_an_ensemble(mnist_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_images_of_a_real_run_and_of_an_ensemble(model: str, mnist_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "ensemble"
-    proc = dlzoo("train", *FAST, "trainer.figures=true", "model=mlp", "ensemble.size=2", f"data.root={mnist_root}",
-                 f"hydra.run.dir={run}", cwd=tmp_path)  # fmt: skip
+    proc = dlzoo("train", *FAST, "trainer.figures=true", f"model={model}", "ensemble.size=2", "trainer.max_steps=5",
+                 f"data.root={mnist_root}", f"hydra.run.dir={run}", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for folder in (run / "member0", run):  # a member's own pictures, then the ensemble's vote
         images = events(folder).Tags()["images"]
         assert {"test_images/confusion_matrix", "test_images/misclassified"} <= set(images), folder
     test = events(run / "test")
     assert {ACC, ACC + "_member_mean"} <= set(test.Tags()["scalars"])  # the ensemble beside its members' mean
+    member = events(run / "member0")
+    assert member.Tags()["graph"] and len([t for t in member.Tags()["images"] if t.startswith("layers_by_depth/")]) == 3
 
 
 def test_tables_stay_readable_on_an_80_column_terminal(mnist_root: Path, tmp_path: Path) -> None:
