@@ -48,10 +48,23 @@ def _train(rest: list[str]) -> int:
         return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
     extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
     from dlzoo import train
+    from dlzoo.engine.stopping import Interrupted, parallel_sweep_stop
 
     sys.argv = ["dlzoo train", *rest, *extra]
-    train.main()
+    if not _parallel_sweep(rest):
+        train.main()
+        return 0
+    with parallel_sweep_stop() as stop:
+        train.main()
+    if stop.signum is not None:
+        raise Interrupted(None, stop.signum, "Resume the sweep with the command its jobs printed above.")
     return 0
+
+
+def _parallel_sweep(args: list[str]) -> bool:
+    """A -m sweep whose jobs run side by side in worker processes (Hydra's joblib launcher)."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    return multirun and any(a in ("hydra/launcher=parallel", "hydra/launcher=joblib") for a in args)
 
 
 def _eval(rest: list[str]) -> int:

@@ -3,6 +3,7 @@ job of a multirun); dlzoo.engine.run.run does the work; this module turns its ou
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,10 +15,11 @@ from omegaconf import DictConfig
 
 from dlzoo.config import launch
 from dlzoo.config.validate import register_configs
+from dlzoo.console import console
 from dlzoo.engine import distributed
 from dlzoo.engine.folders import remove_if_empty
 from dlzoo.engine.run import run
-from dlzoo.engine.stopping import Interrupted, exit_status, stop_on_signals
+from dlzoo.engine.stopping import Interrupted, exit_status, stop_on_signals, sweep_stopped
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -35,17 +37,28 @@ def main(cfg: DictConfig) -> float:
     # train.log is where `dlzoo report` finds why it failed.
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return _main(cfg, hydra_dir)
+        return _main(cfg, hydra_dir, Path(HydraConfig.get().sweep.dir) if sweep else None)
     finally:
         remove_if_empty(hydra_dir, keep_log=sweep)
 
 
-def _main(cfg: DictConfig, hydra_dir: Path) -> float:
+def _main(cfg: DictConfig, hydra_dir: Path, sweep_dir: Path | None) -> float:
+    if launch.parallel_worker() and sweep_stopped():
+        console.print(f"not started: the sweep was stopped ({hydra_dir.name})")
+        return math.nan
     try:
         # Under DDP a stop must reach every rank at the same step; torchrun's own signal handling ends them all.
         with nullcontext() if distributed.launched() else stop_on_signals() as stop:
             return run(cfg, hydra_dir, stop)["test_acc"]
-    except (DlzooError, Interrupted, KeyboardInterrupt) as e:
+    except Interrupted as e:
+        if sweep_dir is not None:  # the sweep is what resumes: its finished jobs are kept, this one continues
+            e.hint = (f"Resume the sweep with: dlzoo train -m <same overrides> hydra.sweep.dir={sweep_dir} "
+                      "trainer.resume=auto (finished jobs are kept, this one continues).")  # fmt: skip
+        status = exit_status(e)
+        if launch.parallel_worker():  # an exit would make joblib kill the other jobs, maybe mid-checkpoint
+            return math.nan
+        sys.exit(status)
+    except (DlzooError, KeyboardInterrupt) as e:
         sys.exit(exit_status(e))  # Hydra would print a traceback for anything that leaves this function
 
 

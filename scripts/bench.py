@@ -7,6 +7,7 @@ the median of several timed repeats. Prints a table and writes JSON.
 
     python scripts/bench.py --data ../shared/data --models mlp_dropout,cnn_deep --precision fp32,bf16
     python scripts/bench.py --quick   # a seconds-long smoke check (the test suite runs it)
+    python scripts/bench.py --peers --data ../shared/data   # against Lightning, Keras, the DataLoader loop
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -312,7 +314,14 @@ def cpu_name() -> str:
 
 
 def main() -> None:
+    if "--peers" in sys.argv[1:]:  # each peer runs in a fresh process of its own: scripts/peers.py
+        import peers
+
+        peers.main([a for a in sys.argv[1:] if a != "--peers"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", action="store_true", help="dlzoo vs Lightning vs Keras vs the DataLoader loop "
+                        "on lab 10-5 (scripts/peers.py, with its own --rounds --tools --threads)")  # fmt: skip
     parser.add_argument("--data", default="../shared/data", help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--models", default="mlp_dropout,cnn_deep")
     parser.add_argument("--steps", type=int, default=100, help="training steps per timed repeat")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,16 @@ def mnist_root() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One loud line when real-data tests were skipped, naming what to set."""
-    if _missing:
-        skipped = len(terminalreporter.stats.get("skipped", []))
+    """One loud line when real-data tests were skipped, naming what to set. Read from the skip reports, which
+    reach this (controller) process from every pytest-xdist worker."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = set(_missing)
+    for report in skipped:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        missing |= set(re.findall(r"real (\S+) not found at", reason))
+    if missing:
         terminalreporter.write_line(
-            f"REAL DATA MISSING ({', '.join(sorted(_missing))}): {skipped} test(s) skipped, the end-to-end runs "
+            f"REAL DATA MISSING ({', '.join(sorted(missing))}): {len(skipped)} test(s) skipped, the end-to-end runs "
             f"among them. To run them, {DATA_HINT}.",
             red=True,
             bold=True,

@@ -131,12 +131,6 @@ def _cross_problems(cfg: DictConfig) -> list[str]:
     """Rules that span sections."""
     t = cfg.trainer
     c = Checks(cfg.trainer, "trainer")
-    c.check(
-        "resume",
-        cfg.ensemble.size == 1 or t.resume is None,
-        "null when ensemble.size > 1 "
-        "(resuming ensembles is not supported yet; resume a member's folder as a single run)",
-    )
     one_new = cfg.ensemble.size == 1 and t.resume is None
     c.check(
         "devices", t.devices == 1 or one_new, "1 with ensemble.size > 1 or trainer.resume (DDP trains one new model)"

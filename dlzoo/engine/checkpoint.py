@@ -106,9 +106,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
             raise
         kept = f" The previous {path.name} is intact." if path.exists() else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        run = path.parent.parent
         raise DlzooError(
-            f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space or point "
-            "hydra.run.dir at a writable folder, then resume with trainer.resume=<that run folder>."
+            f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space and resume in place with "
+            f"`dlzoo train <same overrides> trainer.resume={run}`, or continue in a folder on another disk with "
+            f"`dlzoo train <same overrides> hydra.run.dir=<new-folder> trainer.resume={run}` (the run so far is "
+            "copied there)."
         ) from None
 
 

@@ -22,11 +22,24 @@ from dlzoo.paths import atomic_write
 IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
 
 
+PRETRAIN_FILE = "pretrain.pt"  # a run stopped during pretraining, before fine-tuning wrote last.pt
+
+
 def checkpoint_file(path: Path) -> Path:
-    """A run folder means its checkpoints/last.pt (or a checkpoints folder's last.pt); a file is itself."""
+    """A run folder means its checkpoints/last.pt (or pretrain.pt, or a checkpoints folder's); a file is itself."""
     if path.is_dir():
-        return next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+        return resumable_file(path) or resumable_file(path, inside="") or path
     return path
+
+
+def resumable_file(folder: Path, inside: str = "checkpoints") -> Path | None:
+    """The file a run folder resumes from: checkpoints/last.pt, or checkpoints/pretrain.pt while it was still
+    pretraining (`inside=""`: `folder` is the checkpoints folder itself)."""
+    for name in ("last.pt", PRETRAIN_FILE):
+        path = folder / inside / name
+        if path.is_file():
+            return path
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -166,11 +179,13 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
                 "or a .pt file). Fix: point it at the run folder printed when the run stopped, or use auto."
             )
         return path
-    own = out_dir / "checkpoints" / "last.pt"
-    if own.is_file() and not (out_dir / "metrics.json").is_file():
+    own = resumable_file(out_dir)
+    if own is not None and not (out_dir / "metrics.json").is_file():
         return own
     wanted = identity(OmegaConf.to_container(cfg, resolve=True))
-    candidates = sorted(out_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    siblings = out_dir.parent.iterdir() if out_dir.parent.is_dir() else iter(())
+    found = (resumable_file(run) for run in siblings if run.is_dir())
+    candidates = sorted((p for p in found if p is not None), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         run = path.parent.parent
         if run == out_dir or (run / "metrics.json").is_file():

@@ -18,24 +18,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config import launch
 from dlzoo.config.validate import validate, warnings
-from dlzoo.console import console, format_value, print_final, print_warning, redirect_file_logs, say
+from dlzoo.console import console, format_value, print_final, print_warning
 from dlzoo.data.build import build_splits, class_names
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed
+from dlzoo.engine import distributed, resuming
 from dlzoo.engine.checkpoint import Checkpointing, best_epoch
 from dlzoo.engine.evaluation import evaluate_ensemble, mc_evaluate, predict_probs
 from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
 from dlzoo.engine.folders import (
-    check_compatible,
     check_writable,
-    find_resume,
-    load_checkpoint,
     metadata,
     run_lock,
     write_json,
 )
 from dlzoo.engine.loop import FitOptions, FitResult, fit, resolve_device, seed_everything
-from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.pretraining import is_pretraining, pretrain
+from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -45,12 +43,10 @@ from dlzoo.engine.tracking import (
     summary_markdown,
 )
 from dlzoo.engine.transfer import build_freeze_schedule, build_reuse
-from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.summary import Summary, summarize
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.optim.regularize import build_regularizer
-from dlzoo.pretrain.layerwise import pretrain_model
 
 OnEpochEnd = Callable[[int, dict[str, float]], None]
 
@@ -72,31 +68,23 @@ def run(
     t = cfg.trainer
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
-    resume_path = find_resume(t.resume, out_dir, cfg)
-    resume = None
-    if resume_path is not None:
-        resume = load_checkpoint(resume_path)
-        for change in check_compatible(resume["config"], cfg):
-            print_warning(f"resuming with a changed setting: {change}")
-        if "rng" not in resume:
-            raise DlzooError(f"{resume_path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
-        out_dir = resume_path.parent.parent
-        redirect_file_logs(out_dir / "train.log")
-        say(f"resuming {out_dir} after epoch {resume['epoch']}, step {resume['step']}")
-    elif t.resume == "auto":
-        console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
+    resumed = resuming.plan(cfg, out_dir)
+    if resumed.done is not None:  # a resumed sweep's job that had finished: kept as it is
+        print_final(resumed.done, out_dir)
+        return resumed.done
+    out_dir = resumed.folder
     if dist.main:
         check_writable(out_dir)
     # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
     # of another). Ranks > 0 of a DDP run write nothing.
     with run_lock(out_dir) if dist.main else nullcontext():
-        return _run_in(cfg, out_dir, resume, stop, on_epoch_end, started)
+        return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
 
 
 def _run_in(
     cfg: DictConfig,
     out_dir: Path,
-    resume: dict[str, Any] | None,
+    starts: list[resuming.Member],
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
     started: float,
@@ -113,13 +101,22 @@ def _run_in(
 
     size = cfg.ensemble.size
     members = []
-    for i in range(size):
-        folder = out_dir if size == 1 else out_dir / f"member{i}"
+    for i, start in enumerate(starts):
+        folder = resuming.member_folder(out_dir, i, size)
+        if start.finished is not None:
+            console.print(f"ensemble member {i + 1}/{size} (seed {t.seed + i}) finished before: kept ({folder})")
+            members.append((_finished_member(cfg, data, device, start), start.finished))
+            continue
         if size > 1:
             console.print(f"ensemble member {i + 1}/{size} (seed {t.seed + i}) -> {folder}")
-        members.append(
-            _train_member(cfg, config, hparams, data, device, folder, t.seed + i, resume, stop, on_epoch_end)
-        )
+        try:
+            members.append(_train_member(cfg, config, hparams, data, device, folder, t.seed + i, start.checkpoint,
+                                         stop, on_epoch_end))  # fmt: skip
+        except Interrupted as e:
+            if size > 1 and e.hint is None:
+                e.hint = (f"Resume the ensemble with: dlzoo train <same overrides> trainer.resume={out_dir} "
+                          f"(the {i} finished member(s) are kept)")  # fmt: skip
+            raise
     metrics = members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
     metrics["wall_time_s"] = time.perf_counter() - started
     if dist.world > 1:
@@ -195,6 +192,8 @@ def _train_member(
     """One model: build, fit, test. Writes its checkpoints and TensorBoard events into `out_dir`."""
     t = cfg.trainer
     dist = distributed.current()
+    pretrained = resume if resume is not None and is_pretraining(resume) else None
+    resume = None if pretrained is not None else resume  # what fine-tuning continues from
     model, reused, summary = _setup_model(cfg, hparams, data, device, seed, resume)
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
@@ -214,7 +213,7 @@ def _train_member(
         if dist.main and resume is None and t.figures:
             tracker.log_graph(model, data.prep(data.x_train[:2]))
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
-            pretrain_model(cfg, model, data, tracker, seed)
+            pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
         metrics = _test(cfg, model, data, result, tracker)
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
@@ -229,6 +228,17 @@ def _train_member(
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
+
+
+def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Member) -> torch.nn.Module:
+    """A member that finished before the ensemble was interrupted, with the weights it ended with (its best
+    epoch's, when early stopping restored them)."""
+    assert start.checkpoint is not None
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    es = start.checkpoint.get("early_stopping")
+    best = es.get("best_state") if es and cfg.trainer.early_stop.restore_best else None
+    model.load_state_dict(best if best is not None else start.checkpoint["model"])
+    return model.eval()
 
 
 def _setup_model(

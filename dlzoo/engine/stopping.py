@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,3 +141,40 @@ def stop_on_signals() -> Iterator[StopFlag]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+# Set by the parent of a parallel sweep for its jobs: the file that exists once the sweep was asked to stop.
+SWEEP_STOP_ENV = "DLZOO_SWEEP_STOP"
+
+
+@contextmanager
+def parallel_sweep_stop() -> Iterator[StopFlag]:
+    """The parent process of a parallel (joblib) sweep. A terminal's Ctrl-C reaches every running job as well, and
+    each writes its checkpoint; the parent must not kill them mid-write, so its first Ctrl-C or SIGTERM only marks
+    the sweep stopped (queued jobs then end at once) and waits for the running ones. A second Ctrl-C quits now."""
+    stop = StopFlag()
+    marker = Path(tempfile.gettempdir()) / f"dlzoo-sweep-stop-{os.getpid()}"
+    marker.unlink(missing_ok=True)
+    os.environ[SWEEP_STOP_ENV] = str(marker)
+
+    def handler(signum: int, frame: object) -> None:
+        stop.request(signum)
+        marker.touch()
+        console.print("\nstopping the sweep: running jobs finish their step and write a checkpoint, queued jobs do "
+                      "not start (Ctrl-C again to quit now)")  # fmt: skip
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        marker.unlink(missing_ok=True)
+        os.environ.pop(SWEEP_STOP_ENV, None)
+
+
+def sweep_stopped() -> bool:
+    """Whether this job belongs to a parallel sweep that was asked to stop before the job started."""
+    marker = os.environ.get(SWEEP_STOP_ENV)
+    return marker is not None and Path(marker).exists()

@@ -117,7 +117,9 @@ def _need_image(shape: Shape, path: str, kind: str) -> None:
 
 
 def _check_in(spec: dict[str, Any], actual: int, path: str, kind: str, what: str) -> None:
-    if "in" in spec and int(spec["in"]) != actual:
+    if "in" in spec and (isinstance(spec["in"], bool) or not isinstance(spec["in"], int)):
+        raise DlzooError(f"{path} ({kind}): in={spec['in']!r} must be a whole number of input {what} (or left out).")
+    if "in" in spec and spec["in"] != actual:
         raise DlzooError(
             f"{path} ({kind}) expects {spec['in']} input {what} but the block before it gives {actual}. Fix: drop "
             f"`in` (dlzoo infers it) or make it {actual}."
@@ -201,7 +203,9 @@ def _linear(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tuple
 
 @_register("dropout", "dropout: p (default model.dropout), kind (default model.dropout_kind)", {"p", "kind"})
 def _dropout(spec: dict[str, Any], shape: Shape, d: Defaults, path: str) -> tuple[nn.Module, Shape]:
-    p = float(spec.get("p", d.dropout))
+    p = spec.get("p", d.dropout)
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise DlzooError(f"{path} (dropout): p={p!r} must be a number in [0, 1), e.g. p: 0.3.")
     if not 0 <= p < 1:
         raise DlzooError(f"{path} (dropout): p={p} must be in [0, 1).")
     if "kind" in spec:

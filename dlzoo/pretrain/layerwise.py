@@ -5,8 +5,8 @@ a deep belief net of greedily stacked RBMs (Hinton, Osindero & Teh 2006) or a gr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +39,41 @@ class PretrainArgs:
     seed: int = 0
 
 
-Pretrainer = Callable[[list[nn.Sequential], Tensor, float, float, PretrainArgs, LayerLog], None]
+class PretrainStopped(Exception):
+    """A stop request (Ctrl-C, SIGTERM) arrived mid-layer; the layers finished before it were saved."""
+
+
+@dataclass
+class Session:
+    """A pretraining's link to its run: the state a stopped run had saved (`done`, or None to start fresh),
+    `save` called with the state after every finished layer, and `stop_requested` checked after every batch.
+    A resumed pretraining redoes the interrupted layer from its start, so it ends exactly as an uninterrupted one."""
+
+    done: dict[str, Any] | None = None
+    save: Callable[[dict[str, Any]], None] = field(default=lambda state: None)
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
+
+
+Pretrainer = Callable[[list[nn.Sequential], Tensor, float, float, PretrainArgs, LayerLog, Session], None]
 PRETRAINERS: Registry[Pretrainer] = Registry("pretrain", "pretrain.method")
 
 
 @PRETRAINERS.register("none", "no pretraining: model.init alone sets the starting weights")
-def _none(blocks: list[nn.Sequential], images: Tensor, mean: float, std: float, a: PretrainArgs, log: LayerLog) -> None:
+def _none(
+    blocks: list[nn.Sequential], images: Tensor, mean: float, std: float, a: PretrainArgs, log: LayerLog, s: Session
+) -> None:
     return None
 
 
 @PRETRAINERS.register("rbm", "deep belief net: RBM k learns from RBM k-1's hidden probabilities (Hinton et al. 2006)")
 def pretrain_dbn(
-    blocks: list[nn.Sequential], images: Tensor, mean: float, std: float, a: PretrainArgs, log: LayerLog
+    blocks: list[nn.Sequential],
+    images: Tensor,
+    mean: float,
+    std: float,
+    a: PretrainArgs,
+    log: LayerLog,
+    session: Session | None = None,
 ) -> list[RBM]:
     """Greedy layer-wise DBN: RBM 1 on the pixels in [0, 1], RBM k on p(h | v) of RBM k-1, one per hidden layer;
     each RBM's weights and hidden biases then become its Linear layer's (the first folded for `mean`/`std`).
@@ -61,13 +84,24 @@ def pretrain_dbn(
         mean, std: the normalization the MLP's inputs get (data.normalize); (0, 1) when none.
         a: the pretraining hyperparameters.
         log: called after every layer-epoch.
+        session: where finished layers are saved and a stop is noticed (Session; none by default).
 
     Returns:
         The trained RBMs, input side first.
+
+    Raises:
+        PretrainStopped: on a stop request, after the finished layers were saved.
     """
+    session = session or Session()
     generator = torch.Generator(device=images.device).manual_seed(a.seed)
-    rbms, features = [], images
-    for i, block in enumerate(blocks, start=1):
+    rbms: list[RBM] = []
+    if session.done is not None:
+        rbms = [RBM(**{k: v.to(images.device) for k, v in saved.items()}) for saved in session.done["rbms"]]
+        generator.set_state(session.done["generator"])
+    features = images
+    for rbm in rbms:  # the inputs of the first unfinished layer; p(h | v) draws nothing at random
+        features = hidden_features(rbm, features)
+    for i, block in enumerate(blocks[len(rbms) :], start=len(rbms) + 1):
         rbm = train_rbm(
             features,
             block.linear.out_features,
@@ -79,8 +113,12 @@ def pretrain_dbn(
             a.weight_decay,
             generator,
             on_epoch=lambda epoch, metrics, i=i: log(f"rbm{i}", epoch, metrics),
+            stop_requested=session.stop_requested,
         )
+        if rbm is None:
+            raise PretrainStopped
         rbms.append(rbm)
+        session.save({"rbms": [r.state_dict() for r in rbms], "generator": generator.get_state()})
         if i < len(blocks):
             features = hidden_features(rbm, features)
     load_dbn(blocks, rbms, mean, std)
@@ -106,7 +144,13 @@ def load_dbn(blocks: list[nn.Sequential], rbms: list[RBM], mean: float, std: flo
 
 @PRETRAINERS.register("autoencoder", "greedy stacked autoencoder: each hidden layer learns to rebuild its input")
 def pretrain_autoencoders(
-    blocks: list[nn.Sequential], images: Tensor, mean: float, std: float, a: PretrainArgs, log: LayerLog
+    blocks: list[nn.Sequential],
+    images: Tensor,
+    mean: float,
+    std: float,
+    a: PretrainArgs,
+    log: LayerLog,
+    session: Session | None = None,
 ) -> None:
     """Greedy layer-wise autoencoders (Géron 11.2.2, Bengio et al. 2007): hidden block k (its own Linear and
     activation, trained in place) encodes the codes of block k-1 and a fresh untied Linear decodes them; the
@@ -115,9 +159,18 @@ def pretrain_autoencoders(
 
     Args are as for pretrain_dbn; `a.lr` is Adam's learning rate, `a.momentum`/`a.weight_decay`/`a.cd_k` are unused.
     """
+    session = session or Session()
     generator = torch.Generator(device=images.device).manual_seed(a.seed)
+    finished = 0
+    if session.done is not None:
+        finished = len(session.done["blocks"])
+        for block, saved in zip(blocks, session.done["blocks"], strict=False):
+            block.load_state_dict(saved)
+        generator.set_state(session.done["generator"])
     features = images
-    for i, block in enumerate(blocks, start=1):
+    for block in blocks[:finished]:
+        features = _encode(block, features, mean, std)
+    for i, block in enumerate(blocks[finished:], start=finished + 1):
         linear = block.linear
         decoder = nn.Linear(linear.out_features, linear.in_features).to(images.device)
         optimizer = torch.optim.Adam([*block.parameters(), *decoder.parameters()], lr=a.lr)
@@ -132,7 +185,10 @@ def pretrain_autoencoders(
                 loss.backward()
                 optimizer.step()
                 total += loss.detach() * len(x)
+                if session.stop_requested():
+                    raise PretrainStopped
             log(f"ae{i}", epoch, {"loss": total.item() / len(features)})
+        session.save({"blocks": [b.state_dict() for b in blocks[:i]], "generator": generator.get_state()})
         if i < len(blocks):
             features = _encode(block, features, mean, std)
 
@@ -151,8 +207,11 @@ def _encode(block: nn.Sequential, features: Tensor, mean: float, std: float, bat
     return torch.cat(codes)
 
 
-def pretrain_model(cfg: DictConfig, model: nn.Module, data: Splits, tracker: PretrainLog, seed: int) -> None:
-    """Entry point: pretrain `model`'s hidden layers in place as cfg.pretrain says (nothing for method=none).
+def pretrain_model(
+    cfg: DictConfig, model: nn.Module, data: Splits, tracker: PretrainLog, seed: int, session: Session | None = None
+) -> None:
+    """Entry point: pretrain `model`'s hidden layers in place as cfg.pretrain says (nothing for method=none);
+    `session` saves each finished layer and stops on request (PretrainStopped).
 
     With pretrain.unlabeled and data.train_subset set, the pretraining uses every image of the train split (the
     labels of the rest are simply not used), never the validation or test images.
@@ -168,7 +227,7 @@ def pretrain_model(cfg: DictConfig, model: nn.Module, data: Splits, tracker: Pre
     args = PretrainArgs(p.epochs, p.lr, p.cd_k, p.batch_size, p.momentum, p.weight_decay, seed)
     blocks = [block for name, block in model.layers.named_children() if name.startswith("fc")]
     tracker.log_pretrain_start(p.method, len(images), len(blocks))
-    PRETRAINERS.get(p.method)(blocks, images, data.mean, data.std, args, tracker.log_pretrain)
+    PRETRAINERS.get(p.method)(blocks, images, data.mean, data.std, args, tracker.log_pretrain, session or Session())
 
 
 def problems(cfg: DictConfig) -> list[str]:

@@ -50,6 +50,9 @@ class RBM:
     def params(self) -> list[Tensor]:
         return [self.weight, self.visible_bias, self.hidden_bias]
 
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"weight": self.weight, "visible_bias": self.visible_bias, "hidden_bias": self.hidden_bias}
+
 
 def cd_gradient(
     rbm: RBM, v0: Tensor, k: int, generator: torch.Generator, sample_visible: bool = False
@@ -104,7 +107,8 @@ def train_rbm(
     weight_decay: float,
     generator: torch.Generator,
     on_epoch: EpochLog | None = None,
-) -> RBM:
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> RBM | None:
     """Train an RBM with `n_hidden` units on `inputs` by CD-k with momentum and weight decay.
 
     Args:
@@ -120,9 +124,10 @@ def train_rbm(
         generator: seeds the initial weights, the batch order and the Gibbs samples.
         on_epoch: called as on_epoch(epoch, {"recon_error": ...}) after each epoch; the error is the mean squared
             difference per visible unit between the data and its one-step reconstruction probabilities.
+        stop_requested: checked after every update; when it turns true the training is abandoned.
 
     Returns:
-        The trained RBM.
+        The trained RBM, or None when a stop was requested.
     """
     n = len(inputs)
     visible_sum = sum(as_unit(inputs[i : i + 10000]).sum(0) for i in range(0, n, 10000))
@@ -139,6 +144,8 @@ def train_rbm(
             for param, vel, grad in zip(rbm.params(), velocity, grads, strict=True):
                 param.add_(vel.mul_(mom).add_(grad, alpha=lr))
             squared_error += (v0 - recon).pow_(2).sum()
+            if stop_requested():
+                return None
         if on_epoch is not None:
             on_epoch(epoch, {"recon_error": squared_error.item() / (n * rbm.weight.shape[1])})
     return rbm

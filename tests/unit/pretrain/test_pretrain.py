@@ -4,6 +4,7 @@ landing in the MLP (with the normalization folded in exactly), the autoencoder s
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.datasets import load_splits
+from dlzoo.engine.checkpoint import Checkpointing
+from dlzoo.engine.folders import load_checkpoint
+from dlzoo.engine.pretraining import pretrain
+from dlzoo.engine.stopping import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.models.mlp import MLP
 from dlzoo.pretrain.layerwise import PretrainArgs, fold_normalization, pretrain_autoencoders, pretrain_dbn
@@ -162,3 +167,49 @@ def test_rbm_in_a_relu_net_is_warned_about_and_sigmoid_is_not() -> None:
     assert any("learns sigmoid units" in w for w in warnings(compose_and_validate(["experiment=init_rbm"])))
     sigmoid = compose_and_validate(["experiment=init_rbm", "model.activation=sigmoid"])
     assert not any("sigmoid units" in w for w in warnings(sigmoid))
+
+
+class _StopAt:
+    """A pretraining log (the tracker's two methods) that asks to stop after layer `tag`'s first epoch."""
+
+    def __init__(self, stop: StopFlag, tag: str | None) -> None:
+        self.stop, self.tag = stop, tag
+
+    def log_pretrain_start(self, method: str, images: int, layers: int) -> None:
+        pass
+
+    def log_pretrain(self, layer: str, epoch: int, metrics: dict[str, float]) -> None:
+        if layer == self.tag and epoch == 1:
+            self.stop.request(signal.SIGINT)
+
+
+@pytest.mark.parametrize(("method", "stop_in"), [("rbm", "rbm2"), ("rbm", "rbm1"), ("autoencoder", "ae2")])
+def test_a_stop_in_pretraining_is_prompt_and_resumes_exactly(
+    method: str, stop_in: str, toy_root: Path, tmp_path: Path
+) -> None:
+    cfg = compose_and_validate([f"pretrain={method}", "pretrain.epochs=2", "pretrain.batch_size=50",
+                                "model.hidden=[12,8]", "model.dropout=0.2", f"data.root={toy_root}"])  # fmt: skip
+    data = load_splits("mnist", str(toy_root), download=False, val_size=100)
+
+    def model_and_checkpoints(folder: str) -> tuple[torch.nn.Module, Checkpointing]:
+        torch.manual_seed(0)
+        return MLP(784, 10, [12, 8], dropout=0.2), Checkpointing(tmp_path / folder, extra={"config": {}})
+
+    whole, ck = model_and_checkpoints("whole")
+    pretrain(cfg, whole, data, _StopAt(StopFlag(), None), 0, ck, StopFlag())
+    after = torch.rand(3)  # the global RNG too ends as in an uninterrupted run
+    assert not (tmp_path / "whole" / "pretrain.pt").exists()  # fine-tuning's last.pt takes over
+
+    stop = StopFlag()
+    part, ck = model_and_checkpoints("part")
+    with pytest.raises(Interrupted) as stopped:
+        pretrain(cfg, part, data, _StopAt(stop, stop_in), 0, ck, stop)
+    assert stopped.value.checkpoint == tmp_path / "part" / "pretrain.pt"
+    saved = load_checkpoint(stopped.value.checkpoint)  # the allowlisted loader reads it
+    finished = len(saved["pretrain"]["rbms" if method == "rbm" else "blocks"]) if saved["pretrain"] else 0
+    assert finished == int(stop_in[-1]) - 1  # the layers before the stop are kept, the stopped one is redone
+    resumed, ck = model_and_checkpoints("part")
+    pretrain(cfg, resumed, data, _StopAt(StopFlag(), None), 0, ck, StopFlag(), saved)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.rand(3), after)
