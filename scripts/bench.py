@@ -319,9 +319,16 @@ def main() -> None:
 
         peers.main([a for a in sys.argv[1:] if a != "--peers"])
         return
+    if "--stack" in sys.argv[1:]:  # K seeds one after another vs stacked: scripts/bench_stack.py
+        import bench_stack
+
+        bench_stack.main(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", action="store_true", help="dlzoo vs Lightning vs Keras vs the DataLoader loop "
                         "on lab 10-5 (scripts/peers.py, with its own --rounds --tools --threads)")  # fmt: skip
+    parser.add_argument("--stack", type=int, help="K seeds of lab 10-5 one after another vs trainer.stack=K "
+                        "(scripts/bench_stack.py)")  # fmt: skip
     parser.add_argument("--data", default="../shared/data", help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--models", default="mlp_dropout,cnn_deep")
     parser.add_argument("--steps", type=int, default=100, help="training steps per timed repeat")

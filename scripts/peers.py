@@ -87,7 +87,7 @@ def run_dlzoo(data: Path, threads: int, clock: Clock) -> None:
     loop._Loop.step = timed_step
     cfg = compose_and_validate(["experiment=lab10_5_dropout", "data=mnist", f"data.root={data}",
                                 "trainer.epochs=1", f"trainer.threads={threads}", "trainer.progress=false",
-                                f"trainer.max_steps={clock.limit}"])  # fmt: skip
+                                f"trainer.max_steps={clock.limit or 'null'}"])  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         run.run(cfg, Path(out) / "run")
 
@@ -216,35 +216,38 @@ def torchvision_layout(mnist: Path, into: Path) -> Path:
     return into
 
 
-def available(tool: str) -> str | None:
-    """None when `tool` can run here, else why not."""
-    import importlib.util
-
+def available(tool: str, python: str) -> str | None:
+    """None when `tool` can run with the interpreter `python`, else why not."""
     module = {"lightning": "lightning", "keras_torch": "keras", "keras_tensorflow": "tensorflow"}.get(tool)
-    if module and importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install -e '.[peers]'; tensorflow-cpu for keras_tensorflow)"
+    if module is None:
+        return None
+    probe = f"import importlib.util as u, sys; sys.exit(u.find_spec({module!r}) is None)"
+    if subprocess.run([python, "-c", probe], capture_output=True).returncode != 0:
+        return f"{module} is not installed for {python} (pip install -e '.[peers]'; --tf-python: see --help)"
     return None
 
 
-def drive(data: Path, tools: list[str], rounds: int, threads: int, warmup: int, out: Path, limit: int | None) -> dict:
+def drive(
+    data: Path, tools: list[str], rounds: int, threads: int, warmup: int, out: Path, limit: int | None, tf_python: str
+) -> dict:
     """Every tool once per round, in a fresh process, rounds interleaved; the table as a dict (and JSON)."""
     import tempfile
 
     work = torchvision_layout(data / "mnist", Path(tempfile.mkdtemp(prefix="dlzoo-peers-")))
     runs: dict[str, list[dict]] = {t: [] for t in tools}
-    skipped = {t: why for t in tools if (why := available(t))}
+    python = {t: tf_python if t == "keras_tensorflow" else sys.executable for t in tools}
+    skipped = {t: why for t in tools if (why := available(t, python[t]))}
     for r in range(rounds):
         for tool in (t for t in tools if t not in skipped):
             env = os.environ | {"KERAS_BACKEND": tool.removeprefix("keras_")} if tool.startswith("keras") else None
             root = data / "mnist" if tool == "dlzoo" else work
-            command = [sys.executable, __file__, "--worker", tool, "--data", str(root), "--threads", str(threads),
+            command = [python[tool], __file__, "--worker", tool, "--data", str(root), "--threads", str(threads),
                        "--warmup", str(warmup), *(["--limit", str(limit)] if limit else [])]  # fmt: skip
             proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
             lines = [line for line in proc.stdout.splitlines() if line.startswith('{"tool"')]
-            if proc.returncode != 0 or not lines:
-                skipped[tool] = (
-                    f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-                )
+            if proc.returncode != 0 or not lines:  # reported at once, and left out of the later rounds
+                skipped[tool] = f"failed with exit {proc.returncode}: {proc.stderr.strip()[-600:]}"
+                print(f"round {r + 1}/{rounds} {tool}: {skipped[tool]}", flush=True)
                 continue
             runs[tool].append(json.loads(lines[-1]))
             print(f"round {r + 1}/{rounds} {tool:<17} {runs[tool][-1]['samples_per_s']:>9,.0f} samples/s  "
@@ -285,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--warmup", type=int, default=50, help="steps before the timing starts")
     parser.add_argument("--limit", type=int, default=None, help="stop each epoch after this many steps (a smoke check)")
+    parser.add_argument("--tf-python", default=sys.executable, help="the Python of a virtual environment with "
+                        "tensorflow-cpu and keras, for keras_tensorflow: TensorFlow beside torch in dlzoo's own "
+                        "environment crashes TensorBoard's writer, so it gets one of its own")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench_peers.json")
     parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -293,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         WORKERS[args.worker](Path(args.data), args.threads, clock)
         clock.report(args.worker, args.threads)
         return
-    drive(Path(args.data), args.tools.split(","), args.rounds, args.threads, args.warmup, Path(args.out), args.limit)
+    tools = args.tools.split(",")
+    drive(Path(args.data), tools, args.rounds, args.threads, args.warmup, Path(args.out), args.limit, args.tf_python)
 
 
 if __name__ == "__main__":

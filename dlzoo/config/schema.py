@@ -129,6 +129,7 @@ class TrainerConfig:
     seed: int = 777
     device: str = "auto"  # auto = cuda when available, else cpu
     max_steps: int | None = None  # caps the run (smoke tests, benchmarks)
+    stack: int = 1  # K > 1: seeds seed..seed+K-1 of an MLP trained as one batched model, one run folder each
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
     layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard

@@ -84,6 +84,7 @@ def validate(cfg: DictConfig) -> None:
     problems += model_problems(cfg.model) + regularize_problems(cfg.reg) + _trainer_problems(cfg)
     problems += optim_problems(cfg.optim) + sched_problems(cfg.sched, cfg.optim.lr) + data_problems(cfg.data)
     problems += _cross_problems(cfg)
+    problems += _stack_problems(cfg) if not problems else []
     problems += _head_problems(cfg) if not problems else []
     problems += pretrain_problems(cfg)
     if not problems and cfg.model.arch != "mlp":
@@ -107,6 +108,7 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     c.check("batch_size", t.batch_size >= 1, ">= 1")
     c.check("eval_batch_size", t.eval_batch_size >= 1, ">= 1")
     c.check("max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null")
+    c.check("stack", t.stack >= 1, ">= 1 (the number of seeds trained as one batched model)")
     c.check("threads", t.threads is None or t.threads >= 1, ">= 1 or null")
     c.check("log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
     c.check("histogram_every_n_steps", t.histogram_every_n_steps >= 0, ">= 0 (0 = no histograms)")
@@ -125,6 +127,31 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     x.check("freeze_epochs", tr.freeze_epochs >= 0, ">= 0 (0 = train the copied layers from the start)")
     x.check("unfreeze_lr", tr.unfreeze_lr is None or tr.unfreeze_lr > 0, "> 0 or null (keep optim.lr)")
     return c.problems + e.problems + v.problems + x.problems
+
+
+def _stack_problems(cfg: DictConfig) -> list[str]:
+    """What trainer.stack > 1 (dlzoo.engine.stacked) cannot train yet, each with the fix."""
+    t, m = cfg.trainer, cfg.model
+    if t.stack == 1:
+        return []
+    why = f"trainer.stack={t.stack} trains {t.stack} seeds of an MLP as one batched model"
+    rules = [
+        (m.arch == "mlp", f"model.arch={m.arch}: only MLPs are stacked so far; train the seeds one by one (-m)"),
+        (m.norm == "none", f"model.norm={m.norm}: a norm layer's statistics are not stacked yet; model.norm=none"),
+        (m.activation != "maxout", "model.activation=maxout is not stacked yet; another activation"),
+        (m.dropout_kind == "dropout", f"model.dropout_kind={m.dropout_kind}: only plain dropout is stacked"),
+        (m.get("head", "softmax") == "softmax", "only the softmax head is stacked; model.head=softmax"),
+        (cfg.ensemble.size == 1, "ensemble.size > 1: an ensemble's members are not stacked yet; drop one of the two"),
+        (t.resume is None, "a stacked run cannot be resumed yet; trainer.resume=null (or train without the stack)"),
+        (t.early_stop.patience == 0, "per-member early stopping is not built; trainer.early_stop.patience=0"),
+        (t.devices == 1, "one process only; trainer.devices=1"),
+        (t.precision == "fp32" and not t.compile, "fp32 eager only; trainer.precision=fp32 trainer.compile=false"),
+        (cfg.sched.name != "plateau", "sched=plateau reads each member's val loss; a step or epoch schedule"),
+        (cfg.pretrain.method == "none" and cfg.transfer.ckpt is None, "no pretraining or transfer with it yet"),
+        (all(not cfg.reg.get(k) for k in ("l1", "l2", "clip_norm", "clip_value", "max_norm")),
+         "the reg.* penalties and clipping are per member and not stacked yet; leave reg at its defaults"),
+    ]  # fmt: skip
+    return [f"{why}; {rule}." for ok, rule in rules if not ok]
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -18,33 +17,30 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config import launch
 from dlzoo.config.validate import validate, warnings
-from dlzoo.console import console, format_value, print_final, print_warning
-from dlzoo.data.build import build_splits, class_names
+from dlzoo.console import console, print_final, print_warning
+from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed, resuming
-from dlzoo.engine.checkpoint import Checkpointing, best_epoch
-from dlzoo.engine.evaluation import evaluate_ensemble, mc_evaluate, predict_probs
-from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
+from dlzoo.engine import distributed, member, resuming, stacked
+from dlzoo.engine.checkpoint import Checkpointing
+from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
     check_writable,
     metadata,
     run_lock,
     write_json,
 )
-from dlzoo.engine.loop import FitOptions, FitResult, fit, resolve_device, seed_everything
+from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
 from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
     chosen_columns,
-    print_summary,
     run_hparams,
     summary_markdown,
 )
-from dlzoo.engine.transfer import build_freeze_schedule, build_reuse
+from dlzoo.engine.transfer import build_freeze_schedule
 from dlzoo.models import build_model
-from dlzoo.models.summary import Summary, summarize
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.optim.regularize import build_regularizer
 
@@ -97,8 +93,14 @@ def _run_in(
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    hparams = run_hparams(config, choices, _overrides())
+    hparams = run_hparams(config, choices, member.overrides())
 
+    if t.stack > 1:
+        metrics = stacked.train_stacked(cfg, config, hparams, data, device, out_dir)
+        metrics["wall_time_s"] = time.perf_counter() - started
+        write_json(out_dir / "metrics.json", metrics)
+        print_final(metrics, out_dir)
+        return metrics
     size = cfg.ensemble.size
     members = []
     for i, start in enumerate(starts):
@@ -172,8 +174,8 @@ def _ensemble(
         tracker.log_test(step, {"acc": ensemble_acc, "member_mean_acc": metrics["member_test_acc_mean"]})
         tracker.log_val(step, metrics["val_acc"], metrics["val_loss"])
         if t.figures:
-            _log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, _overrides()))
+            member.log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
     return metrics | {k: v for k, v in first.items() if k in ("seed", "device", "torch", "git_commit")}
 
 
@@ -194,7 +196,7 @@ def _train_member(
     dist = distributed.current()
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
-    model, reused, summary = _setup_model(cfg, hparams, data, device, seed, resume)
+    model, reused, summary = member.setup_model(cfg, hparams, data, device, seed, resume)
     steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
@@ -215,16 +217,16 @@ def _train_member(
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
-        metrics = _test(cfg, model, data, result, tracker)
+        metrics = member.test_scores(cfg, model, data, result, tracker)
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        title = f"{_model_name(cfg, hparams)}, seed {seed}"
+        title = f"{member.model_name(cfg, hparams)}, seed {seed}"
         if dist.main:
-            _log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
+            member.log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
         if dist.main and t.figures:
-            _log_pictures(tracker, cfg, [model], data, result.steps, title)
+            member.log_pictures(tracker, cfg, [model], data, result.steps, title)
             for tag, image in tracker.depth_figures(title).items():
                 tracker.log_image(tag, image, result.steps)
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, _overrides()))
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
@@ -239,30 +241,6 @@ def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start:
     best = es.get("best_state") if es and cfg.trainer.early_stop.restore_best else None
     model.load_state_dict(best if best is not None else start.checkpoint["model"])
     return model.eval()
-
-
-def _setup_model(
-    cfg: DictConfig,
-    hparams: dict[str, Any],
-    data: Splits,
-    device: torch.device,
-    seed: int,
-    resume: dict[str, Any] | None,
-) -> tuple[torch.nn.Module, Any, Summary]:
-    """The member's model, seeded, initialized, with any transferred layers; its summary on the terminal."""
-    seed_everything(seed)
-    init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
-    model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
-    if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
-    reused = build_reuse(cfg.transfer, model, fresh=resume is None)
-    summary = summarize(model, data.input_shape, device)
-    print_summary(
-        summary,
-        title=f"{_model_name(cfg, hparams)} on {cfg.data.name} ({len(data.y_train):,} train / "
-        f"{len(data.y_val):,} val / {len(data.y_test):,} test from {data.source}), device {device}",
-    )
-    return model, reused, summary
 
 
 def _setup_checkpointing(
@@ -311,75 +289,3 @@ def _fit_options(
         compile_mode=t.compile_mode if t.compile else None,
         warn=print_warning,
     )
-
-
-def _test(cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResult, tracker: Any) -> dict[str, Any]:
-    """The test set's scores (and MC dropout's, when asked) beside the fit's final metrics."""
-    t = cfg.trainer
-    dist = distributed.current()
-    test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
-    tracker.log_test(result.steps, {"acc": test_acc, "loss": test_loss})
-    metrics: dict[str, Any] = {
-        "train_loss": result.train_loss,
-        "train_acc": result.train_acc,
-        "val_loss": result.val_loss,
-        "val_acc": result.val_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "epochs": result.epochs,
-        "steps": result.steps,
-        "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
-        "train_time_s": result.train_time_s,
-        # The same epoch as best-epochNNN.pt: best by trainer.checkpoint.monitor (val/loss by default).
-        "best_epoch": best_epoch(result.history, t.checkpoint.monitor),
-        "weights_epoch": result.weights_epoch,
-        "stopped_early": result.stopped_early,
-    }
-    if t.compile:
-        metrics["compile_time_s"] = result.compile_time_s
-    if cfg.eval.mc_samples > 0:
-        mc_acc, mc_entropy = mc_evaluate(
-            model, data.x_test, data.y_test, cfg.eval.mc_samples, t.eval_batch_size, data.prep
-        )
-        metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
-        tracker.log_test(result.steps, {"mc_acc": mc_acc, "mc_entropy": mc_entropy})
-    return metrics
-
-
-def _log_pictures(
-    tracker: Any, cfg: DictConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
-) -> None:
-    """The test set's confusion matrix and its most confidently misclassified images (an ensemble's: its vote)."""
-    if len(data.y_test) == 0:
-        return
-    probs = predict_probs(models, data.x_test, cfg.ensemble.combine, cfg.trainer.eval_batch_size, data.prep).cpu()
-    labels = data.y_test.cpu()
-    names = class_names(cfg.data)
-    counts = confusion(probs.argmax(1), labels, len(names))
-    accuracy = counts.diag().sum().item() / max(len(labels), 1)
-    tracker.log_image("test_images/confusion_matrix", confusion_figure(counts, names, f"{title}: test accuracy "
-                      f"{accuracy:.4f}"), step)  # fmt: skip
-    worst = misclassified_figure(data.x_test.cpu(), labels, probs, names, f"{title}: most confident mistakes")
-    tracker.log_image("test_images/misclassified", worst, step)
-
-
-def _log_texts(tracker: Any, cfg: DictConfig, config: dict[str, Any], metrics: dict[str, Any], summary_md: str) -> None:
-    """The text tab: how the run was started, the composed config, the model, the final metrics."""
-    tracker.log_markdown("run/command", "    " + " ".join(["dlzoo train", *_overrides()]))
-    tracker.log_markdown("run/config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
-    tracker.log_markdown("run/model", summary_md)
-    rows = "\n".join(f"| {k} | {format_value(k, v)} |" for k, v in metrics.items())
-    tracker.log_markdown("run/final_metrics", "| metric | value |\n|---|---:|\n" + rows)
-
-
-def _overrides() -> list[str]:
-    """The command line's overrides (Hydra's, inside a run it launched; else this process's arguments)."""
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
-
-
-def _model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
-    """`mlp_dropout (mlp)`: the experiment or preset the user chose, then its architecture (the title said only
-    `mlp`)."""
-    experiment, preset = str(hparams.get("experiment", "none")), str(hparams.get("model", "none"))
-    chosen = experiment if experiment != "none" else preset
-    return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"

@@ -88,7 +88,9 @@ def find_runs(root: Path) -> list[Run]:
             f"{root} holds no runs (no <run>/.hydra/config.yaml at any depth). Fix: point at the folder a "
             "`dlzoo train` or `dlzoo train -m` wrote (its hydra.run.dir or hydra.sweep.dir), or train first."
         )
-    return [load_run(folder) for folder in folders]
+    runs = [load_run(folder) for folder in folders]
+    # A stacked run's folder only sums up its seeds, which are runs of their own below it.
+    return [r for r in runs if not (r.metrics and r.metrics.get("stack", 1) > 1)]
 
 
 def load_run(folder: Path) -> Run:

@@ -51,3 +51,36 @@ def test_the_baseline_net_is_stock_torch_with_the_same_weights() -> None:
     assert [m.p for m in stock.modules() if type(m) is nn.Dropout] == [0.3, 0.3]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), stock.parameters(), strict=True))
     assert all(p is not q for p, q in zip(model.parameters(), stock.parameters(), strict=True))
+
+
+def test_bench_peers_runs_each_tool_in_its_own_process_and_writes_the_table(mnist_root: Path, tmp_path: Path) -> None:
+    """`--peers` on a cut epoch: the dlzoo and DataLoader workers (always installed), and an uninstalled peer is
+    reported as not run instead of failing the table."""
+    out = tmp_path / "peers.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--peers", "--data", str(mnist_root.parent),
+           "--tools", "dlzoo,dataloader,keras_tensorflow", "--tf-python", sys.executable, "--rounds", "1",
+           "--threads", "1", "--warmup", "10", "--limit", "30", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    table = report["table"]
+    assert set(table) == {"dlzoo", "dataloader"} and report["threads"] == 1
+    for tool, row in table.items():
+        run = report["runs"][tool][0]
+        assert run["steps"] == 30 and 0 < run["first_step_s"] < run["warm_s"] < run["last_s"], tool
+        assert row["median"] == run["samples_per_s"] == 20 * 100 / (run["last_s"] - run["warm_s"])
+    assert table["dlzoo"]["dlzoo_over_tool"] == 1.0
+    assert table["dataloader"]["dlzoo_over_tool"] == table["dlzoo"]["median"] / table["dataloader"]["median"]
+    assert "keras_tensorflow" in report["skipped"] and "not run" in proc.stdout
+
+
+def test_bench_stack_times_both_ways_and_writes_the_ratio(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stack.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--stack", "2", "--data", str(mnist_root.parent),
+           "--steps", "3", "--repeats", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    a, b = report["times"]["one_after_another"][0], report["times"]["stacked"][0]
+    assert report["stack"] == 2 and a > 0 and b > 0 and report["ratios"] == [a / b]
+    assert "stacked speed-up" in proc.stdout

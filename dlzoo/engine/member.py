@@ -1,0 +1,132 @@
+"""The parts of training one model that surround `fit`: building it as its seed builds it (its summary on the
+terminal), scoring it on the test set, and its run's text tab and test-time images. Shared by a single run, an
+ensemble's members and the members of a stacked run."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo.console import format_value
+from dlzoo.data.build import class_names
+from dlzoo.data.splits import Splits
+from dlzoo.engine import distributed
+from dlzoo.engine.checkpoint import best_epoch
+from dlzoo.engine.evaluation import mc_evaluate, predict_probs
+from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
+from dlzoo.engine.loop import FitResult, seed_everything
+from dlzoo.engine.tracking import (
+    print_summary,
+)
+from dlzoo.engine.transfer import build_reuse
+from dlzoo.models import build_model
+from dlzoo.models.summary import Summary, summarize
+
+OnEpochEnd = Callable[[int, dict[str, float]], None]
+
+
+def setup_model(
+    cfg: DictConfig,
+    hparams: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    seed: int,
+    resume: dict[str, Any] | None,
+    quiet: bool = False,
+) -> tuple[torch.nn.Module, Any, Summary]:
+    """The member's model, seeded, initialized, with any transferred layers; its summary on the terminal (unless
+    `quiet`: a stacked run prints its first member's only)."""
+    seed_everything(seed)
+    init_batch = data.prep(data.x_train[:1000]).cpu()  # for data-driven init (LSUV); built on the CPU as the rest
+    model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
+    if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    reused = build_reuse(cfg.transfer, model, fresh=resume is None)
+    summary = summarize(model, data.input_shape, device)
+    if quiet:
+        return model, reused, summary
+    print_summary(
+        summary,
+        title=f"{model_name(cfg, hparams)} on {cfg.data.name} ({len(data.y_train):,} train / "
+        f"{len(data.y_val):,} val / {len(data.y_test):,} test from {data.source}), device {device}",
+    )
+    return model, reused, summary
+
+
+def test_scores(
+    cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResult, tracker: Any
+) -> dict[str, Any]:
+    """The test set's scores (and MC dropout's, when asked) beside the fit's final metrics."""
+    t = cfg.trainer
+    dist = distributed.current()
+    test_loss, test_acc = dist.evaluate(model, data.x_test, data.y_test, t.eval_batch_size, data.prep)
+    tracker.log_test(result.steps, {"acc": test_acc, "loss": test_loss})
+    metrics: dict[str, Any] = {
+        "train_loss": result.train_loss,
+        "train_acc": result.train_acc,
+        "val_loss": result.val_loss,
+        "val_acc": result.val_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "train_samples_per_s": result.train_samples / max(result.train_time_s, 1e-9),
+        "train_time_s": result.train_time_s,
+        # The same epoch as best-epochNNN.pt: best by trainer.checkpoint.monitor (val/loss by default).
+        "best_epoch": best_epoch(result.history, t.checkpoint.monitor),
+        "weights_epoch": result.weights_epoch,
+        "stopped_early": result.stopped_early,
+    }
+    if t.compile:
+        metrics["compile_time_s"] = result.compile_time_s
+    if cfg.eval.mc_samples > 0:
+        mc_acc, mc_entropy = mc_evaluate(
+            model, data.x_test, data.y_test, cfg.eval.mc_samples, t.eval_batch_size, data.prep
+        )
+        metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
+        tracker.log_test(result.steps, {"mc_acc": mc_acc, "mc_entropy": mc_entropy})
+    return metrics
+
+
+def log_pictures(
+    tracker: Any, cfg: DictConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
+) -> None:
+    """The test set's confusion matrix and its most confidently misclassified images (an ensemble's: its vote)."""
+    if len(data.y_test) == 0:
+        return
+    probs = predict_probs(models, data.x_test, cfg.ensemble.combine, cfg.trainer.eval_batch_size, data.prep).cpu()
+    labels = data.y_test.cpu()
+    names = class_names(cfg.data)
+    counts = confusion(probs.argmax(1), labels, len(names))
+    accuracy = counts.diag().sum().item() / max(len(labels), 1)
+    tracker.log_image("test_images/confusion_matrix", confusion_figure(counts, names, f"{title}: test accuracy "
+                      f"{accuracy:.4f}"), step)  # fmt: skip
+    worst = misclassified_figure(data.x_test.cpu(), labels, probs, names, f"{title}: most confident mistakes")
+    tracker.log_image("test_images/misclassified", worst, step)
+
+
+def log_texts(tracker: Any, cfg: DictConfig, config: dict[str, Any], metrics: dict[str, Any], summary_md: str) -> None:
+    """The text tab: how the run was started, the composed config, the model, the final metrics."""
+    tracker.log_markdown("run/command", "    " + " ".join(["dlzoo train", *overrides()]))
+    tracker.log_markdown("run/config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
+    tracker.log_markdown("run/model", summary_md)
+    rows = "\n".join(f"| {k} | {format_value(k, v)} |" for k, v in metrics.items())
+    tracker.log_markdown("run/final_metrics", "| metric | value |\n|---|---:|\n" + rows)
+
+
+def overrides() -> list[str]:
+    """The command line's overrides (Hydra's, inside a run it launched; else this process's arguments)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+
+
+def model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
+    """`mlp_dropout (mlp)`: the experiment or preset the user chose, then its architecture (the title said only
+    `mlp`)."""
+    experiment, preset = str(hparams.get("experiment", "none")), str(hparams.get("model", "none"))
+    chosen = experiment if experiment != "none" else preset
+    return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"
