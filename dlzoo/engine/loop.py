@@ -11,7 +11,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,114 +20,17 @@ from torch.optim import Optimizer
 
 from dlzoo.config.schema import PRECISIONS  # noqa: F401  (re-exported: the precisions fit accepts)
 from dlzoo.data.splits import Splits
-from dlzoo.engine.checkpoint import Checkpointing, rng_state, save_best, save_checkpoint, set_rng_state
+from dlzoo.engine.checkpoint import rng_state, save_best, save_checkpoint, set_rng_state
 from dlzoo.engine.compiled import compile_forward
-from dlzoo.engine.distributed import Dist
 from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, diverged_error
+from dlzoo.engine.state import EpochSums, FitOptions, FitResult, TrainState
+from dlzoo.engine.stopping import Interrupted, diverged_error
 from dlzoo.engine.tracking import Tracker
 from dlzoo.errors import DlzooError
-from dlzoo.optim.regularize import Regularizer
 from dlzoo.optim.schedules import Scheduler
 
 # Mixed precision for the training step. The weights, the optimizer and evaluation stay fp32.
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class FitOptions:
-    """How `fit` trains, one object instead of two dozen keyword arguments.
-
-    Args:
-        seed: seeds the generator that orders each epoch's batches (on the data's device).
-        max_steps: stop after this many optimizer steps in total (the epoch in progress is still validated).
-        layer_stats: record per-layer norms and activation statistics at the first step and at logging steps.
-        histogram_every_n_steps: with layer_stats, histograms of every layer's weights, gradients and activations
-            at the first step and then every this many steps (0: none).
-        regularizer: weight penalty, gradient clipping and max-norm around each step.
-        early_stopping: stops on a stalled validation metric; with `restore_best`, the model ends with the best
-            epoch's weights and the returned metrics are that epoch's.
-        checkpointing: writes last.pt (everything needed to resume) and the top-k best weights. Files are
-            replaced atomically, so a crash or divergence leaves the last good checkpoint on disk.
-        stop: checked after every step; when set, last.pt is written and Interrupted raised.
-        max_loss: a logged loss above this counts as divergence too (an exploded run is as useless as a NaN one).
-        on_epoch_end: called with (epoch, metrics) after each epoch is validated, logged and checkpointed; the
-            caller's way in (a search pruning a trial by raising, a schedule of frozen layers).
-        precision: fp32, or bf16/fp16 autocast for the forward pass and loss (fp16 adds dynamic loss scaling,
-            because its gradients underflow; bf16 has fp32's exponent range and needs none).
-        dist: this process's rank in data-parallel training: each rank trains on its shard of every global batch
-            of `batch_size` through DDP, and the epoch's metrics are summed over ranks (default: one process).
-        compile_mode: a torch.compile mode for the training forward (None: eager). Steps that record layer
-            statistics run eagerly, because their forward hooks would break the compiled graph.
-        warn: where a non-fatal problem is reported (a compile that fell back to eager).
-    """
-
-    epochs: int
-    batch_size: int
-    seed: int
-    max_steps: int | None = None
-    eval_batch_size: int = 10000
-    log_every_n_steps: int = 50
-    layer_stats: bool = True
-    histogram_every_n_steps: int = 0
-    regularizer: Regularizer = field(default_factory=Regularizer)
-    early_stopping: EarlyStopping | None = None
-    restore_best: bool = True
-    checkpointing: Checkpointing | None = None
-    stop: StopFlag | None = None
-    max_loss: float | None = None
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
-    precision: str = "fp32"
-    dist: Dist = field(default_factory=Dist)
-    compile_mode: str | None = None
-    warn: Callable[[str], None] = print
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop is not None and self.stop.signum is not None
-
-
-@dataclass
-class TrainState:
-    """Everything that moves during training besides the weights, optimizer and schedule: what last.pt holds
-    beside them, so a resumed run continues exactly (mid-epoch included)."""
-
-    order: torch.Generator  # draws each epoch's batch order
-    step: int = 0
-    seen: int = 0  # samples of finished epochs
-    train_time: float = 0.0
-    first_epoch: int = 1
-    history: list[dict[str, float]] = field(default_factory=list)
-    partial: dict[str, Any] | None = None  # the epoch a stop request interrupted
-    last_finite_loss: float = float("nan")
-    stopped_early: bool = False
-
-
-@dataclass
-class EpochSums:
-    """One epoch's batch order and running sums, kept on the device until the epoch ends."""
-
-    perm: Tensor
-    start: int
-    loss_sum: Tensor
-    correct: Tensor
-    seen: int = 0
-
-
-@dataclass
-class FitResult:
-    epochs: int
-    steps: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    train_time_s: float
-    train_samples: int
-    weights_epoch: int  # the epoch whose weights the model ends with (the best one after restore_best)
-    stopped_early: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
-    compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
 
 
 def seed_everything(seed: int) -> None:

@@ -19,7 +19,8 @@ from dlzoo.engine import distributed
 from dlzoo.engine.checkpoint import best_epoch
 from dlzoo.engine.evaluation import mc_evaluate, predict_probs
 from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
-from dlzoo.engine.loop import FitResult, seed_everything
+from dlzoo.engine.loop import seed_everything
+from dlzoo.engine.state import FitResult
 from dlzoo.engine.tracking import (
     print_summary,
 )

@@ -28,7 +28,7 @@ from dlzoo.engine import member
 from dlzoo.engine.checkpoint import save_checkpoint
 from dlzoo.engine.evaluation import evaluate
 from dlzoo.engine.folders import metadata, write_json
-from dlzoo.engine.loop import FitResult
+from dlzoo.engine.state import FitResult
 from dlzoo.engine.tracking import RunTracker, Tracker, chosen_columns, summary_markdown
 from dlzoo.models.norm_dropout import Dropout
 from dlzoo.models.summary import Summary
