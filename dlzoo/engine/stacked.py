@@ -213,14 +213,15 @@ def train_stacked(
     a .hydra/ with the seed's own config, so `dlzoo report` groups them as seeds); returns the stack's summary."""
     t, k_all = cfg.trainer, cfg.trainer.stack
     seeds = [t.seed + k for k in range(k_all)]
-    console.print(f"training {k_all} seeds ({seeds[0]}..{seeds[-1]}) as one stacked model -> {out_dir}/seed<s>")
+    console.print(f"training {k_all} seeds ({seeds[0]}..{seeds[-1]}) as one stacked model -> {out_dir}/seed<s> "
+                  f"(the progress bar follows seed {seeds[0]})")  # fmt: skip
     models, generators, trackers, summaries, metas = [], [], [], [], []
     with ExitStack() as stack:
         for k, seed in enumerate(seeds):
             # Each member's setup is its standalone run's, in the same order, so its random stream is too.
             folder = out_dir / f"seed{seed}"
             model, _, summary = member.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
-            tracker = stack.enter_context(RunTracker(folder, t.epochs, t.progress and k == 0))
+            tracker = stack.enter_context(RunTracker(folder, t.epochs, t.progress and k == 0, label=f"seed {seed}  "))
             meta = metadata(seed, device) | {"data_mean": data.mean, "data_std": data.std, "stacked": k_all}
             tracker.log_text("run/meta", meta)
             if t.figures:

@@ -161,8 +161,12 @@ class RunTracker:
         purge_step: when resuming, the first step to (re)write.
     """
 
-    def __init__(self, log_dir: Path, epochs: int, progress: bool = True, purge_step: int | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, epochs: int, progress: bool = True, purge_step: int | None = None, label: str = ""
+    ) -> None:
         # purge_step drops events a crashed run logged after its checkpoint, so a resumed run's curves join up.
+        # label leads each epoch line ("seed 778  "), where several runs share one terminal (trainer.stack).
+        self.label = label
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self._log_dir, self._purge_step = log_dir, purge_step
         self._splits: dict[str, SummaryWriter] = {}
@@ -236,10 +240,10 @@ class RunTracker:
             f"train loss {metrics['train/loss']:.4f} acc {metrics['train/acc']:.4f}  "
             f"val loss {metrics['val/loss']:.4f} acc {metrics['val/acc']:.4f}  lr {metrics['lr']:.3g}"
         )
-        line = f"epoch {epoch:>3}/{self.epochs}  step {step:>6}  {scores}"
+        line = f"{self.label}epoch {epoch:>3}/{self.epochs}  step {step:>6}  {scores}"
         if epoch == 1 or epoch == self.epochs or epoch % self.every == 0:
             # On a narrow terminal the step (TensorBoard's x axis, also in train.log) gives way to the scores.
-            shown = line if len(line) <= console.width else f"epoch {epoch:>3}/{self.epochs}  {scores}"
+            shown = line if len(line) <= console.width else f"{self.label}epoch {epoch:>3}/{self.epochs}  {scores}"
             console.print(shown, highlight=False, soft_wrap=True)
         log.info(line)
 
