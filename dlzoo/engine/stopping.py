@@ -9,7 +9,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -121,18 +121,15 @@ def diverged_error(
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    """The first Ctrl-C or SIGTERM asks the loop to stop after its current step and checkpoint; a second Ctrl-C
-    interrupts at once (files stay intact: every write is a rename of a complete temporary file). Outside the main
-    thread (a thread-based launcher) Python allows no handlers: the flag then stays unset."""
+def _first_stop(message: str, also: Callable[[], None] = lambda: None) -> Iterator[StopFlag]:
+    """Handlers for SIGINT and SIGTERM (restored after): the first sets the flag, runs `also` and prints `message`;
+    Ctrl-C then interrupts at once."""
     stop = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
-        console.print("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)")
+        also()
+        console.print(message)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -141,6 +138,18 @@ def stop_on_signals() -> Iterator[StopFlag]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after its current step and checkpoint; a second Ctrl-C
+    interrupts at once (files stay intact: every write is a rename of a complete temporary file). Outside the main
+    thread (a thread-based launcher) Python allows no handlers: the flag then stays unset."""
+    if threading.current_thread() is not threading.main_thread():
+        yield StopFlag()
+        return
+    with _first_stop("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)") as stop:
+        yield stop
 
 
 # Set by the parent of a parallel sweep for its jobs: the file that exists once the sweep was asked to stop.
@@ -152,24 +161,15 @@ def parallel_sweep_stop() -> Iterator[StopFlag]:
     """The parent process of a parallel (joblib) sweep. A terminal's Ctrl-C reaches every running job as well, and
     each writes its checkpoint; the parent must not kill them mid-write, so its first Ctrl-C or SIGTERM only marks
     the sweep stopped (queued jobs then end at once) and waits for the running ones. A second Ctrl-C quits now."""
-    stop = StopFlag()
     marker = Path(tempfile.gettempdir()) / f"dlzoo-sweep-stop-{os.getpid()}"
     marker.unlink(missing_ok=True)
     os.environ[SWEEP_STOP_ENV] = str(marker)
-
-    def handler(signum: int, frame: object) -> None:
-        stop.request(signum)
-        marker.touch()
-        console.print("\nstopping the sweep: running jobs finish their step and write a checkpoint, queued jobs do "
-                      "not start (Ctrl-C again to quit now)")  # fmt: skip
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    message = ("\nstopping the sweep: running jobs finish their step and write a checkpoint, queued jobs do not "
+               "start (Ctrl-C again to quit now)")  # fmt: skip
     try:
-        yield stop
+        with _first_stop(message, also=marker.touch) as stop:
+            yield stop
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         marker.unlink(missing_ok=True)
         os.environ.pop(SWEEP_STOP_ENV, None)
 
