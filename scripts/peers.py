@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=50, help="steps before the timing starts")
     parser.add_argument("--limit", type=int, default=None, help="stop each epoch after this many steps (a smoke check)")
     parser.add_argument("--tf-python", default=sys.executable, help="the Python of a virtual environment with "
-                        "tensorflow-cpu and keras, for keras_tensorflow: TensorFlow beside torch in dlzoo's own "
-                        "environment crashes TensorBoard's writer, so it gets one of its own")  # fmt: skip
+                        "tensorflow-cpu and keras, for keras_tensorflow (so dlzoo's own stays as its install made "
+                        "it)")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench_peers.json")
     parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
