@@ -97,11 +97,30 @@ def _run_in(
 
     if t.stack > 1:
         metrics = stacked.train_stacked(cfg, config, hparams, data, device, out_dir)
-        metrics["wall_time_s"] = time.perf_counter() - started
+    else:
+        metrics = _members(cfg, config, hparams, data, device, out_dir, starts, stop, on_epoch_end)
+    metrics["wall_time_s"] = time.perf_counter() - started
+    if dist.world > 1:
+        metrics["world_size"] = dist.world
+    if dist.main:
         write_json(out_dir / "metrics.json", metrics)
-        print_final(metrics, out_dir)
-        return metrics
-    size = cfg.ensemble.size
+    print_final(metrics, out_dir)
+    return metrics
+
+
+def _members(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    out_dir: Path,
+    starts: list[resuming.Member],
+    stop: StopFlag | None,
+    on_epoch_end: OnEpochEnd | None,
+) -> dict[str, Any]:
+    """The run's one model, or each member of its ensemble (kept, resumed or new) and then their vote."""
+    t, size = cfg.trainer, cfg.ensemble.size
     members = []
     for i, start in enumerate(starts):
         folder = resuming.member_folder(out_dir, i, size)
@@ -119,14 +138,7 @@ def _run_in(
                 e.hint = (f"Resume the ensemble with: dlzoo train <same overrides> trainer.resume={out_dir} "
                           f"(the {i} finished member(s) are kept)")  # fmt: skip
             raise
-    metrics = members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
-    metrics["wall_time_s"] = time.perf_counter() - started
-    if dist.world > 1:
-        metrics["world_size"] = dist.world
-    if dist.main:
-        write_json(out_dir / "metrics.json", metrics)
-    print_final(metrics, out_dir)
-    return metrics
+    return members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
 
 
 def _setup_process(cfg: DictConfig) -> None:
