@@ -29,14 +29,13 @@ from dlzoo.engine.folders import (
     run_lock,
     write_json,
 )
+from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
 from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
-    chosen_columns,
-    run_hparams,
     summary_markdown,
 )
 from dlzoo.engine.transfer import build_freeze_schedule

@@ -28,8 +28,9 @@ from dlzoo.engine import member
 from dlzoo.engine.checkpoint import save_checkpoint
 from dlzoo.engine.evaluation import evaluate
 from dlzoo.engine.folders import metadata, write_json
+from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.state import FitResult
-from dlzoo.engine.tracking import RunTracker, Tracker, chosen_columns, summary_markdown
+from dlzoo.engine.tracking import RunTracker, Tracker, summary_markdown
 from dlzoo.models.norm_dropout import Dropout
 from dlzoo.models.summary import Summary
 from dlzoo.optim import build_optimizer, build_scheduler

@@ -325,7 +325,7 @@ def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
     from omegaconf import OmegaConf
 
     from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
-    from dlzoo.engine.tracking import run_hparams
+    from dlzoo.engine.hparams import run_hparams
 
     points = [(RUNGS[r.name][0], r.mean, RUNGS[r.name][2]) for r in rungs]
     # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
