@@ -3,7 +3,6 @@ TensorBoard events in the run folder. `dlzoo train` (dlzoo.train) and the sweeps
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from dlzoo.engine.folders import (
 from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
+from dlzoo.engine.state import step_counts
 from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.engine.tracking import (
     RunTracker,
@@ -208,8 +208,7 @@ def _train_member(
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
     model, reused, summary = member.setup_model(cfg, hparams, data, device, seed, resume)
-    steps_per_epoch = math.ceil(len(data.y_train) / t.batch_size)
-    total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
+    steps_per_epoch, total_steps = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
         torch.manual_seed(seed + dist.rank)
     optimizer = build_optimizer(cfg.optim, model.parameters())
@@ -247,7 +246,8 @@ def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start:
     """A member that finished before the ensemble was interrupted, with the weights it ended with (its best
     epoch's, when early stopping restored them)."""
     assert start.checkpoint is not None
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    init_batch = data.prep(data.x_train[:1000]).cpu()  # lsuv needs one, though the saved weights then replace it
+    model = build_model(cfg.model, data.input_shape, data.num_classes, init_batch).to(device)
     es = start.checkpoint.get("early_stopping")
     best = es.get("best_state") if es and cfg.trainer.early_stop.restore_best else None
     model.load_state_dict(best if best is not None else start.checkpoint["model"])

@@ -29,7 +29,7 @@ from dlzoo.engine.checkpoint import save_checkpoint
 from dlzoo.engine.evaluation import evaluate
 from dlzoo.engine.folders import metadata, write_json
 from dlzoo.engine.hparams import chosen_columns
-from dlzoo.engine.state import FitResult
+from dlzoo.engine.state import FitResult, step_counts
 from dlzoo.engine.tracking import RunTracker, Tracker, summary_markdown
 from dlzoo.models.norm_dropout import Dropout
 from dlzoo.models.summary import Summary
@@ -86,7 +86,8 @@ class StackedMLP:
                 assert op.module is not None
                 x = op.module(x)
             elif self.training and op.p > 0:
-                # Member k's mask from member k's stream, drawn as its standalone run's Dropout draws it.
+                # Member k's mask from member k's stream, drawn as its standalone run's Dropout draws it on the
+                # CPU (on CUDA that Dropout uses torch's fused kernel, so there the masks are independent, not equal).
                 shape = x.shape[1:]
                 keep = torch.stack([torch.rand(shape, generator=g, device=x.device) >= op.p for g in self.generators])
                 x = x * keep * (1.0 / (1.0 - op.p))
@@ -125,13 +126,12 @@ def fit_stacked(
     `generators[k]` holds the global random stream that run would continue with) in one batched pass."""
     t = cfg.trainer
     device, n, bs = data.x_train.device, len(data.y_train), t.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
+    steps_per_epoch, total = step_counts(n, bs, t.epochs, t.max_steps)
     stack = StackedMLP(members, generators)
     optimizer = build_optimizer(cfg.optim, stack.parameters())
     scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total)
     state = [_Member(torch.Generator(device=device).manual_seed(s), tr) for s, tr in zip(seeds, trackers, strict=True)]
-    k_all, step, train_time = len(members), 0, 0.0
+    k_all, step, train_time, samples = len(members), 0, 0.0, 0
     for epoch in range(1, t.epochs + 1):
         for m in state:
             m.tracker.on_epoch_start(epoch, steps_per_epoch)
@@ -163,11 +163,12 @@ def fit_stacked(
             if t.max_steps is not None and step >= t.max_steps:
                 break
         train_time += time.perf_counter() - t0
+        samples += seen
         stack.write_back()
         _end_epoch(state, members, data, cfg, epoch, step, loss_sum, correct, seen, scheduler.get_last_lr()[0])
         if t.max_steps is not None and step >= t.max_steps:
             break
-    return [_result(m, step, train_time) for m in state]
+    return [_result(m, step, train_time, samples) for m in state]
 
 
 def _end_epoch(
@@ -189,13 +190,12 @@ def _end_epoch(
                    "lr": lr}  # fmt: skip
         if m.diverged_at is None and not math.isfinite(metrics["train/loss"]):
             m.diverged_at = step
-        m.history.append({"epoch": epoch, "seen": seen, **metrics})
+        m.history.append({"epoch": epoch, **metrics})
         m.tracker.log_epoch(epoch, step, metrics)
 
 
-def _result(m: _Member, steps: int, train_time: float) -> FitResult:
+def _result(m: _Member, steps: int, train_time: float, seen: int) -> FitResult:
     final = m.history[-1]
-    seen = sum(int(h.pop("seen")) for h in m.history)
     return FitResult(epochs=len(m.history), steps=steps, train_loss=final["train/loss"], train_acc=final["train/acc"],
                      val_loss=final["val/loss"], val_acc=final["val/acc"], train_time_s=train_time, train_samples=seen,
                      weights_epoch=int(final["epoch"]), history=m.history)  # fmt: skip

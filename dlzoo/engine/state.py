@@ -3,6 +3,7 @@ running sums (EpochSums) and what it returns (FitResult)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,3 +111,9 @@ class FitResult:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
+
+
+def step_counts(samples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(steps per epoch, steps in the whole run): what a schedule is built for."""
+    per_epoch = math.ceil(samples / batch_size)
+    return per_epoch, per_epoch * epochs if max_steps is None else min(per_epoch * epochs, max_steps)

@@ -357,3 +357,18 @@ def test_a_real_full_disk_is_a_clean_error_that_leaves_no_temp_file(tiny_disk: P
         save_checkpoint(small, {"model": {"w": torch.zeros(200_000)}})  # 800 kB: does not
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["last.pt"]  # no partial .tmp keeps the disk full
     assert torch.load(small, weights_only=True)["model"]["w"].numel() == 1000
+
+
+def test_a_finished_ensemble_member_is_kept_with_its_weights_even_under_a_data_driven_init(toy_root: Path) -> None:
+    # Resuming an ensemble rebuilds its finished members only to load their weights; LSUV still needs its batch.
+    from dlzoo.cli import compose_and_validate
+    from dlzoo.engine import resuming
+    from dlzoo.engine.run import _finished_member
+
+    cfg = compose_and_validate(["model=mlp", "model.hidden=[16]", "model.init=lsuv", f"data.root={toy_root}"])
+    data = load_splits("mnist", str(toy_root), download=False, val_size=100)
+    saved = MLP(784, 10, [16]).state_dict()
+    start = resuming.Member(checkpoint={"model": saved, "early_stopping": None}, finished={"test_acc": 0.5})
+    model = _finished_member(cfg, data, torch.device("cpu"), start)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.values(), strict=True))
+    assert not model.training
