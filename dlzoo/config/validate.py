@@ -31,7 +31,7 @@ from dlzoo.config.schema import (  # noqa: F401  (re-exported: the schemas are p
 from dlzoo.data.build import data_problems, num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.errors import DlzooError
-from dlzoo.models import ARCHS, build_model
+from dlzoo.models import ARCHS, build_model, stacked
 from dlzoo.models import problems as model_problems
 from dlzoo.models.activations import ACTIVATIONS
 from dlzoo.models.heads import HEADS
@@ -130,28 +130,35 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
 
 
 def _stack_problems(cfg: DictConfig) -> list[str]:
-    """What trainer.stack > 1 (dlzoo.engine.stacked) cannot train yet, each with the fix."""
-    t, m = cfg.trainer, cfg.model
+    """What trainer.stack > 1 (dlzoo.engine.stacked) cannot train as K separate runs would, each with the fix."""
+    t, size = cfg.trainer, cfg.ensemble.size
     if t.stack == 1:
         return []
-    why = f"trainer.stack={t.stack} trains {t.stack} seeds of an MLP as one batched model"
+    why = f"trainer.stack={t.stack} trains {t.stack} models as one batched model"
     rules = [
-        (m.arch == "mlp", f"model.arch={m.arch}: only MLPs are stacked so far; train the seeds one by one (-m)"),
-        (m.norm == "none", f"model.norm={m.norm}: a norm layer's statistics are not stacked yet; model.norm=none"),
-        (m.activation != "maxout", "model.activation=maxout is not stacked yet; another activation"),
-        (m.dropout_kind == "dropout", f"model.dropout_kind={m.dropout_kind}: only plain dropout is stacked"),
-        (m.get("head", "softmax") == "softmax", "only the softmax head is stacked; model.head=softmax"),
-        (cfg.ensemble.size == 1, "ensemble.size > 1: an ensemble's members are not stacked yet; drop one of the two"),
-        (t.resume is None, "a stacked run cannot be resumed yet; trainer.resume=null (or train without the stack)"),
-        (t.early_stop.patience == 0, "per-member early stopping is not built; trainer.early_stop.patience=0"),
+        (size in (1, t.stack), f"ensemble.size={size}: stack the whole ensemble, trainer.stack={size}"),
         (t.devices == 1, "one process only; trainer.devices=1"),
         (t.precision == "fp32" and not t.compile, "fp32 eager only; trainer.precision=fp32 trainer.compile=false"),
         (cfg.sched.name != "plateau", "sched=plateau reads each member's val loss; a step or epoch schedule"),
         (cfg.pretrain.method == "none" and cfg.transfer.ckpt is None, "no pretraining or transfer with it yet"),
-        (all(not cfg.reg.get(k) for k in ("l1", "l2", "clip_norm", "clip_value", "max_norm")),
-         "the reg.* penalties and clipping are per member and not stacked yet; leave reg at its defaults"),
     ]  # fmt: skip
-    return [f"{why}; {rule}." for ok, rule in rules if not ok]
+    problems = [f"{why}; {rule}." for ok, rule in rules if not ok]
+    if not problems and cfg.model.arch in ARCHS:
+        problems += [f"{why}; {p}" for p in _stackable(cfg)]
+    return problems
+
+
+def _stackable(cfg: DictConfig) -> list[str]:
+    """The model's layers, checked against what dlzoo.models.stacked can batch (a dry build)."""
+    spec = DATASETS.get(cfg.data.name)
+    try:
+        model = build_model(cfg.model, spec.shape, num_classes(cfg.data), init_batch=torch.randn(8, *spec.shape))
+    except DlzooError:
+        return []  # the model's own problem is reported on its own
+    problem = stacked.why_not(model)
+    return [] if problem is None else [f"its model has {problem} (dense, conv, pool, batch norm, dropout and "
+                                       "element-wise activation layers are). Fix: train the seeds one by one "
+                                       "(dlzoo train -m trainer.seed=1,2,3)."]  # fmt: skip
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

@@ -19,7 +19,7 @@ from dlzoo.config.validate import validate, warnings
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed, member, resuming, stacked
+from dlzoo.engine import distributed, member, resuming, stacked_run
 from dlzoo.engine.checkpoint import Checkpointing
 from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
@@ -39,6 +39,7 @@ from dlzoo.engine.tracking import (
     summary_markdown,
 )
 from dlzoo.engine.transfer import build_freeze_schedule
+from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.optim.regularize import build_regularizer
@@ -63,7 +64,7 @@ def run(
     t = cfg.trainer
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
-    resumed = resuming.plan(cfg, out_dir)
+    resumed = stacked_run.plan(cfg, out_dir) if t.stack > 1 else resuming.plan(cfg, out_dir)
     if resumed.done is not None:  # a resumed sweep's job that had finished: kept as it is
         print_final(resumed.done, out_dir)
         return resumed.done
@@ -95,7 +96,9 @@ def _run_in(
     hparams = run_hparams(config, choices, member.overrides())
 
     if t.stack > 1:
-        metrics = stacked.train_stacked(cfg, config, hparams, data, device, out_dir)
+        members = stacked_run.train_stacked(cfg, config, hparams, data, device, out_dir, starts[0].checkpoint, stop)
+        metrics = _stacked_ensemble(cfg, hparams, data, out_dir, members) if cfg.ensemble.size > 1 else \
+            stacked_run.summary(cfg, members)  # fmt: skip
     else:
         metrics = _members(cfg, config, hparams, data, device, out_dir, starts, stop, on_epoch_end)
     metrics["wall_time_s"] = time.perf_counter() - started
@@ -138,6 +141,22 @@ def _members(
                           f"(the {i} finished member(s) are kept)")  # fmt: skip
             raise
     return members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
+
+
+def _stacked_ensemble(
+    cfg: DictConfig,
+    hparams: dict[str, Any],
+    data: Splits,
+    out_dir: Path,
+    members: list[tuple[torch.nn.Module, dict[str, Any] | None]],
+) -> dict[str, Any]:
+    """An ensemble whose members trained as one stack: combined as any ensemble, unless one diverged."""
+    bad = [i for i, (_, m) in enumerate(members) if m is None]
+    if bad:
+        raise DlzooError(f"ensemble member(s) {bad} diverged, so the ensemble is not combined (the other members' "
+                         f"folders under {out_dir} are complete). Fix: lower optim.lr or add reg.clip_norm=1.0, "
+                         "then train the ensemble again.")  # fmt: skip
+    return _ensemble(cfg, hparams, data, out_dir, [(model, m) for model, m in members if m is not None])
 
 
 def _setup_process(cfg: DictConfig) -> None:

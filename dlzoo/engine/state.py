@@ -111,6 +111,7 @@ class FitResult:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
     compile_time_s: float = 0.0  # torch.compile's first (compiling) step, outside train_time_s
+    last_state: dict[str, Tensor] | None = None  # the last epoch's weights, where the model holds the best epoch's
 
 
 def step_counts(samples: int, batch_size: int, epochs: int, max_steps: int | None) -> tuple[int, int]:

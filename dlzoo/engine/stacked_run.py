@@ -1,0 +1,203 @@
+"""A `trainer.stack=K` run, assembled: K members built as their standalone runs build them, trained in one pass
+(dlzoo.engine.stacked), each written to its own folder as its standalone run writes it. Seeds seed..seed+K-1 go to
+<run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's own config, so `dlzoo
+report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to <run>/member<i>/ as an
+ensemble's members do, and run.py combines them. The stack's own state is <run>/checkpoints/stack.pt."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dlzoo.console import console, print_warning, redirect_file_logs, say
+from dlzoo.data.splits import Splits
+from dlzoo.engine import member
+from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
+from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
+from dlzoo.engine.hparams import chosen_columns
+from dlzoo.engine.resuming import Member, Plan, member_folder
+from dlzoo.engine.stacked import StackIO, diverged, fit_stacked
+from dlzoo.engine.state import FitResult
+from dlzoo.engine.stopping import StopFlag
+from dlzoo.engine.tracking import RunTracker, summary_markdown
+from dlzoo.errors import DlzooError
+from dlzoo.models.summary import Summary
+
+STACK_FILE = "stack.pt"
+
+
+def plan(cfg: DictConfig, out_dir: Path) -> Plan:
+    """Resolve trainer.resume for a stacked run: its folder's checkpoints/stack.pt, continued in place (auto: this
+    run's own folder; a finished one is kept)."""
+    value = cfg.trainer.resume
+    if value is None:
+        return Plan(out_dir, [Member()])
+    folder = out_dir if value == "auto" else Path(value).expanduser()
+    path = folder / "checkpoints" / STACK_FILE
+    if not path.is_file():
+        if value != "auto":
+            raise DlzooError(
+                f"trainer.resume={value!r}: no stacked run there (looked for checkpoints/{STACK_FILE}). Fix: point "
+                "it at the folder printed when the stacked run stopped, or use auto."
+            )
+        console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
+        return Plan(out_dir, [Member()])
+    state = load_checkpoint(path)
+    if (folder / "metrics.json").is_file():
+        if identity(state["config"]) != identity(OmegaConf.to_container(cfg, resolve=True)):
+            raise DlzooError(f"{folder} holds a finished stacked run of another config. Fix: give this run its own "
+                             "folder, or resume with the overrides that made it.")  # fmt: skip
+        say(f"{folder} already finished (metrics.json); kept, not retrained")
+        return Plan(folder, done=json.loads((folder / "metrics.json").read_text()))
+    for change in check_compatible(state["config"], cfg):
+        print_warning(f"resuming with a changed setting: {change}")
+    redirect_file_logs(folder / "train.log")
+    where = "mid-epoch" if state["partial"] is not None else f"after epoch {state['epoch']}"
+    say(f"resuming the stacked run {folder} {where} (step {state['step']})")
+    return Plan(folder, [Member(checkpoint=state)])
+
+
+def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
+    """(seed, folder) of each member: seed<s>/ for seeds, member<i>/ for an ensemble's members."""
+    t, size = cfg.trainer, cfg.ensemble.size
+    if size > 1:
+        return [(t.seed + i, member_folder(out_dir, i, size)) for i in range(size)]
+    return [(t.seed + k, out_dir / f"seed{t.seed + k}") for k in range(t.stack)]
+
+
+def train_stacked(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    device: torch.device,
+    out_dir: Path,
+    resume: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+) -> list[tuple[torch.nn.Module, dict[str, Any] | None]]:
+    """Train the stack; returns each member's model and metrics (None for a member that diverged)."""
+    t, k_all, where = cfg.trainer, cfg.trainer.stack, folders(cfg, out_dir)
+    seeds = [s for s, _ in where]
+    what = f"the {k_all} ensemble members" if cfg.ensemble.size > 1 else f"{k_all} seeds"
+    layout = "member<i>" if cfg.ensemble.size > 1 else "seed<s>"
+    console.print(f"training {what} ({seeds[0]}..{seeds[-1]}) as one stacked model -> {out_dir}/{layout} "
+                  f"(the progress bar follows seed {seeds[0]})")  # fmt: skip
+    models, generators, trackers, summaries, metas = [], [], [], [], []
+    purge = resume["step"] + 1 if resume is not None else None
+    with ExitStack() as stack:
+        for k, (seed, folder) in enumerate(where):
+            # Each member's setup is its standalone run's, in the same order, so its random stream is too.
+            model, _, summary = member.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
+            tracker = stack.enter_context(
+                RunTracker(folder, t.epochs, t.progress and k == 0, purge, label=f"seed {seed}  ")
+            )
+            meta = metadata(seed, device) | {"data_mean": data.mean, "data_std": data.std, "stacked": k_all}
+            tracker.log_text("run/meta", meta)
+            if t.figures and resume is None:
+                tracker.log_graph(model, data.prep(data.x_train[:2]))
+            generator = torch.Generator(device=device)
+            generator.set_state(torch.get_rng_state() if device.type == "cpu" else torch.cuda.get_rng_state(device))
+            models.append(model.train())
+            generators.append(generator)
+            trackers.append(tracker)
+            summaries.append(summary)
+            metas.append(meta)
+        checkpoint = out_dir / "checkpoints" / STACK_FILE if t.checkpoint.enabled else None
+        best = [_best(cfg, config, meta, folder, resume, k) for k, ((_, folder), meta) in
+                enumerate(zip(where, metas, strict=True))] if checkpoint is not None else None  # fmt: skip
+        io = StackIO(checkpoint, resume, stop, {"config": config}, best)
+        results = fit_stacked(models, generators, seeds, trackers, data, cfg, io)
+        bad = diverged(results)
+        members = [
+            (model, None if k in bad else _finish_member(cfg, config, hparams, data, folder, model, *parts))
+            for k, ((_, folder), model, *parts) in enumerate(zip(where, models, results, trackers, summaries, metas,
+                                                                  strict=True))
+        ]  # fmt: skip
+    if bad:
+        print_warning(f"seed(s) {[seeds[k] for k in bad]} diverged (their loss became NaN, infinite or exceeded "
+                      "trainer.max_loss; they are frozen where it happened and write no metrics.json); the other "
+                      "members' results stand. Fix for them: a lower optim.lr or reg.clip_norm.")  # fmt: skip
+    return members
+
+
+def _best(
+    cfg: DictConfig, config: dict[str, Any], meta: dict[str, Any], folder: Path, resume: dict[str, Any] | None, k: int
+) -> Checkpointing:
+    """Member k's best-epoch checkpoints, as its standalone run keeps them; a resumed one keeps counting."""
+    ck = cfg.trainer.checkpoint
+    best = Checkpointing(folder / "checkpoints", ck.every, ck.top_k, ck.monitor, {"config": config, "meta": meta})
+    if resume is not None:
+        best.adopt_best(resume["members"][k]["history"])
+    return best
+
+
+def summary(cfg: DictConfig, members: list[tuple[torch.nn.Module, dict[str, Any] | None]]) -> dict[str, Any]:
+    """The stack's own metrics.json for seeds: the test accuracy's mean and sample std over the healthy seeds."""
+    seeds = [cfg.trainer.seed + k for k in range(len(members))]
+    good = [(s, m) for s, (_, m) in zip(seeds, members, strict=True) if m is not None]
+    if not good:
+        raise DlzooError(
+            "Every seed of the stacked run diverged. Fix: lower optim.lr (e.g. by 10x), clip gradients "
+            "(reg.clip_norm=1.0), or use an initializer scaled to the layer (model.init=xavier_uniform)."
+        )
+    accs = [m["test_acc"] for _, m in good]
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
+    first = good[0][1]
+    return {"test_acc": mean, "test_acc_std": std, "stack": len(members), "seeds": seeds,
+            "member_test_acc": [m["test_acc"] if m else None for _, m in members],
+            "diverged_seeds": [s for s, (_, m) in zip(seeds, members, strict=True) if m is None],
+            "steps": first["steps"], "epochs": first["epochs"], "train_time_s": first["train_time_s"],
+            "train_samples_per_s": first["train_samples_per_s"] * len(members)}  # fmt: skip
+
+
+def _finish_member(
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    folder: Path,
+    model: torch.nn.Module,
+    result: FitResult,
+    tracker: RunTracker,
+    summary: Summary,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """A stacked member's end, as its standalone run's: test scores, text tab, images, HParams, checkpoint,
+    metrics.json, and (for seeds) the .hydra/ config of a standalone run with its seed."""
+    seed, ensemble = meta["seed"], cfg.ensemble.size > 1
+    own = copy.deepcopy(config)
+    if not ensemble:
+        own["trainer"] |= {"seed": seed, "stack": 1}
+    metrics = member.test_scores(cfg, model, data, result, tracker) | {
+        k: v for k, v in meta.items() if k not in ("data_mean", "data_std")
+    }
+    member.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
+    title = f"{member.model_name(cfg, hparams)}, seed {seed}"
+    if cfg.trainer.figures:
+        member.log_pictures(tracker, cfg, [model], data, result.steps, title)
+    seeded = [o for o in member.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
+    tracker.log_hparams(hparams | {"trainer.seed": seed}, cfg.trainer.hparams_experiment,
+                        chosen_columns(hparams, seeded))  # fmt: skip
+    if cfg.trainer.checkpoint.enabled:
+        weights = result.last_state or model.state_dict()  # last.pt holds the last epoch, as a standalone run's
+        save_checkpoint(folder / "checkpoints" / "last.pt", {"model": weights, "epoch": result.epochs,
+                        "step": result.steps, "history": result.history, "config": own, "meta": meta})  # fmt: skip
+    if not ensemble:
+        hydra = folder / ".hydra"
+        hydra.mkdir(parents=True, exist_ok=True)
+        (hydra / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(own)))
+        (hydra / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create([*seeded, f"trainer.seed={seed}"])))
+        parent = folder.parent / ".hydra" / "hydra.yaml"  # the config group choices, which are the stack's
+        if parent.is_file():
+            shutil.copyfile(parent, hydra / "hydra.yaml")
+    write_json(folder / "metrics.json", metrics)
+    return metrics
