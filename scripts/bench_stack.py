@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data", help="folder holding mnist/ with the four IDX files")
     parser.add_argument("--stack", type=int, default=5)
+    parser.add_argument("--experiment", default="lab10_5_dropout", help="the rung to time (conf/experiment)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per member per round")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", default="outputs/bench_stack.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = compose_and_validate(["experiment=lab10_5_dropout", "data=mnist", f"data.root={Path(args.data) / 'mnist'}",
+    cfg = compose_and_validate([f"experiment={args.experiment}", "data=mnist", f"data.root={Path(args.data) / 'mnist'}",
                                 "trainer.epochs=1", f"trainer.max_steps={args.steps}", "trainer.layer_stats=false",
                                 f"trainer.stack={args.stack}"])  # fmt: skip
     data = load_splits("mnist", str(Path(args.data) / "mnist"), download=False, val_size=1000)
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def build(seed: int) -> torch.nn.Module:
         seed_everything(seed)
-        return build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:1000]))
+        model = build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:1000]))
+        if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.member.setup_model)
+        return model
 
     def one_after_another() -> float:
         total = 0.0
@@ -75,12 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     samples = args.stack * args.steps * 100
     rows = {k: {"seconds_median": statistics.median(v), "samples_per_s_median": samples / statistics.median(v)}
             for k, v in times.items()}  # fmt: skip
-    print(f"{args.stack} x lab 10-5, {args.steps} steps each, {args.repeats} rounds, {args.threads} threads")
+    print(f"{args.stack} x {args.experiment}, {args.steps} steps each, {args.repeats} rounds, {args.threads} threads")
     for name, row in rows.items():
         print(f"{name:<20}{row['seconds_median']:>8.2f} s{row['samples_per_s_median']:>10,.0f} samples/s")
     print(f"stacked speed-up: median {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    report = {"stack": args.stack, "steps": args.steps, "threads": args.threads, "times": times, "ratios": ratios,
+    report = {"experiment": args.experiment, "stack": args.stack, "steps": args.steps, "threads": args.threads,
+              "times": times, "ratios": ratios,
               "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -51,6 +51,11 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
         console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
         return Plan(out_dir, [Member()])
     state = load_checkpoint(path)
+    saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
+    if saved != (cfg.trainer.stack, cfg.trainer.seed):
+        raise DlzooError(f"{path} is a stack of {saved[0]} seeds from seed {saved[1]}; this config asks for "
+                         f"{cfg.trainer.stack} from seed {cfg.trainer.seed}. Fix: resume with trainer.stack={saved[0]} "
+                         f"trainer.seed={saved[1]}, or train into a new folder without trainer.resume.")  # fmt: skip
     if (folder / "metrics.json").is_file():
         if identity(state["config"]) != identity(OmegaConf.to_container(cfg, resolve=True)):
             raise DlzooError(f"{folder} holds a finished stacked run of another config. Fix: give this run its own "

@@ -1,47 +1,45 @@
 """`dlzoo ladder`: the lectures' accuracy ladder (labs 10-1 to 11-5), each rung × seed a normal `dlzoo train` run
 in <out>/<rung>/seed<k>/, then one table (terminal, ladder.md, ladder.csv) and a bar chart (ladder.png) against
-the lecture's figures."""
+the lecture's figures (dlzoo.sweeps.ladder_table). Where stacking is faster (`--stack`), a rung's seeds train as
+one `trainer.stack=N` run in <out>/<rung>/, which writes the same <rung>/seed<k>/ folders."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from dlzoo.engine.stopping import Interrupted
 from dlzoo.errors import DlzooError
-from dlzoo.sweeps.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
+from dlzoo.sweeps.ladder_table import (
+    HEADER,
+    RUNGS,
+    Job,
+    caption,
+    collect,
+    draw_chart,
+    rows,
+    write_csv,
+    write_markdown,
+    write_view,
+)
+from dlzoo.sweeps.report import last_error, load_run
 
-# rung (= conf/experiment/<rung>.yaml): (label, what changed from the rung before, lecture test accuracy on MNIST).
-# The figures are the outputs recorded at the end of each TF lab file of hunkim/DeepLearningZeroToAll (single runs,
-# tf.set_random_seed(777)), as quoted in each experiment's YAML.
-RUNGS: dict[str, tuple[str, str, float | None]] = {
-    "lab10_1_softmax": ("10-1 softmax", "softmax regression, N(0,1) init", 0.9035),
-    "lab10_2_mlp": ("10-2 NN", "+ 2 hidden ReLU layers of 256", 0.9455),
-    "lab10_3_xavier": ("10-3 Xavier", "Xavier init instead of N(0,1)", 0.9783),
-    "lab10_4_deep": ("10-4 deep", "deeper and wider: 4 × 512", 0.9742),
-    "lab10_5_dropout": ("10-5 dropout", "+ dropout 0.3", 0.9804),
-    "lab10_7_bn": ("10-7 batch norm", "+ batch norm, Adam lr 0.01", 0.9826),
-    "lab11_1_cnn": ("11-1 CNN", "a 2-layer CNN (32, 64) instead of the MLP", 0.9885),
-    "lab11_2_cnn_deep": ("11-2 deep CNN", "3 conv layers (32, 64, 128), FC 625, dropout", 0.9938),
-    "lab11_5_ensemble": ("11-5 ensemble", "7 deep CNNs, summed logits, 20 epochs", 0.9952),
-}
+__all__ = ["RUNGS", "Job", "ladder_command", "parse_rung_seeds", "plan"]
+
 # The ladder owns these; a user override of them would break the <rung>/seed<k> layout.
-OWNED = ("experiment", "trainer.seed", "hydra.run.dir", "hydra.sweep.dir", "trainer.resume")
-
-
-@dataclass
-class Job:
-    rung: str
-    seed: int
-    folder: Path
-    overrides: list[str]
+OWNED = ("experiment", "trainer.seed", "hydra.run.dir", "hydra.sweep.dir", "trainer.resume", "trainer.stack")
+# `--stack auto` on the CPU stacks a rung's seeds only for MLPs up to this many weights: there the batched step
+# measured faster than the seeds one after another (lab 10-3's 235k weights: 1.6x), while for lab 10-5's 1.2M it
+# measured the same and for the CNNs slower (their K-fold activations no longer fit the cache). The README's
+# speed section has the figures and the command. On a GPU, where one small model leaves the device idle, it
+# stacks every rung.
+CPU_STACK_MAX_WEIGHTS = 500_000
 
 
 def plan(
@@ -111,11 +109,68 @@ def check(jobs: list[Job]) -> None:
         locate(name, root, download)
 
 
+def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
+    """The jobs to launch, with each rung's seeds (or each ensemble's members) stacked where `mode` says: `on`
+    wherever the model can be stacked, `auto` where that trains faster (every rung on a GPU; MLPs of at most
+    CPU_STACK_MAX_WEIGHTS weights on the CPU), `off` nowhere. Returns them and the rungs stacked."""
+    if mode not in ("auto", "on", "off"):
+        raise DlzooError(f"--stack {mode}: choices: auto, on, off.")
+    launched, stacked = [], []
+    for rung in dict.fromkeys(j.rung for j in jobs):
+        seeds = [j for j in jobs if j.rung == rung]
+        size = _ensemble_size(seeds[0].overrides)
+        k = size if size > 1 else len(seeds)
+        # A seed already begun on its own (a resumed ladder) continues on its own; a stack would retrain it.
+        begun = size == 1 and any((j.folder / ".hydra").is_dir() for j in seeds)
+        begun = begun and not (seeds[0].folder.parent / "checkpoints" / "stack.pt").is_file()
+        if k == 1 or begun or mode == "off" or not _faster_stacked(seeds[0].overrides, mode, k):
+            launched += seeds
+        elif size > 1:  # each ensemble's members as one stack
+            launched += [replace(j, overrides=[*j.overrides, f"trainer.stack={size}"]) for j in seeds]
+            stacked.append(rung)
+        else:  # the rung's seeds 1..N as one run, whose seed<k>/ folders are the seeds' own
+            overrides = [o for o in seeds[0].overrides if not o.startswith("trainer.seed=")]
+            launched.append(Job(rung, 1, seeds[0].folder.parent, [*overrides, "trainer.seed=1", f"trainer.stack={k}"],
+                                seeds))  # fmt: skip
+            stacked.append(rung)
+    return launched, stacked
+
+
+def _ensemble_size(overrides: list[str]) -> int:
+    from dlzoo.config.compose import compose_config
+
+    return int(compose_config(overrides).ensemble.size)
+
+
+def _faster_stacked(overrides: list[str], mode: str, k: int) -> bool:
+    """Whether `k` models of this config train as one stack (`on`: whenever they can; `auto`: where faster)."""
+    import torch
+
+    from dlzoo.config.compose import compose_and_validate
+    from dlzoo.data.build import num_classes
+    from dlzoo.data.datasets import DATASETS
+    from dlzoo.models import build_model
+
+    try:
+        cfg = compose_and_validate([*overrides, f"trainer.stack={k}"])
+    except DlzooError:
+        return False  # a model that cannot be stacked trains seed by seed
+    t = cfg.trainer
+    if mode == "on" or t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available()):
+        return True
+    if cfg.model.arch != "mlp":
+        return False
+    model = build_model(cfg.model, DATASETS.get(cfg.data.name).shape, num_classes(cfg.data))
+    return sum(p.numel() for p in model.parameters()) <= CPU_STACK_MAX_WEIGHTS
+
+
 def run_job(job: Job, resume: bool) -> int:
     """One `dlzoo train` in a subprocess (a crash or leak stays in it); its output goes to <run>/ladder.log."""
     overrides = list(job.overrides)
     if resume and (job.folder / "checkpoints" / "last.pt").is_file():
         overrides.append(f"trainer.resume={job.folder}")  # an unfinished run continues from its last epoch
+    elif resume and (job.folder / "checkpoints" / "stack.pt").is_file():
+        overrides.append(f"trainer.resume={job.folder}")  # a stacked one, from its last checkpoint
     job.folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "dlzoo.train", *overrides, f"hydra.run.dir={job.folder}"]
     with (job.folder / "ladder.log").open("w") as log:
@@ -164,7 +219,8 @@ def run_all(todo: list[Job], jobs: int, resume: bool) -> None:
                 done_count += 1
                 left = eta(list(pending.values()), took, jobs)
                 elapsed = time.perf_counter() - started
-                say(f"[{done_count}/{len(todo)}] {job.rung} seed {job.seed}: {outcome(job, code)} ({seconds:.0f} s)"
+                which = f"seeds 1..{len(job.members)} (stacked)" if job.members else f"seed {job.seed}"
+                say(f"[{done_count}/{len(todo)}] {job.rung} {which}: {outcome(job, code)} ({seconds:.0f} s)"
                     f"  ·  {_clock(elapsed)} elapsed, about {_clock(left)} left")  # fmt: skip
 
 
@@ -178,7 +234,7 @@ def outcome(job: Job, code: int) -> str:
     if (job.folder / "metrics.json").is_file():
         value = (load_run(job.folder).metrics or {}).get("test_acc")
         if isinstance(value, float):
-            return f"test acc {value:.4f}"
+            return f"test acc {value:.4f}" + (" (their mean)" if job.members else "")
     return f"FAILED (exit {code}): {last_error(job.folder)}"
 
 
@@ -197,204 +253,6 @@ def _clock(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-@dataclass
-class Rung:
-    """One row of the ladder: the rung's finished runs (as report groups them) and its failed jobs."""
-
-    name: str
-    group: Group | None
-    failed: list[Job]
-
-    @property
-    def mean(self) -> float | None:
-        return self.group.mean("test_acc") if self.group else None
-
-    @property
-    def std(self) -> float | None:
-        return self.group.std("test_acc") if self.group else None
-
-    @property
-    def n(self) -> int:
-        return len(self.group.runs) if self.group else 0
-
-
-def collect(jobs: list[Job]) -> list[Rung]:
-    """The ladder's rows in rung order, aggregated by dlzoo.sweeps.report from the jobs' run folders."""
-    runs = [load_run(j.folder) for j in jobs if (j.folder / ".hydra" / "config.yaml").is_file()]
-    groups = {g.key[0][1]: g for g in group_runs(runs, ["experiment"], "test_acc")}
-    rungs = list(dict.fromkeys(j.rung for j in jobs))
-    failed = [j for j in jobs if not (j.folder / "metrics.json").is_file()]
-    return [Rung(r, groups.get(r), [j for j in failed if j.rung == r]) for r in rungs]
-
-
-HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above", "epochs", "s / run"]
-
-
-def rows(rungs: list[Rung]) -> list[list[str]]:
-    out, previous = [], None
-    for r in rungs:
-        label, change, lecture = RUNGS[r.name]
-        ours = mean_std(r.mean, r.std) + (f" ({len(r.failed)} failed)" if r.failed else "")
-        delta = f"{r.mean - previous:+.4f}" if r.mean is not None and previous is not None else "–"
-        wall = r.group.mean("wall_time_s") if r.group else None
-        out.append(
-            [
-                f"{label} ({r.name})",
-                change,
-                "–" if lecture is None else f"{lecture:.4f}",
-                ours,
-                str(r.n),
-                delta,
-                _epochs(r),
-                "–" if wall is None else f"{wall:.0f}",
-            ]
-        )
-        previous = r.mean if r.mean is not None else previous
-    return out
-
-
-def _epochs(r: Rung) -> str:
-    if not r.group or not r.group.runs:
-        return "–"
-    config = r.group.runs[0].config
-    size = config.ensemble.size
-    return f"{config.trainer.epochs}" + (f" × {size} members" if size > 1 else "")
-
-
-def caption(rungs: list[Rung], command: str) -> str:
-    run = next((g.runs[0] for r in rungs if (g := r.group) and g.runs), None)
-    where = "no finished run"
-    if run is not None and run.metrics is not None:
-        device, name = run.metrics.get("device"), run.metrics.get("device_name")
-        where = f"{run.config.data.name}, {device}" + (f" ({name})" if name and name != device else "")
-        threads = run.metrics.get("threads")
-        where += f", {threads} thread(s)" if threads else ""
-    return (
-        f"Test accuracy, mean ± sample std over the n seeds of each rung (trainer.seed=1..n; an ensemble k "
-        f"trains members from seed (k-1)×size+1 on) on {where}. The lecture's figures are its TF labs on MNIST. "
-        f"Command: {command}"
-    )
-
-
-def write_markdown(rungs: list[Rung], table: list[list[str]], text: str, path: Path) -> None:
-    failed = [(r.name, j) for r in rungs for j in r.failed]
-    lines = [f"- {rung} seed {job.seed} (`{job.folder}`): {last_error(job.folder)}" for rung, job in failed]
-    tail = f"\n## Failed runs ({len(failed)})\n\n" + "\n".join(lines) + "\n" if failed else ""
-    path.write_text(f"{text}\n\n{markdown(HEADER, table)}\n{tail}")
-
-
-def write_csv(rungs: list[Rung], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "rung",
-                "label",
-                "change",
-                "lecture_mnist",
-                "test_acc_mean",
-                "test_acc_std",
-                "n",
-                "failed",
-                "epochs",
-                "wall_time_s_mean",
-            ]
-        )
-        for r in rungs:
-            label, change, lecture = RUNGS[r.name]
-            wall = r.group.mean("wall_time_s") if r.group else None
-            writer.writerow(
-                [
-                    r.name,
-                    label,
-                    change,
-                    lecture,
-                    plain_number(r.mean),
-                    plain_number(r.std),
-                    r.n,
-                    len(r.failed),
-                    _epochs(r),
-                    plain_number(wall),
-                ]
-            )
-
-
-def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
-    """The ladder's TensorBoard view (dashboards.write_ladder_view): the rungs on one chart against the lecture,
-    and an HParams table of the ladder's runs led by the rung."""
-    from omegaconf import OmegaConf
-
-    from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
-    from dlzoo.engine.hparams import run_hparams
-
-    points = [(RUNGS[r.name][0], r.mean, RUNGS[r.name][2]) for r in rungs]
-    # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
-    curves = {r.name: [read_epoch_curves(folder) for run in r.group.runs
-                       for folder in (sorted(run.folder.glob("member*")) or [run.folder])]
-              for r in rungs if r.group}  # fmt: skip
-    runs = [run for r in rungs if r.group for run in r.group.runs]
-    sessions = [run_hparams(OmegaConf.to_container(run.config, resolve=True), run.choices) for run in runs]  # type: ignore[arg-type]
-    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table), out / "ladder.png")
-
-
-def lab_epochs(rung: str) -> int:
-    """The epochs the lab itself trains (its experiment YAML), to flag rungs that ran a shorter budget."""
-    from dlzoo.config.compose import compose_config
-
-    return int(compose_config([f"experiment={rung}"]).trainer.epochs)
-
-
-def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
-    """Dot-and-whisker chart: per rung our mean (dot) ± sample std (whisker, only for n > 1), each seed as a
-    faint point, and the lecture's figure as a hollow diamond beside it; each mean is written next to its dot,
-    each tick says n and epochs, and a rung trained for fewer epochs than its lab is flagged. Accuracies near 1
-    differ by tenths of a point, so the axis spans just the values shown, stated on the axis itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(rungs) + 2), 5.0))
-    shown: list[float] = []
-    short: list[str] = []
-    labels = []
-    for i, r in enumerate(rungs):
-        label, _, lecture = RUNGS[r.name]
-        epochs = _epochs(r)
-        if r.group and r.group.runs and r.group.runs[0].config.trainer.epochs < lab_epochs(r.name):
-            short.append(label)
-        labels.append(f"{label}\nn={r.n}" + (f", {epochs} ep" if epochs != "–" else "") + ("" if r.mean is not None
-                      else "\n(no finished run)"))  # fmt: skip
-        if lecture is not None:
-            ax.scatter([i + 0.18], [lecture], marker="D", facecolors="none", edgecolors="tab:red", s=46, zorder=3,
-                       label="lecture (TF lab, 1 run)" if i == 0 else None)  # fmt: skip
-            shown.append(lecture)
-        if r.mean is None or r.group is None:
-            continue
-        seeds = [run.metrics["test_acc"] for run in r.group.runs if run.metrics]
-        ax.scatter([i - 0.12] * len(seeds), seeds, s=10, color="tab:blue", alpha=0.35, zorder=2,
-                   label="ours: each seed" if i == 0 else None)  # fmt: skip
-        if r.n > 1 and r.std is not None:
-            ax.errorbar([i], [r.mean], yerr=[r.std], fmt="none", ecolor="tab:blue", capsize=5, zorder=3)
-        ax.scatter([i], [r.mean], s=36, color="tab:blue", zorder=4, label="ours: mean ± std" if i == 0 else None)
-        ax.annotate(f"{r.mean:.4f}", (i, r.mean), textcoords="offset points", xytext=(-8, 8), ha="right",
-                    fontsize=8, color="tab:blue")  # fmt: skip
-        shown += seeds
-    low, high = (min(shown), max(shown)) if shown else (0.0, 1.0)
-    pad = max(0.002, 0.08 * (high - low))
-    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high + pad < 1.0 else 1.0)
-    ax.set_xticks(range(len(rungs)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"test accuracy (axis from {ax.get_ylim()[0]:.3f}, not 0)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    if short:
-        fig.text(0.01, 0.01, f"Shorter budget than the lab: {', '.join(short)}.", fontsize=8, color="tab:orange")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def ladder_command(argv: list[str]) -> int:
     """`dlzoo ladder [--seeds N] [--epochs E] [--resume] [--rungs a,b] [--out DIR] [overrides...]`."""
     from dlzoo.console import console, print_error, print_table
@@ -407,6 +265,8 @@ def ladder_command(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/ladder/<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="with --out: skip runs that have a metrics.json")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1), each cores // jobs threads")
+    parser.add_argument("--stack", default="auto", help="train a rung's seeds as one stacked model: auto (where "
+                        "faster: MLPs up to 500k weights on a CPU, every rung on a GPU), on, off")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. data=fashion_mnist")
     args = parser.parse_intermixed_args(argv)
 
@@ -420,14 +280,19 @@ def ladder_command(argv: list[str]) -> int:
     check(jobs)
     out.mkdir(parents=True, exist_ok=True)
 
-    todo = [j for j in jobs if not (args.resume and (j.folder / "metrics.json").is_file())]
     if args.jobs < 1:
         raise DlzooError(f"--jobs {args.jobs}: give at least 1 (the runs that train side by side).")
+    launched, stacked = stack_rungs(jobs, args.stack)
+    todo = [j for j in launched if not (args.resume and all((m.folder / "metrics.json").is_file()
+                                                            for m in j.members or [j]))]  # fmt: skip
     threads = threads_per_job(args.jobs, args.overrides)
     for job in todo:
         job.overrides += threads
-    console.print(f"ladder: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out}, {args.jobs} at a "
-                  f"time{', ' + threads[0] + ' each' if threads else ''}")  # fmt: skip
+    console.print(f"ladder: {len(jobs)} runs in {len(launched)} jobs ({len(launched) - len(todo)} already done) in "
+                  f"{out}, {args.jobs} at a time{', ' + threads[0] + ' each' if threads else ''}")  # fmt: skip
+    if stacked:
+        console.print(f"stacked (trainer.stack, --stack {args.stack}): {', '.join(stacked)}: each rung's seeds, or "
+                      "each ensemble's members, train as one batched model")  # fmt: skip
     try:
         run_all(todo, args.jobs, args.resume)
     except KeyboardInterrupt:

@@ -57,7 +57,9 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_pat
     args += ["--seeds", "2"]
     proc = dlzoo(*args, "--resume", "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 runs (1 already done)" in proc.stdout and "2 at a time" in proc.stdout
+    # Seeds begun on their own go on on their own: nothing here is stacked.
+    assert "4 runs in 4 jobs (1 already done)" in proc.stdout and "2 at a time" in proc.stdout
+    assert "stacked (" not in proc.stdout
     assert len(re.findall(r"\[\d/3\] lab10_\w+ seed \d: test acc 0\.\d{4} \(\d+ s\) .* elapsed, about \S+ left",
                           proc.stdout)) == 3  # fmt: skip
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
@@ -83,7 +85,7 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_pat
     # A finished ladder: --resume has nothing left to run.
     logs = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/ladder.log")}
     proc = dlzoo(*args, "--resume", cwd=tmp_path)
-    assert proc.returncode == 0 and "4 runs (4 already done)" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "4 runs in 4 jobs (4 already done)" in proc.stdout, proc.stderr
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
 
 
@@ -118,6 +120,30 @@ def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
     columns = experiments[0][1]
     assert columns[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(columns)
     assert "trainer.batch_size" not in columns and "data.name" not in columns  # the same in every run
+
+
+def test_ladder_stacks_the_seeds_of_small_mlps_on_the_cpu(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ladder"
+    rungs = "lab10_1_softmax,lab10_3_xavier,lab10_5_dropout"
+    proc = dlzoo("ladder", "--rungs", rungs, "--seeds", "2", "--out", str(out), *FAST,
+                 f"data.root={mnist_root}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 10-1 and 10-3 are stacked (7.9k and 269k weights); 10-5's 1.2M weights measured no faster stacked on a CPU.
+    assert "6 runs in 4 jobs" in proc.stdout and "stacked (trainer.stack, --stack auto): lab10_1_softmax, " \
+        "lab10_3_xavier:" in proc.stdout  # fmt: skip
+    assert re.search(r"lab10_3_xavier seeds 1\.\.2 \(stacked\): test acc 0\.\d{4} \(their mean\)", proc.stdout)
+    rows = _rows(out)
+    for rung in ("lab10_1_softmax", "lab10_3_xavier", "lab10_5_dropout"):
+        accs = _test_accs(out, rung)
+        assert rows[rung]["n"] == "2" and float(rows[rung]["test_acc_mean"]) == pytest.approx(statistics.fmean(accs))
+        assert json.loads((out / rung / "seed2" / "metrics.json").read_text())["seed"] == 2
+    assert (out / "lab10_3_xavier" / "checkpoints" / "stack.pt").is_file()
+    assert not (out / "lab10_5_dropout" / "checkpoints").exists()  # trained seed by seed
+    off = dlzoo("ladder", "--rungs", "lab10_1_softmax", "--seeds", "2", "--stack", "off", "--out",
+                str(tmp_path / "off"), *FAST, f"data.root={mnist_root}", cwd=tmp_path)  # fmt: skip
+    assert off.returncode == 0 and "2 runs in 2 jobs" in off.stdout, off.stdout + off.stderr
+    assert _test_accs(tmp_path / "off", "lab10_1_softmax") == pytest.approx(_test_accs(out, "lab10_1_softmax"),
+                                                                              abs=1e-3)  # fmt: skip
 
 
 @pytest.mark.parametrize(
