@@ -156,9 +156,9 @@ def _stackable(cfg: DictConfig) -> list[str]:
     except DlzooError:
         return []  # the model's own problem is reported on its own
     problem = stacked.why_not(model)
-    return [] if problem is None else [f"its model has {problem} (dense, conv, pool, batch norm, dropout and "
-                                       "element-wise activation layers are). Fix: train the seeds one by one "
-                                       "(dlzoo train -m trainer.seed=1,2,3)."]  # fmt: skip
+    return [] if problem is None else [f"its model has {problem}, which cannot be stacked yet (dense, conv, pool, "
+                                       "batch norm, dropout and element-wise activation layers can). Fix: train the "
+                                       "seeds one by one (dlzoo train -m trainer.seed=1,2,3)."]  # fmt: skip
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

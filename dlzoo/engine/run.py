@@ -96,7 +96,9 @@ def _run_in(
     hparams = run_hparams(config, choices, member.overrides())
 
     if t.stack > 1:
-        members = stacked_run.train_stacked(cfg, config, hparams, data, device, out_dir, starts[0].checkpoint, stop)
+        members = stacked_run.train_stacked(
+            cfg, config, hparams, data, device, out_dir, starts[0].checkpoint, stop, started
+        )
         metrics = _stacked_ensemble(cfg, hparams, data, out_dir, members) if cfg.ensemble.size > 1 else \
             stacked_run.summary(cfg, members)  # fmt: skip
     else:

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import shutil
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,11 @@ def train_stacked(
     out_dir: Path,
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
+    started: float | None = None,
 ) -> list[tuple[torch.nn.Module, dict[str, Any] | None]]:
-    """Train the stack; returns each member's model and metrics (None for a member that diverged)."""
+    """Train the stack; returns each member's model and metrics (None for a member that diverged). Each member's
+    wall_time_s is its share of the stack's (from `started`, the run's start, to the end of training, over K)."""
+    started = time.perf_counter() if started is None else started
     t, k_all, where = cfg.trainer, cfg.trainer.stack, folders(cfg, out_dir)
     seeds = [s for s, _ in where]
     what = f"the {k_all} ensemble members" if cfg.ensemble.size > 1 else f"{k_all} seeds"
@@ -120,9 +124,10 @@ def train_stacked(
                 enumerate(zip(where, metas, strict=True))] if checkpoint is not None else None  # fmt: skip
         io = StackIO(checkpoint, resume, stop, {"config": config}, best)
         results = fit_stacked(models, generators, seeds, trackers, data, cfg, io)
+        share = {"wall_time_s": (time.perf_counter() - started) / k_all}
         bad = diverged(results)
         members = [
-            (model, None if k in bad else _finish_member(cfg, config, hparams, data, folder, model, *parts))
+            (model, None if k in bad else _finish_member(cfg, config, hparams, data, folder, model, *parts, share))
             for k, ((_, folder), model, *parts) in enumerate(zip(where, models, results, trackers, summaries, metas,
                                                                   strict=True))
         ]  # fmt: skip
@@ -175,6 +180,7 @@ def _finish_member(
     tracker: RunTracker,
     summary: Summary,
     meta: dict[str, Any],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """A stacked member's end, as its standalone run's: test scores, text tab, images, HParams, checkpoint,
     metrics.json, and (for seeds) the .hydra/ config of a standalone run with its seed."""
@@ -182,9 +188,11 @@ def _finish_member(
     own = copy.deepcopy(config)
     if not ensemble:
         own["trainer"] |= {"seed": seed, "stack": 1}
-    metrics = member.test_scores(cfg, model, data, result, tracker) | {
-        k: v for k, v in meta.items() if k not in ("data_mean", "data_std")
-    }
+    metrics = (
+        member.test_scores(cfg, model, data, result, tracker)
+        | {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
+        | extra
+    )
     member.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
     title = f"{member.model_name(cfg, hparams)}, seed {seed}"
     if cfg.trainer.figures:

@@ -202,7 +202,7 @@ def _chain(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Sequential):
         return [leaf for child in model for leaf in _chain(child)]
     if list(model.children()):
-        raise ValueError(f"{type(model).__name__} is not a chain of layers")
+        raise ValueError(f"a {type(model).__name__} block, which is not a plain chain of layers")
     return [model]
 
 
@@ -231,7 +231,7 @@ def _kind(module: nn.Module) -> str:
         return "flatten"
     if type(module) in _ELEMENTWISE or isinstance(module, (*_POOLS, Maxout)):
         return "stateless"
-    raise ValueError(f"{type(module).__name__} layers are not stacked yet")
+    raise ValueError(f"{type(module).__name__} layers")
 
 
 class StackedNet:

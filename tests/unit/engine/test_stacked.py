@@ -202,10 +202,10 @@ def test_the_lecture_presets_can_be_stacked(preset: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["model=resnet_small"], "Residual is not a chain of layers"),
-        (["model=rnn_rows"], "RowRNN is not a chain of layers"),
-        (["model.activation=prelu"], "PReLU layers are not stacked yet"),
-        (["model.activation=rrelu"], "RReLU layers are not stacked yet"),
+        (["model=resnet_small"], "a Residual block, which is not a plain chain of layers, which cannot be stacked"),
+        (["model=rnn_rows"], "a RowRNN block"),
+        (["model.activation=prelu"], "its model has PReLU layers, which cannot be stacked yet"),
+        (["model.activation=rrelu"], "RReLU layers"),
         (["ensemble.size=3"], "stack the whole ensemble, trainer.stack=3"),
         (["sched=plateau"], "sched=plateau reads each member's val loss"),
         (["trainer.precision=bf16"], "fp32 eager only"),
