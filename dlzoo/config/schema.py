@@ -114,6 +114,9 @@ class CheckpointConfig:
 class EnsembleConfig:
     size: int = 1  # train this many members (seeds trainer.seed, +1, ...) and combine them; 1 = a single model
     combine: str = "sum_logits"  # sum_logits (lab 11-5's rule) or mean_probs
+    # auto: train the members as one stacked model (trainer.stack=size) where that is faster (a GPU; an MLP of
+    # at most 500k weights on a CPU); on: whenever the model can be stacked; off: one after another
+    stack: str = "auto"
 
 
 @dataclass

@@ -84,7 +84,7 @@ def validate(cfg: DictConfig) -> None:
     problems += model_problems(cfg.model) + regularize_problems(cfg.reg) + _trainer_problems(cfg)
     problems += optim_problems(cfg.optim) + sched_problems(cfg.sched, cfg.optim.lr) + data_problems(cfg.data)
     problems += _cross_problems(cfg)
-    problems += _stack_problems(cfg) if not problems else []
+    problems += stack_problems(cfg) if not problems else []
     problems += _head_problems(cfg) if not problems else []
     problems += pretrain_problems(cfg)
     if not problems and cfg.model.arch != "mlp":
@@ -120,6 +120,7 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     e = Checks(cfg.ensemble, "ensemble")
     e.check("size", cfg.ensemble.size >= 1, ">= 1")
     e.check("combine", cfg.ensemble.combine in COMBINES, " or ".join(COMBINES))
+    e.check("stack", cfg.ensemble.stack in ("auto", "on", "off"), "auto, on or off")
     v = Checks(cfg.eval, "eval")
     v.check("mc_samples", cfg.eval.mc_samples >= 0, ">= 0 (0 = off)")
     tr, x = cfg.transfer, Checks(cfg.transfer, "transfer")
@@ -129,14 +130,17 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     return c.problems + e.problems + v.problems + x.problems
 
 
-def _stack_problems(cfg: DictConfig) -> list[str]:
-    """What trainer.stack > 1 (dlzoo.engine.stacked) cannot train as K separate runs would, each with the fix."""
+def stack_problems(cfg: DictConfig, k: int | None = None) -> list[str]:
+    """What `k` (default trainer.stack; ensemble.stack=on asks for the ensemble's size) models stacked as one
+    (dlzoo.engine.stacked) cannot train as k separate runs would, each with the fix."""
     t, size = cfg.trainer, cfg.ensemble.size
-    if t.stack == 1:
+    k = k or (size if t.stack == 1 and size > 1 and cfg.ensemble.stack == "on" else t.stack)
+    if k == 1:
         return []
-    why = f"trainer.stack={t.stack} trains {t.stack} models as one batched model"
+    why = (f"trainer.stack={k} trains {k} models as one batched model" if t.stack > 1 else
+           f"ensemble.stack=on trains the {k} members as one batched model")  # fmt: skip
     rules = [
-        (size in (1, t.stack), f"ensemble.size={size}: stack the whole ensemble, trainer.stack={size}"),
+        (size in (1, k), f"ensemble.size={size}: stack the whole ensemble, trainer.stack={size}"),
         (t.devices == 1, "one process only; trainer.devices=1"),
         (t.precision == "fp32" and not t.compile, "fp32 eager only; trainer.precision=fp32 trainer.compile=false"),
         (cfg.sched.name != "plateau", "sched=plateau reads each member's val loss; a step or epoch schedule"),

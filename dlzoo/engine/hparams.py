@@ -42,7 +42,8 @@ def overridden(overrides: list[str]) -> list[str]:
 # Settings of where and how a run is watched, not of what it learns: never HParams columns.
 NOT_HPARAMS = ("hydra", "debug", "data.root", "trainer.resume", "trainer.threads", "trainer.progress", "trainer.device",
                "trainer.checkpoint", "trainer.layer_stats", "trainer.histogram", "trainer.log_every",
-               "trainer.hparams_experiment", "trainer.detect_anomaly", "trainer.stack")  # fmt: skip
+               "trainer.hparams_experiment", "trainer.detect_anomaly", "trainer.stack",
+               "ensemble.stack")  # fmt: skip
 
 
 def chosen_columns(hparams: dict[str, Any], overrides: list[str] | None) -> list[str]:

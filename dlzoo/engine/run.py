@@ -3,6 +3,7 @@ TensorBoard events in the run folder. `dlzoo train` (dlzoo.train) and the sweeps
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ def run(
     validate(cfg)
     for message in warnings(cfg):
         print_warning(message)
+    cfg = _stacking(cfg, out_dir)
     t = cfg.trainer
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
@@ -75,6 +77,18 @@ def run(
     # of another). Ranks > 0 of a DDP run write nothing.
     with run_lock(out_dir) if dist.main else nullcontext():
         return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
+
+
+def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
+    """The config with trainer.stack set to what the run stacks (an ensemble under ensemble.stack), said aloud."""
+    k, line = stacked_run.stack_size(cfg, resolve_device(cfg.trainer.device), out_dir)
+    if line is not None:
+        console.print(line)
+    if k == cfg.trainer.stack:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.trainer.stack = k
+    return cfg
 
 
 def _run_in(

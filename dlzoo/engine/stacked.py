@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from dlzoo.data.splits import Splits
 from dlzoo.engine.checkpoint import Checkpointing, save_best, save_checkpoint
 from dlzoo.engine.evaluation import evaluate
+from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
 from dlzoo.engine.state import FitResult, step_counts
 from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
 from dlzoo.engine.tracking import Tracker
@@ -178,12 +181,15 @@ def fit_stacked(
             idx = perms[:, i * bs : (i + 1) * bs]
             x = data.prep(data.x_train[idx.flatten()]).unflatten(0, idx.shape)
             y = data.y_train[idx]
-            logits = net(x)
+            probe = _Probe(t, step, members, state)
+            with probe.recording():
+                logits = net(x, probe=probe.on)
             losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(idx.shape).mean(1)
             penalty = reg.penalty()
             optimizer.zero_grad(set_to_none=True)
             (losses.sum() if penalty is None else losses.sum() + penalty).backward()
             reg.clip_()
+            probe.log(net, step + 1)
             optimizer.step()
             reg.constrain_()
             scheduler.step()
@@ -231,6 +237,44 @@ def fit_stacked(
             break
     return [_result(m, model, t.early_stop.restore_best, train_time, samples) for m, model in
             zip(state, members, strict=True)]  # fmt: skip
+
+
+class _Probe:
+    """The per-layer diagnostics of one step, for each active member as its standalone loop records them
+    (dlzoo.engine.loop._Loop.probes): weight and gradient norms and activation statistics from the first step and
+    at every logged step, histograms from the first step and every trainer.histogram_every_n_steps."""
+
+    def __init__(self, t: DictConfig, step: int, members: list[nn.Module], state: list[_Member]) -> None:
+        first, every = step == 0, t.histogram_every_n_steps
+        self.histograms = t.layer_stats and every > 0 and (first or (step + 1) % every == 0)
+        self.on = t.layer_stats and (first or (step + 1) % t.log_every_n_steps == 0 or self.histograms)
+        self.members, self.state = members, state
+        self.outputs: list[dict[str, Tensor] | None] = [{} if self.histograms else None for _ in members]
+        self.acts: list[dict[str, float]] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        if not self.on:
+            yield
+            return
+        with ExitStack() as stack:
+            self.acts = [stack.enter_context(activation_stats(m, out))
+                         for m, out in zip(self.members, self.outputs, strict=True)]  # fmt: skip
+            yield
+
+    def log(self, net: StackedNet, step: int) -> None:
+        """After backward and clipping, before the update: each active member's weights and gradients."""
+        if not self.on:
+            return
+        for k, (m, model) in enumerate(zip(self.state, self.members, strict=True)):
+            if not m.active:
+                continue
+            net.write_back([k])
+            net.write_grads(k)
+            m.tracker.log_layer_stats(step, layer_stats(model) | self.acts[k])
+            if self.outputs[k] is not None:
+                m.tracker.log_histograms(step, layer_tensors(model, self.outputs[k]))  # type: ignore[arg-type]
+            model.zero_grad(set_to_none=True)
 
 
 def _bad(value: float, max_loss: float | None) -> bool:

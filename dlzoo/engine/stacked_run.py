@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dlzoo.config.validate import stack_problems
 from dlzoo.console import console, print_warning, redirect_file_logs, say
+from dlzoo.data.build import num_classes
+from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import Splits
 from dlzoo.engine import member
 from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
@@ -30,9 +33,48 @@ from dlzoo.engine.state import FitResult
 from dlzoo.engine.stopping import StopFlag
 from dlzoo.engine.tracking import RunTracker, summary_markdown
 from dlzoo.errors import DlzooError
+from dlzoo.models import build_model
 from dlzoo.models.summary import Summary
 
 STACK_FILE = "stack.pt"
+# On a CPU, K models trained as one stack measured faster than one after another only for MLPs this small or
+# smaller (lab 10-3's 269k weights: 1.6x at K = 5); lab 10-5's 1.2M weights measured 1.04x and a CNN 0.5x, as the
+# K-fold weights and activations no longer fit the cache. The README's speed section has the figures and command.
+CPU_STACK_MAX_WEIGHTS = 500_000
+
+
+def faster_stacked(cfg: DictConfig, k: int, device: torch.device) -> tuple[bool, str]:
+    """Whether `k` models of this config train faster as one stack on `device`, and why (for the user)."""
+    problems = stack_problems(cfg, k)
+    if problems:
+        return False, "cannot take this config: " + problems[0]
+    if device.type == "cuda":
+        return True, "on a GPU, where one small model leaves the device idle"
+    if cfg.model.arch != "mlp":
+        return False, "measured slower for convolutional nets on a CPU"
+    weights = sum(p.numel() for p in build_model(cfg.model, DATASETS.get(cfg.data.name).shape,
+                                                  num_classes(cfg.data)).parameters())  # fmt: skip
+    if weights > CPU_STACK_MAX_WEIGHTS:
+        return False, f"measured no faster on a CPU for an MLP of {weights:,} weights (only up to 500,000)"
+    return True, f"measured faster on a CPU for an MLP of {weights:,} weights"
+
+
+def stack_size(cfg: DictConfig, device: torch.device, out_dir: Path) -> tuple[int, str | None]:
+    """How many models the run trains as one stack: trainer.stack, or an ensemble's size where ensemble.stack
+    says so (auto: where faster_stacked; an ensemble begun member by member continues that way); and the line
+    that tells the user which and why (None when there is nothing to say)."""
+    t, e = cfg.trainer, cfg.ensemble
+    if t.stack > 1 or e.size == 1 or e.stack == "off":
+        return t.stack, None
+    if t.resume is not None:
+        folder = out_dir if t.resume == "auto" else Path(t.resume).expanduser()
+        if not (folder / "checkpoints" / STACK_FILE).is_file():
+            return 1, None
+    if e.stack == "on":
+        return e.size, f"ensemble.stack=on: the {e.size} members train as one stacked model"
+    faster, why = faster_stacked(cfg, e.size, device)
+    how = "as one stacked model" if faster else "one after another"
+    return (e.size if faster else 1), f"ensemble.stack=auto: the {e.size} members train {how} (stacking: {why})"
 
 
 def plan(cfg: DictConfig, out_dir: Path) -> Plan:
@@ -197,6 +239,8 @@ def _finish_member(
     title = f"{member.model_name(cfg, hparams)}, seed {seed}"
     if cfg.trainer.figures:
         member.log_pictures(tracker, cfg, [model], data, result.steps, title)
+        for tag, image in tracker.depth_figures(title).items():
+            tracker.log_image(tag, image, result.steps)
     seeded = [o for o in member.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
     tracker.log_hparams(hparams | {"trainer.seed": seed}, cfg.trainer.hparams_experiment,
                         chosen_columns(hparams, seeded))  # fmt: skip

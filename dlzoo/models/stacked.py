@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlzoo.models.activations import Maxout
+from dlzoo.models.activations import Maxout, activation_spec
 from dlzoo.models.mlp import MLP
 from dlzoo.models.norm_dropout import _SELU_SATURATION, AlphaDropout, Dropout
 
@@ -40,19 +40,34 @@ def to_flat(x: Tensor, k: int) -> Tensor:
 
 
 class _Op:
-    """One layer of the stacked net: its stacked parameters (leading dim K) and how to copy them back."""
+    """One layer of the stacked net: its stacked parameters (leading dim K) and the members' own."""
 
     def __init__(self) -> None:
         self.params: list[Tensor] = []
         # Weight matrices and kernels (what reg.l1/l2/max_norm act on), each with the dims that hold one unit's
         # incoming weights (the standalone regularizer's `flatten(1)` of one member's tensor).
         self.weights: list[tuple[Tensor, tuple[int, ...]]] = []
+        # (stacked, the members' parameters, stored transposed): what write_back and write_grads copy.
+        self.pairs: list[tuple[Tensor, list[Tensor], bool]] = []
 
     def __call__(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def own(self, stacked: Tensor | None, members: list[Tensor | None], transposed: bool = False) -> None:
+        if stacked is not None:
+            self.params.append(stacked)
+            self.pairs.append((stacked, members, transposed))  # type: ignore[arg-type]
+
     def write_back(self, k: int) -> None:
         """Copy member k's slice into its module."""
+        for stacked, members, transposed in self.pairs:
+            members[k].copy_(stacked[k].t() if transposed else stacked[k])
+
+    def write_grads(self, k: int) -> None:
+        """Member k's gradients as its module's .grad (for the per-layer probes)."""
+        for stacked, members, transposed in self.pairs:
+            g = stacked.grad
+            members[k].grad = None if g is None else (g[k].t() if transposed else g[k]).clone()
 
 
 def _stack(tensors: list[Tensor], grad: bool = True) -> Tensor:
@@ -66,17 +81,13 @@ class _Linear(_Op):
         # (K, in, out): the batched matmul then reads both operands contiguously, forward and backward.
         self.w = _stack([lin.weight.t() for lin in layers])
         self.b = _stack([lin.bias for lin in layers]) if layers[0].bias is not None else None
-        self.params = [self.w] + ([self.b] if self.b is not None else [])
+        self.own(self.w, [lin.weight for lin in layers], transposed=True)
+        self.own(self.b, [lin.bias for lin in layers])
         self.weights = [(self.w, (1,))]  # a unit's incoming weights: one column of (in, out)
 
     def __call__(self, x: Tensor) -> Tensor:
         x = to_flat(x, len(self.layers)) if x.dim() != 3 else x
         return torch.bmm(x, self.w) if self.b is None else torch.baddbmm(self.b.unsqueeze(1), x, self.w)
-
-    def write_back(self, k: int) -> None:
-        self.layers[k].weight.copy_(self.w[k].t())
-        if self.b is not None:
-            self.layers[k].bias.copy_(self.b[k])
 
 
 class _Conv(_Op):
@@ -86,7 +97,8 @@ class _Conv(_Op):
         self.convs, self.nhwc = convs, nhwc
         self.w = _stack([m.weight for m in convs])  # (K, out, in / groups, kh, kw)
         self.b = _stack([m.bias for m in convs]) if c.bias is not None else None
-        self.params = [self.w] + ([self.b] if self.b is not None else [])
+        self.own(self.w, [m.weight for m in convs])
+        self.own(self.b, [m.bias for m in convs])
         self.weights = [(self.w, (2, 3, 4))]
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -96,11 +108,6 @@ class _Conv(_Op):
         if self.nhwc:  # oneDNN's grouped convolution is far faster on NHWC, as the members' own convolutions are
             x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups * k)
-
-    def write_back(self, k: int) -> None:
-        self.convs[k].weight.copy_(self.w[k])
-        if self.b is not None:
-            self.convs[k].bias.copy_(self.b[k])
 
 
 class _BatchNorm(_Op):
@@ -112,7 +119,8 @@ class _BatchNorm(_Op):
         self.momentum, self.eps = n.momentum, n.eps
         self.w = _stack([m.weight for m in norms]) if n.affine else None
         self.b = _stack([m.bias for m in norms]) if n.affine else None
-        self.params = [p for p in (self.w, self.b) if p is not None]
+        self.own(self.w, [m.weight for m in norms])
+        self.own(self.b, [m.bias for m in norms])
         self.running_mean = torch.cat([m.running_mean for m in norms]).clone()
         self.running_var = torch.cat([m.running_var for m in norms]).clone()
         self.batches = int(n.num_batches_tracked)
@@ -129,10 +137,8 @@ class _BatchNorm(_Op):
         return y.unflatten(1, (k, -1)).transpose(0, 1) if flat else y
 
     def write_back(self, k: int) -> None:
+        super().write_back(k)
         n, c = self.norms[k], self.norms[k].num_features
-        if self.w is not None and self.b is not None:
-            n.weight.copy_(self.w[k])
-            n.bias.copy_(self.b[k])
         n.running_mean.copy_(self.running_mean[k * c : (k + 1) * c])
         n.running_var.copy_(self.running_var[k * c : (k + 1) * c])
         n.num_batches_tracked.fill_(self.batches)
@@ -173,16 +179,30 @@ class _Dropout(_Op):
 
 
 class _Stateless(_Op):
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, modules: list[nn.Module]) -> None:
         super().__init__()
-        self.module = module
+        self.module, self.modules = modules[0], modules
+
+    def probe(self, x: Tensor) -> None:
+        """Run each member's own activation module on its slice of the input `x`, so that the hooks of
+        dlzoo.engine.probes.activation_stats on that member record its statistics (the output is dropped)."""
+        if activation_spec(self.module) is None:
+            return
+        k_all = len(self.modules)
+        with torch.no_grad():
+            for k, module in enumerate(self.modules):
+                if x.dim() == 4:  # image layout: member k's channels
+                    c = x.shape[1] // k_all
+                    module(x[:, k * c : (k + 1) * c])
+                else:
+                    module(x[k])
 
     def __call__(self, x: Tensor) -> Tensor:
         if isinstance(self.module, _POOLS):
-            return self.module(to_image(x))
+            return self.module.forward(to_image(x))
         if isinstance(self.module, Maxout):  # over the last (feature) dim, not dim 1
             return x.unflatten(-1, (x.shape[-1] // self.module.k, self.module.k)).amax(-1)
-        return self.module(x)
+        return self.module.forward(x)  # not __call__: member 0's probe hooks must see member 0's slice only
 
 
 class _Flatten(_Op):
@@ -258,7 +278,7 @@ class StackedNet:
             elif kind == "flatten":
                 self.ops.append(_Flatten(k))
             else:
-                self.ops.append(_Stateless(module))
+                self.ops.append(_Stateless(layers))
 
     def parameters(self) -> list[Tensor]:
         return [p for op in self.ops for p in op.params]
@@ -282,9 +302,12 @@ class StackedNet:
             op.running_var.copy_(var)
             op.batches = batches
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """(K, B, ...) inputs, member k's batch in row k -> (K, B, classes) logits."""
+    def __call__(self, x: Tensor, probe: bool = False) -> Tensor:
+        """(K, B, ...) inputs, member k's batch in row k -> (K, B, classes) logits. With `probe`, each member's
+        activation layers also see their own inputs (see _Stateless.probe)."""
         for op in self.ops:
+            if probe and isinstance(op, _Stateless):
+                op.probe(x)
             x = op(x)
         return to_flat(x, len(self.members)) if x.dim() != 3 else x
 
@@ -294,3 +317,9 @@ class StackedNet:
         for k in range(len(self.members)) if members is None else members:
             for op in self.ops:
                 op.write_back(k)
+
+    @torch.no_grad()
+    def write_grads(self, k: int) -> None:
+        """Member k's gradients into its module's parameters' .grad."""
+        for op in self.ops:
+            op.write_grads(k)

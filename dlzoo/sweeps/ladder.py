@@ -34,12 +34,6 @@ __all__ = ["RUNGS", "Job", "ladder_command", "parse_rung_seeds", "plan"]
 
 # The ladder owns these; a user override of them would break the <rung>/seed<k> layout.
 OWNED = ("experiment", "trainer.seed", "hydra.run.dir", "hydra.sweep.dir", "trainer.resume", "trainer.stack")
-# `--stack auto` on the CPU stacks a rung's seeds only for MLPs up to this many weights: there the batched step
-# measured faster than the seeds one after another (lab 10-3's 235k weights: 1.6x), while for lab 10-5's 1.2M it
-# measured the same and for the CNNs slower (their K-fold activations no longer fit the cache). The README's
-# speed section has the figures and the command. On a GPU, where one small model leaves the device idle, it
-# stacks every rung.
-CPU_STACK_MAX_WEIGHTS = 500_000
 
 
 def plan(
@@ -110,58 +104,45 @@ def check(jobs: list[Job]) -> None:
 
 
 def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
-    """The jobs to launch, with each rung's seeds (or each ensemble's members) stacked where `mode` says: `on`
-    wherever the model can be stacked, `auto` where that trains faster (every rung on a GPU; MLPs of at most
-    CPU_STACK_MAX_WEIGHTS weights on the CPU), `off` nowhere. Returns them and the rungs stacked."""
+    """The jobs to launch, with each rung's seeds (or each ensemble's members, through ensemble.stack) stacked
+    where `mode` says: `on` wherever the model can be stacked, `auto` where that trains faster
+    (dlzoo.engine.stacked_run.faster_stacked: every rung on a GPU, small MLPs on a CPU), `off` nowhere. Returns
+    them and the rungs stacked."""
+    from dlzoo.config.compose import compose_and_validate
+    from dlzoo.config.validate import stack_problems
+    from dlzoo.engine.loop import resolve_device
+    from dlzoo.engine.stacked_run import faster_stacked
+
     if mode not in ("auto", "on", "off"):
         raise DlzooError(f"--stack {mode}: choices: auto, on, off.")
     launched, stacked = [], []
     for rung in dict.fromkeys(j.rung for j in jobs):
         seeds = [j for j in jobs if j.rung == rung]
-        size = _ensemble_size(seeds[0].overrides)
+        cfg = compose_and_validate(seeds[0].overrides)
+        size = cfg.ensemble.size
         k = size if size > 1 else len(seeds)
+        if k == 1 or mode == "off":
+            can = False
+        elif mode == "on":
+            can = not stack_problems(cfg, k)
+        else:
+            can = faster_stacked(cfg, k, resolve_device(cfg.trainer.device))[0]
+        if size > 1:  # each ensemble stacks its own members (ensemble.stack), decided in its run
+            launched += [replace(j, overrides=[*j.overrides, f"ensemble.stack={mode}"]) for j in seeds]
+            stacked += [rung] if can else []
+            continue
         # A seed already begun on its own (a resumed ladder) continues on its own; a stack would retrain it.
-        begun = size == 1 and any((j.folder / ".hydra").is_dir() for j in seeds)
+        begun = any((j.folder / ".hydra").is_dir() for j in seeds)
         begun = begun and not (seeds[0].folder.parent / "checkpoints" / "stack.pt").is_file()
-        if k == 1 or begun or mode == "off" or not _faster_stacked(seeds[0].overrides, mode, k):
+        if not can or begun:
             launched += seeds
-        elif size > 1:  # each ensemble's members as one stack
-            launched += [replace(j, overrides=[*j.overrides, f"trainer.stack={size}"]) for j in seeds]
-            stacked.append(rung)
-        else:  # the rung's seeds 1..N as one run, whose seed<k>/ folders are the seeds' own
-            overrides = [o for o in seeds[0].overrides if not o.startswith("trainer.seed=")]
-            launched.append(Job(rung, 1, seeds[0].folder.parent, [*overrides, "trainer.seed=1", f"trainer.stack={k}"],
-                                seeds))  # fmt: skip
-            stacked.append(rung)
+            continue
+        # The rung's seeds 1..N as one run, whose seed<k>/ folders are the seeds' own.
+        overrides = [o for o in seeds[0].overrides if not o.startswith("trainer.seed=")]
+        launched.append(Job(rung, 1, seeds[0].folder.parent, [*overrides, "trainer.seed=1", f"trainer.stack={k}"],
+                            seeds))  # fmt: skip
+        stacked.append(rung)
     return launched, stacked
-
-
-def _ensemble_size(overrides: list[str]) -> int:
-    from dlzoo.config.compose import compose_config
-
-    return int(compose_config(overrides).ensemble.size)
-
-
-def _faster_stacked(overrides: list[str], mode: str, k: int) -> bool:
-    """Whether `k` models of this config train as one stack (`on`: whenever they can; `auto`: where faster)."""
-    import torch
-
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.data.build import num_classes
-    from dlzoo.data.datasets import DATASETS
-    from dlzoo.models import build_model
-
-    try:
-        cfg = compose_and_validate([*overrides, f"trainer.stack={k}"])
-    except DlzooError:
-        return False  # a model that cannot be stacked trains seed by seed
-    t = cfg.trainer
-    if mode == "on" or t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available()):
-        return True
-    if cfg.model.arch != "mlp":
-        return False
-    model = build_model(cfg.model, DATASETS.get(cfg.data.name).shape, num_classes(cfg.data))
-    return sum(p.numel() for p in model.parameters()) <= CPU_STACK_MAX_WEIGHTS
 
 
 def run_job(job: Job, resume: bool) -> int:

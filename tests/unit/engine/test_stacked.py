@@ -90,10 +90,34 @@ def test_each_stacked_member_matches_its_standalone_run(preset: str, toy_root: P
                    for s in stack["seeds"])  # fmt: skip
 
 
+def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("preset", ["mlp_bn", "cnn"])
+def test_a_stacked_members_layer_dashboards_are_its_standalone_runs(
+    preset: str, toy_root: Path, tmp_path: Path
+) -> None:
+    overrides = [*BASE, f"data.root={toy_root}", "trainer.histogram_every_n_steps=10", "trainer.figures=true",
+                 *PRESETS[preset]]  # fmt: skip
+    run(compose_and_validate([*overrides, "trainer.stack=2"]), tmp_path / "stack")
+    run(compose_and_validate([*overrides, "trainer.seed=778"]), tmp_path / "alone")
+    ours, theirs = _scalars(tmp_path / "stack" / "seed778"), _scalars(tmp_path / "alone")
+    layers = [tag for tag in theirs if tag.startswith("per_layer")]
+    assert len(layers) >= 8 and set(layers) <= set(ours)  # weight and grad norms, act mean/std/slope/dead
+    for tag in layers:
+        assert [s for s, _ in ours[tag]] == [s for s, _ in theirs[tag]] == [1, 5, 10, 15, 20], tag
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], rel=2e-3, abs=1e-5), tag
+
+
 def test_a_stacked_ensemble_is_the_ensemble_trained_member_by_member(toy_root: Path, tmp_path: Path) -> None:
     overrides = [*BASE, f"data.root={toy_root}", "ensemble.size=3"]
     stacked = run(compose_and_validate([*overrides, "trainer.stack=3"]), tmp_path / "stacked")
-    alone = run(compose_and_validate(overrides), tmp_path / "alone")
+    alone = run(compose_and_validate([*overrides, "ensemble.stack=off"]), tmp_path / "alone")
     assert stacked["ensemble_size"] == 3 and stacked["test_acc"] == pytest.approx(alone["test_acc"], abs=1 / 200)
     assert stacked["member_test_acc"] == pytest.approx(alone["member_test_acc"], abs=1 / 200)
     for i in range(3):
@@ -233,3 +257,34 @@ def test_a_stacked_run_through_the_cli_is_read_by_report_as_seeds(fmnist_root: P
     assert len(rows) == 2 and rows[1].startswith("3,777 778 779,"), rows  # one row: the three seeds, not the stack
     evaluated = dlzoo("eval", f"ckpt={run_dir / 'seed778'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "device", "k", "says"),
+    [
+        (["model=mlp"], "cpu", 3, "the 3 members train as one stacked model (stacking: measured faster on a CPU"),
+        (["model=mlp_dropout"], "cpu", 1, "one after another (stacking: measured no faster on a CPU for an MLP of "
+         "1,195,018 weights"),
+        (["model=cnn"], "cpu", 1, "one after another (stacking: measured slower for convolutional nets on a CPU)"),
+        (["model=cnn"], "cuda", 3, "as one stacked model (stacking: on a GPU"),
+        (["model=resnet_small"], "cuda", 1, "one after another (stacking: cannot take this config"),
+        (["model=cnn", "ensemble.stack=on"], "cpu", 3, "ensemble.stack=on: the 3 members train as one stacked"),
+        (["model=mlp", "ensemble.stack=off"], "cpu", 1, None),
+        (["model=mlp", "trainer.resume=auto"], "cpu", 1, None),  # nothing stacked to resume: member by member
+    ],
+)  # fmt: skip
+def test_ensemble_stack_auto_stacks_where_faster_and_says_so(
+    extra: list[str], device: str, k: int, says: str | None, tmp_path: Path
+) -> None:
+    from dlzoo.engine.stacked_run import stack_size
+
+    cfg = compose_and_validate(["ensemble.size=3", *extra])
+    size, line = stack_size(cfg, torch.device(device), tmp_path)
+    assert size == k and (line is None if says is None else says in line), line
+
+
+def test_ensemble_stack_on_refuses_a_model_it_cannot_stack() -> None:
+    with pytest.raises(
+        DlzooError, match=r"ensemble\.stack=on trains the 3 members as one batched model; its model has a"
+    ):
+        compose_and_validate(["ensemble.size=3", "ensemble.stack=on", "model=resnet_small"])
