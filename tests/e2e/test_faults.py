@@ -169,6 +169,26 @@ def test_an_interrupted_ensemble_resumes_as_a_whole(fmnist_root: Path, tmp_path:
         assert ours[key] == theirs[key], key  # bit-identical to the uninterrupted ensemble
 
 
+def test_ctrl_c_in_a_stacked_run_resumes_as_the_message_says(fmnist_root: Path, tmp_path: Path) -> None:
+    args = ["train", *SMALL, f"data.root={fmnist_root}", "model=mlp", "trainer.stack=3", "trainer.epochs=4"]
+    whole = dlzoo(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    run_dir = tmp_path / "run"
+    proc = _start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    _, stderr = _signal_when(run_dir / "checkpoints" / "stack.pt", proc)  # written after epoch 1
+    assert proc.returncode == 130, stderr
+    command = _command(stderr)
+    assert command == [f"trainer.resume={run_dir}"], stderr
+    resumed = dlzoo(*args, *command, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming the stacked run {run_dir}" in " ".join(resumed.stdout.split())
+    for seed in (777, 778, 779):  # every seed bit-identical to the uninterrupted stack's
+        ours, theirs = _metrics(run_dir / f"seed{seed}"), _metrics(tmp_path / "whole" / f"seed{seed}")
+        for key in SCORES:
+            assert ours[key] == theirs[key], (seed, key)
+
+
 def test_ctrl_c_in_a_parallel_sweep_lets_every_running_job_write_its_checkpoint(
     fmnist_root: Path, tmp_path: Path
 ) -> None:
