@@ -213,6 +213,6 @@ def test_ctrl_c_in_a_parallel_sweep_lets_every_running_job_write_its_checkpoint(
     for path in written:  # each is the checkpoint of the stop, not an earlier epoch's
         # A signal that lands while a job writes its epoch's checkpoint stops it right after that write, with
         # nothing trained since: then the file can predate the signal by the few ms the write had left.
-        assert Path(path).stat().st_mtime >= signalled - 0.25 and load_checkpoint(Path(path))["step"] > 0
+        assert Path(path).stat().st_mtime >= signalled - 0.1 and load_checkpoint(Path(path))["step"] > 0
     assert stdout.count("not started: the sweep was stopped") == 2  # the queued jobs
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_mlp_dropout", "1_mlp_dropout"]
