@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,96 +21,14 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dlzoo.data.splits import Splits
-from dlzoo.engine.checkpoint import Checkpointing, save_best, save_checkpoint
+from dlzoo.engine.checkpoint import save_best, save_checkpoint
 from dlzoo.engine.evaluation import evaluate
-from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
+from dlzoo.engine.stacked_parts import Member, Probe, Regularizer, StackIO, Sums, bad
 from dlzoo.engine.state import FitResult, step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
+from dlzoo.engine.stopping import EarlyStopping, Interrupted
 from dlzoo.engine.tracking import Tracker
 from dlzoo.models.stacked import StackedNet
 from dlzoo.optim import build_optimizer, build_scheduler
-
-
-@dataclass
-class _Member:
-    order: torch.Generator  # the batch order, seeded as the standalone run's
-    tracker: Tracker
-    early: EarlyStopping | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    diverged_at: int | None = None  # the step its loss went bad: from there on it is frozen and not plotted
-    stopped: bool = False  # early stopping ended its training
-    steps: int = 0  # its own last step (a frozen member's is earlier than the others')
-    last_finite_loss: float = float("nan")
-
-    @property
-    def active(self) -> bool:
-        return self.diverged_at is None and not self.stopped
-
-    def state_dict(self, model: nn.Module) -> dict[str, Any]:
-        return {"order": self.order.get_state(), "history": self.history, "diverged_at": self.diverged_at,
-                "stopped": self.stopped, "steps": self.steps, "last_finite_loss": self.last_finite_loss,
-                "early": self.early.state_dict() if self.early is not None else None,
-                "frozen": None if self.active else model.state_dict()}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.order.set_state(state["order"])
-        self.history = list(state["history"])
-        self.diverged_at, self.stopped, self.steps = state["diverged_at"], state["stopped"], state["steps"]
-        self.last_finite_loss = state["last_finite_loss"]
-        if self.early is not None and state["early"] is not None:
-            self.early.load_state_dict(state["early"])
-        if state["frozen"] is not None:
-            model.load_state_dict(state["frozen"])
-
-
-@dataclass
-class StackIO:
-    """Where a stacked fit checkpoints, what it resumes from, and the stop flag it watches."""
-
-    checkpoint: Path | None = None  # checkpoints/stack.pt
-    resume: dict[str, Any] | None = None  # a stack.pt's contents
-    stop: StopFlag | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # saved beside the state (the config)
-    best: list[Checkpointing] | None = None  # each member's best-epoch checkpoints (trainer.checkpoint.top_k)
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop is not None and self.stop.signum is not None
-
-
-class _Regularizer:
-    """reg.* on the stacked tensors, member by member (dlzoo.optim.regularize's rules on each member's slice)."""
-
-    def __init__(self, reg: DictConfig, net: StackedNet) -> None:
-        self.reg, self.net = reg, net
-
-    def penalty(self) -> Tensor | None:
-        r = self.reg
-        if not (r.l1 or r.l2):
-            return None
-        weights = [w for w, _ in self.net.weights()]
-        total = sum(w.abs().sum() for w in weights) * r.l1 if r.l1 else 0.0
-        return total + (sum(w.pow(2).sum() for w in weights) * r.l2 if r.l2 else 0.0)  # type: ignore[return-value]
-
-    @torch.no_grad()
-    def clip_(self) -> None:
-        r, params = self.reg, [p for p in self.net.parameters() if p.grad is not None]
-        if r.clip_value is not None:
-            for p in params:
-                p.grad.clamp_(-r.clip_value, r.clip_value)  # type: ignore[union-attr]
-        if r.clip_norm is not None:  # each member's global norm over its own gradients (clip_grad_norm_)
-            norm = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()  # type: ignore[union-attr]
-            coef = (r.clip_norm / (norm + 1e-6)).clamp(max=1.0)
-            for p in params:
-                p.grad.mul_(coef.view(-1, *[1] * (p.dim() - 1)))  # type: ignore[union-attr]
-
-    @torch.no_grad()
-    def constrain_(self) -> None:
-        if self.reg.max_norm is None:
-            return
-        for w, unit_dims in self.net.weights():
-            norms = w.norm(dim=unit_dims, keepdim=True).clamp_min(1e-12)
-            w.mul_((self.reg.max_norm / norms).clamp(max=1.0))
 
 
 def fit_stacked(
@@ -128,157 +42,163 @@ def fit_stacked(
 ) -> list[FitResult]:
     """Train the K `members` (each already built, seeded and initialized as its standalone run builds it;
     `generators[k]` holds the global random stream that run would continue with) in one batched pass."""
-    io = io or StackIO()
-    t, es = cfg.trainer, cfg.trainer.early_stop
-    device, n, bs = data.x_train.device, len(data.y_train), t.batch_size
-    steps_per_epoch, total = step_counts(n, bs, t.epochs, t.max_steps)
-    nhwc = t.channels_last and any(isinstance(m, nn.Conv2d) for m in members[0].modules())  # as setup_model
-    net = StackedNet(members, generators, nhwc)
-    optimizer = build_optimizer(cfg.optim, net.parameters())
-    scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, total)
-    reg = _Regularizer(cfg.reg, net)
-    state = [_Member(torch.Generator(device=device).manual_seed(s), tr,
-                     EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None)
-             for s, tr in zip(seeds, trackers, strict=True)]  # fmt: skip
-    k_all, step, train_time, samples, first_epoch, partial = len(members), 0, 0.0, 0, 1, None
-    if io.resume is not None:
-        r = io.resume
-        net.load_state_dict(r["model"])
-        optimizer.load_state_dict(r["optimizer"])
-        scheduler.load_state_dict(r["scheduler"])
-        for g, s in zip(generators, r["generators"], strict=True):
+    loop = _StackLoop(members, generators, seeds, trackers, data, cfg, io or StackIO())
+    for epoch in range(loop.first_epoch, cfg.trainer.epochs + 1):
+        sums = loop.train_epoch(epoch)
+        if loop.end_epoch(epoch, sums):
+            break
+    return loop.results()
+
+
+class _StackLoop:
+    """The parts of one fit_stacked call and the phases of its epochs, as dlzoo.engine.loop._Loop has them."""
+
+    def __init__(
+        self,
+        members: list[nn.Module],
+        generators: list[torch.Generator],
+        seeds: list[int],
+        trackers: list[Tracker],
+        data: Splits,
+        cfg: DictConfig,
+        io: StackIO,
+    ) -> None:
+        t, es = cfg.trainer, cfg.trainer.early_stop
+        self.members, self.generators, self.data, self.cfg, self.io, self.t = members, generators, data, cfg, io, t
+        self.device, self.n = data.x_train.device, len(data.y_train)
+        self.steps_per_epoch, total = step_counts(self.n, t.batch_size, t.epochs, t.max_steps)
+        nhwc = t.channels_last and any(isinstance(m, nn.Conv2d) for m in members[0].modules())  # as setup_model
+        self.net = StackedNet(members, generators, nhwc)
+        self.optimizer = build_optimizer(cfg.optim, self.net.parameters())
+        self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, total)
+        self.reg = Regularizer(cfg.reg, self.net)
+        self.state = [Member(torch.Generator(device=self.device).manual_seed(s), tr,
+                              EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None)
+                      for s, tr in zip(seeds, trackers, strict=True)]  # fmt: skip
+        self.step, self.train_time, self.samples, self.first_epoch = 0, 0.0, 0, 1
+        self.partial: dict[str, Any] | None = None
+        if io.resume is not None:
+            self.restore(io.resume)
+
+    def restore(self, r: dict[str, Any]) -> None:
+        """Continue from a stack.pt: weights, optimizer, schedule, every member's streams and state."""
+        self.net.load_state_dict(r["model"])
+        self.optimizer.load_state_dict(r["optimizer"])
+        self.scheduler.load_state_dict(r["scheduler"])
+        for g, s in zip(self.generators, r["generators"], strict=True):
             g.set_state(s)
-        for m, model, s in zip(state, members, r["members"], strict=True):
+        for m, model, s in zip(self.state, self.members, r["members"], strict=True):
             m.load_state_dict(s, model)
-        step, train_time, samples, first_epoch, partial = r["step"], r["train_time"], r["samples"], r["epoch"] + 1, \
-            r["partial"]  # fmt: skip
+        self.step, self.train_time, self.samples = r["step"], r["train_time"], r["samples"]
+        self.first_epoch, self.partial = r["epoch"] + 1, r["partial"]
 
-    def save(epoch_done: int, partial: dict[str, Any] | None = None) -> None:
-        if io.checkpoint is None:
+    def save(self, epoch_done: int, partial: dict[str, Any] | None = None) -> None:
+        if self.io.checkpoint is None:
             return
-        save_checkpoint(io.checkpoint, {
-            "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generators": [g.get_state() for g in generators],
-            "members": [m.state_dict(model) for m, model in zip(state, members, strict=True)],
-            "epoch": epoch_done, "step": step, "train_time": train_time, "samples": samples, "partial": partial,
-        } | io.extra)  # fmt: skip
+        save_checkpoint(self.io.checkpoint, {
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generators": [g.get_state() for g in self.generators],
+            "members": [m.state_dict(model) for m, model in zip(self.state, self.members, strict=True)],
+            "epoch": epoch_done, "step": self.step, "train_time": self.train_time, "samples": self.samples,
+            "partial": partial,
+        } | self.io.extra)  # fmt: skip
 
-    for epoch in range(first_epoch, t.epochs + 1):
-        for m in state:
-            if m.active:
-                m.tracker.on_epoch_start(epoch, steps_per_epoch)
-        if partial is not None:
-            perms, start = partial["perm"].to(device), partial["next_batch"]
-            loss_sum, correct, seen = partial["loss_sum"].to(device), partial["correct"].to(device), partial["seen"]
-            partial = None
-        else:
-            perms = torch.stack([torch.randperm(n, generator=m.order, device=device) for m in state])
-            loss_sum = torch.zeros(k_all, device=device)
-            correct = torch.zeros(k_all, device=device, dtype=torch.long)
-            start, seen = 0, 0
+    def active(self) -> list[int]:
+        return [k for k, m in enumerate(self.state) if m.active]
+
+    def start_epoch(self, epoch: int) -> Sums:
+        """Fresh batch orders (one per member, from its own generator) and zero sums, or the interrupted epoch's."""
+        for k in self.active():
+            self.state[k].tracker.on_epoch_start(epoch, self.steps_per_epoch)
+        device, k_all = self.device, len(self.members)
+        if self.partial is not None:
+            p, self.partial = self.partial, None
+            return Sums(p["perm"].to(device), p["next_batch"], p["loss_sum"].to(device), p["correct"].to(device),
+                         p["seen"])  # fmt: skip
+        perms = torch.stack([torch.randperm(self.n, generator=m.order, device=device) for m in self.state])
+        return Sums(perms, 0, torch.zeros(k_all, device=device), torch.zeros(k_all, device=device, dtype=torch.long))
+
+    def train_epoch(self, epoch: int) -> Sums:
+        """The steps of one epoch; a stop request mid-epoch writes stack.pt and raises Interrupted."""
+        t, data, bs = self.t, self.data, self.t.batch_size
+        sums = self.start_epoch(epoch)
         t0 = time.perf_counter()
-        for i in range(start, steps_per_epoch):
-            idx = perms[:, i * bs : (i + 1) * bs]
+        for i in range(sums.start, self.steps_per_epoch):
+            idx = sums.perms[:, i * bs : (i + 1) * bs]
             x = data.prep(data.x_train[idx.flatten()]).unflatten(0, idx.shape)
             y = data.y_train[idx]
-            probe = _Probe(t, step, members, state)
-            with probe.recording():
-                logits = net(x, probe=probe.on)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(idx.shape).mean(1)
-            penalty = reg.penalty()
-            optimizer.zero_grad(set_to_none=True)
-            (losses.sum() if penalty is None else losses.sum() + penalty).backward()
-            reg.clip_()
-            probe.log(net, step + 1)
-            optimizer.step()
-            reg.constrain_()
-            scheduler.step()
-            step += 1
-            loss_sum += losses.detach() * idx.shape[1]
-            correct += (logits.detach().argmax(2) == y).sum(1)
-            seen += idx.shape[1]
-            if step % t.log_every_n_steps == 0:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                for m, value in zip(state, losses.tolist(), strict=True):
-                    if m.active and _bad(value, t.max_loss):
-                        m.diverged_at = step  # the others train on: their gradients never see this loss
-                    elif m.active:
-                        m.last_finite_loss = value
-                        m.tracker.log_step(step, value, scheduler.get_last_lr()[0], rate)
-            for m in state:
-                m.steps = step if m.active else m.steps
-            if io.stop_requested and i + 1 < steps_per_epoch:
-                train_time += time.perf_counter() - t0
-                net.write_back([k for k, m in enumerate(state) if m.active])
-                save(epoch - 1, {"perm": perms.cpu(), "next_batch": i + 1, "loss_sum": loss_sum.cpu(),
-                                 "correct": correct.cpu(), "seen": seen})  # fmt: skip
-                raise _interrupted(io)
-            if t.max_steps is not None and step >= t.max_steps:
+            logits, losses = self.train_step(x, y)
+            sums.loss += losses.detach() * idx.shape[1]
+            sums.correct += (logits.detach().argmax(2) == y).sum(1)
+            sums.seen += idx.shape[1]
+            if self.step % t.log_every_n_steps == 0:
+                self.log_step(losses, sums.seen / max(time.perf_counter() - t0, 1e-9))
+            if self.io.stop_requested and i + 1 < self.steps_per_epoch:
+                self.train_time += time.perf_counter() - t0
+                self.net.write_back(self.active())
+                self.save(epoch - 1, sums.state_dict(i + 1))
+                raise _interrupted(self.io)
+            if t.max_steps is not None and self.step >= t.max_steps:
                 break
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - t0
-        samples += seen
-        active = [k for k, m in enumerate(state) if m.active]
-        net.write_back(active)
-        sums = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_time += time.perf_counter() - t0
+        self.samples += sums.seen
+        return sums
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One optimizer step of every member: forward, penalties, backward, clipping, probes, update,
+        constraints, schedule. Returns the (K, B, classes) logits and the K mean losses."""
+        probe = Probe(self.t, self.step, self.members, self.state)
+        with probe.recording():
+            logits = self.net(x, probe=probe.on)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        penalty = self.reg.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        (losses.sum() if penalty is None else losses.sum() + penalty).backward()  # each member's own gradient
+        self.reg.clip_()
+        probe.log(self.net, self.step + 1)
+        self.optimizer.step()
+        self.reg.constrain_()
+        self.scheduler.step()
+        self.step += 1
+        for m in self.state:
+            m.steps = self.step if m.active else m.steps
+        return logits, losses
+
+    def log_step(self, losses: Tensor, samples_per_s: float) -> None:
+        """The one host sync per logging interval: each active member's loss, checked for divergence."""
+        for m, value in zip(self.state, losses.tolist(), strict=True):
+            if m.active and bad(value, self.t.max_loss):
+                m.diverged_at = self.step  # the others train on: their gradients never see this loss
+            elif m.active:
+                m.last_finite_loss = value
+                m.tracker.log_step(self.step, value, self.scheduler.get_last_lr()[0], samples_per_s)
+
+    def end_epoch(self, epoch: int, sums: Sums) -> bool:
+        """Each active member's epoch (means, validation, early stopping, best checkpoints), then stack.pt;
+        True when training is over (the last epoch, max_steps, or no member left)."""
+        t, active = self.t, self.active()
+        self.net.write_back(active)
+        loss, acc = (sums.loss / sums.seen).tolist(), (sums.correct.double() / sums.seen).tolist()
+        lr = self.scheduler.get_last_lr()[0]
         for k in active:
-            metrics = _end_epoch(state[k], members[k], data, cfg, epoch, step, sums[0][k], sums[1][k],
-                                 scheduler.get_last_lr()[0])  # fmt: skip
-            if metrics is not None and io.best is not None:
-                save_best(io.best[k], members[k], epoch, metrics)
-        finished = epoch == t.epochs or (t.max_steps is not None and step >= t.max_steps)
-        finished = finished or not any(m.active for m in state)
-        if io.checkpoint is not None and (finished or epoch % t.checkpoint.every == 0 or io.stop_requested):
-            save(epoch)
-        if io.stop_requested and not finished:
-            raise _interrupted(io)
-        if finished:
-            break
-    return [_result(m, model, t.early_stop.restore_best, train_time, samples) for m, model in
-            zip(state, members, strict=True)]  # fmt: skip
+            metrics = _end_epoch(self.state[k], self.members[k], self.data, self.cfg, epoch, self.step, loss[k],
+                                 acc[k], lr)  # fmt: skip
+            if metrics is not None and self.io.best is not None:
+                save_best(self.io.best[k], self.members[k], epoch, metrics)
+        finished = epoch == t.epochs or (t.max_steps is not None and self.step >= t.max_steps)
+        finished = finished or not self.active()
+        if finished or epoch % t.checkpoint.every == 0 or self.io.stop_requested:
+            self.save(epoch)
+        if self.io.stop_requested and not finished:
+            raise _interrupted(self.io)
+        return finished
 
-
-class _Probe:
-    """The per-layer diagnostics of one step, for each active member as its standalone loop records them
-    (dlzoo.engine.loop._Loop.probes): weight and gradient norms and activation statistics from the first step and
-    at every logged step, histograms from the first step and every trainer.histogram_every_n_steps."""
-
-    def __init__(self, t: DictConfig, step: int, members: list[nn.Module], state: list[_Member]) -> None:
-        first, every = step == 0, t.histogram_every_n_steps
-        self.histograms = t.layer_stats and every > 0 and (first or (step + 1) % every == 0)
-        self.on = t.layer_stats and (first or (step + 1) % t.log_every_n_steps == 0 or self.histograms)
-        self.members, self.state = members, state
-        self.outputs: list[dict[str, Tensor] | None] = [{} if self.histograms else None for _ in members]
-        self.acts: list[dict[str, float]] = []
-
-    @contextmanager
-    def recording(self) -> Iterator[None]:
-        if not self.on:
-            yield
-            return
-        with ExitStack() as stack:
-            self.acts = [stack.enter_context(activation_stats(m, out))
-                         for m, out in zip(self.members, self.outputs, strict=True)]  # fmt: skip
-            yield
-
-    def log(self, net: StackedNet, step: int) -> None:
-        """After backward and clipping, before the update: each active member's weights and gradients."""
-        if not self.on:
-            return
-        for k, (m, model) in enumerate(zip(self.state, self.members, strict=True)):
-            if not m.active:
-                continue
-            net.write_back([k])
-            net.write_grads(k)
-            m.tracker.log_layer_stats(step, layer_stats(model) | self.acts[k])
-            if self.outputs[k] is not None:
-                m.tracker.log_histograms(step, layer_tensors(model, self.outputs[k]))  # type: ignore[arg-type]
-            model.zero_grad(set_to_none=True)
-
-
-def _bad(value: float, max_loss: float | None) -> bool:
-    return not math.isfinite(value) or (max_loss is not None and value > max_loss)
+    def results(self) -> list[FitResult]:
+        restore = self.t.early_stop.restore_best
+        return [_result(m, model, restore, self.train_time, self.samples)
+                for m, model in zip(self.state, self.members, strict=True)]  # fmt: skip
 
 
 def _interrupted(io: StackIO) -> Interrupted:
@@ -287,12 +207,12 @@ def _interrupted(io: StackIO) -> Interrupted:
 
 
 def _end_epoch(
-    m: _Member, model: nn.Module, data: Splits, cfg: DictConfig, epoch: int, step: int, loss: float, acc: float,
+    m: Member, model: nn.Module, data: Splits, cfg: DictConfig, epoch: int, step: int, loss: float, acc: float,
     lr: float,
 ) -> dict[str, float] | None:  # fmt: skip
     """One active member's epoch: its train means (checked, as the standalone loop checks them), its validation,
     logged to its own run, and its early stopping."""
-    if _bad(loss, cfg.trainer.max_loss):
+    if bad(loss, cfg.trainer.max_loss):
         m.diverged_at = step  # between logged steps a loss can explode unseen by the step check
         return None
     val_loss, val_acc = evaluate(model, data.x_val, data.y_val, cfg.trainer.eval_batch_size, data.prep)
@@ -304,7 +224,7 @@ def _end_epoch(
     return metrics
 
 
-def _result(m: _Member, model: nn.Module, restore_best: bool, train_time: float, seen: int) -> FitResult:
+def _result(m: Member, model: nn.Module, restore_best: bool, train_time: float, seen: int) -> FitResult:
     """The member's final epoch, or its best one (and those weights) after early stopping; a member that diverged
     before its first epoch ended has NaN metrics."""
     nan = float("nan")
