@@ -65,7 +65,15 @@ def apply_overrides(saved: dict[str, Any], overrides: list[str]) -> DictConfig:
 
 def load_model(ckpt: str | Path, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
     """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied."""
-    path = checkpoint_file(Path(ckpt).expanduser())
+    folder = Path(ckpt).expanduser()
+    path = checkpoint_file(folder)
+    seeds = sorted(folder.glob("seed*/checkpoints/last.pt")) if folder.is_dir() and not path.is_file() else []
+    if seeds or path.name == "stack.pt":
+        run = path.parent.parent if path.name == "stack.pt" else folder
+        seed = sorted(run.glob("seed*"))
+        fix = f"one of them, e.g. ckpt={seed[0]}" if seed else f"the ensemble folder, ckpt={run}"
+        raise DlzooError(f"{run} is a stacked run (trainer.stack): each of its models is a run of its own. Fix: give "
+                         f"{fix}.")  # fmt: skip
     state = load_checkpoint(path)
     cfg = apply_overrides(state["config"], overrides)
     device = resolve_device(cfg.trainer.device)

@@ -257,6 +257,9 @@ def test_a_stacked_run_through_the_cli_is_read_by_report_as_seeds(fmnist_root: P
     assert len(rows) == 2 and rows[1].startswith("3,777 778 779,"), rows  # one row: the three seeds, not the stack
     evaluated = dlzoo("eval", f"ckpt={run_dir / 'seed778'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
+    whole = dlzoo("eval", f"ckpt={run_dir}", cwd=tmp_path)  # the stack itself is no one model
+    assert whole.returncode == 2 and f"Fix: give one of them, e.g. ckpt={run_dir / 'seed777'}" in " ".join(
+        whole.stderr.split()), whole.stderr  # fmt: skip
 
 
 @pytest.mark.parametrize(
