@@ -10,6 +10,7 @@ Dropout draws member k's mask from member k's own generator, with the shape its 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ def to_flat(x: Tensor, k: int) -> Tensor:
     return x.flatten(2)
 
 
-class _Op:
+class _Op(ABC):
     """One layer of the stacked net: its stacked parameters (leading dim K) and the members' own."""
 
     def __init__(self) -> None:
@@ -50,8 +51,8 @@ class _Op:
         # (stacked, the members' parameters, stored transposed): what write_back and write_grads copy.
         self.pairs: list[tuple[Tensor, list[Tensor], bool]] = []
 
-    def __call__(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: Tensor) -> Tensor: ...
 
     def own(self, stacked: Tensor | None, members: list[Tensor | None], transposed: bool = False) -> None:
         if stacked is not None:
