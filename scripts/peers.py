@@ -36,11 +36,17 @@ class Clock:
     """Timestamps at the end of step 1, step `warmup` and the last step; `limit` cuts the epoch short (a smoke
     check, not a figure)."""
 
-    def __init__(self, warmup: int, limit: int | None = None) -> None:
-        self.warmup, self.limit, self.steps, self.marks = warmup, limit, 0, {}
+    def __init__(self, warmup: int, limit: int | None = None, device: str = "cpu") -> None:
+        self.warmup, self.limit, self.steps, self.marks, self.device = warmup, limit, 0, {}, device
 
     def step_done(self) -> None:
         self.steps += 1
+        if self.device == "cuda" and self.steps in (1, self.warmup):
+            # The marks that start a timing wait for the GPU; the last step's may run ahead of it by the launch
+            # queue (a few ms of an epoch), and syncing every step would slow every tool alike.
+            import torch
+
+            torch.cuda.synchronize()
         now = time.perf_counter() - START
         if self.steps == 1:
             self.marks["first_step_s"] = now
@@ -87,6 +93,7 @@ def run_dlzoo(data: Path, threads: int, clock: Clock) -> None:
     loop._Loop.step = timed_step
     cfg = compose_and_validate(["experiment=lab10_5_dropout", "data=mnist", f"data.root={data}",
                                 "trainer.epochs=1", f"trainer.threads={threads}", "trainer.progress=false",
+                                f"trainer.device={clock.device}",
                                 f"trainer.max_steps={clock.limit or 'null'}"])  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         run.run(cfg, Path(out) / "run")
@@ -129,7 +136,8 @@ def run_lightning(data: Path, threads: int, clock: Clock) -> None:
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
     train = datasets.MNIST(str(data), train=True, download=False, transform=transform)
     with tempfile.TemporaryDirectory() as out:
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, enable_progress_bar=False,
+        accelerator = "gpu" if clock.device == "cuda" else "cpu"
+        trainer = L.Trainer(max_epochs=1, accelerator=accelerator, devices=1, enable_progress_bar=False,
                             enable_model_summary=False, default_root_dir=out, callbacks=[Clocked()],
                             limit_train_batches=clock.limit or 1.0)  # fmt: skip
         trainer.fit(LitMLP(), DataLoader(train, batch_size=BATCH, shuffle=True))
@@ -180,10 +188,12 @@ def run_dataloader(data: Path, threads: int, clock: Clock) -> None:
     layers: list[nn.Module] = [nn.Flatten()]
     for n_in, n_out in zip([784, *HIDDEN], HIDDEN, strict=False):
         layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(DROPOUT)]
-    model = nn.Sequential(*layers, nn.Linear(HIDDEN[-1], 10))
+    device = torch.device(clock.device)
+    model = nn.Sequential(*layers, nn.Linear(HIDDEN[-1], 10)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -228,7 +238,15 @@ def available(tool: str, python: str) -> str | None:
 
 
 def drive(
-    data: Path, tools: list[str], rounds: int, threads: int, warmup: int, out: Path, limit: int | None, tf_python: str
+    data: Path,
+    tools: list[str],
+    rounds: int,
+    threads: int,
+    warmup: int,
+    out: Path,
+    limit: int | None,
+    tf_python: str,
+    device: str = "cpu",
 ) -> dict:
     """Every tool once per round, in a fresh process, rounds interleaved; the table as a dict (and JSON)."""
     import tempfile
@@ -239,10 +257,13 @@ def drive(
     skipped = {t: why for t in tools if (why := available(t, python[t]))}
     for r in range(rounds):
         for tool in (t for t in tools if t not in skipped):
-            env = os.environ | {"KERAS_BACKEND": tool.removeprefix("keras_")} if tool.startswith("keras") else None
+            env = os.environ | ({"KERAS_BACKEND": tool.removeprefix("keras_")} if tool.startswith("keras") else {})
+            if device == "cpu":
+                env |= {"CUDA_VISIBLE_DEVICES": ""}  # Keras takes a visible GPU by itself
             root = data / "mnist" if tool == "dlzoo" else work
             command = [python[tool], __file__, "--worker", tool, "--data", str(root), "--threads", str(threads),
-                       "--warmup", str(warmup), *(["--limit", str(limit)] if limit else [])]  # fmt: skip
+                       "--warmup", str(warmup), "--device", device,
+                       *(["--limit", str(limit)] if limit else [])]  # fmt: skip
             proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
             lines = [line for line in proc.stdout.splitlines() if line.startswith('{"tool"')]
             if proc.returncode != 0 or not lines:  # reported at once, and left out of the later rounds
@@ -255,7 +276,7 @@ def drive(
     shutil.rmtree(work, ignore_errors=True)
     table = summarize(runs, skipped)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": threads, "rounds": rounds, "warmup": warmup, "table": table,
+    out.write_text(json.dumps({"device": device, "threads": threads, "rounds": rounds, "warmup": warmup, "table": table,
                                "runs": runs, "skipped": skipped}, indent=2) + "\n")  # fmt: skip
     return table
 
@@ -291,16 +312,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tf-python", default=sys.executable, help="the Python of a virtual environment with "
                         "tensorflow-cpu and keras, for keras_tensorflow (so dlzoo's own stays as its install made "
                         "it)")  # fmt: skip
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every tool trains")
     parser.add_argument("--out", default="outputs/bench_peers.json")
     parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        clock = Clock(args.warmup, args.limit)
+        clock = Clock(args.warmup, args.limit, args.device)
         WORKERS[args.worker](Path(args.data), args.threads, clock)
         clock.report(args.worker, args.threads)
         return
     tools = args.tools.split(",")
-    drive(Path(args.data), tools, args.rounds, args.threads, args.warmup, Path(args.out), args.limit, args.tf_python)
+    drive(
+        Path(args.data),
+        tools,
+        args.rounds,
+        args.threads,
+        args.warmup,
+        Path(args.out),
+        args.limit,
+        args.tf_python,
+        args.device,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,3 +86,16 @@ def test_bench_stack_times_both_ways_and_writes_the_ratio(mnist_root: Path, tmp_
     a, b = report["times"]["one_after_another"][0], report["times"]["stacked"][0]
     assert report["stack"] == 2 and a > 0 and b > 0 and report["ratios"] == [a / b]
     assert "stacked speed-up" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_script_runs_end_to_end_on_the_cpu(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "gpu_figures.py"), "--data", str(mnist_root.parent), "--device",
+           "cpu", "--quick", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report["figures"]) == {"lab10_5_train_s", "lab11_2_train_s", "stack5_over_one_seed",
+                                      "ensemble_over_one_member"} and report["quick"]  # fmt: skip
+    assert all(t > 0 for t in report["times"].values()) and "peers on the same device" in proc.stdout
