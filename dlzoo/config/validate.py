@@ -148,7 +148,9 @@ def stack_problems(cfg: DictConfig, k: int | None = None) -> list[str]:
     ]  # fmt: skip
     problems = [f"{why}; {rule}." for ok, rule in rules if not ok]
     if not problems and cfg.model.arch in ARCHS:
-        problems += [f"{why}; {p}" for p in _stackable(cfg)]
+        fix = "train the seeds one by one (dlzoo train -m trainer.seed=1,2,3)" if t.stack > 1 else \
+            "ensemble.stack=auto (members one after another where stacking cannot work)"  # fmt: skip
+        problems += [f"{why}; {p} Fix: {fix}." for p in _stackable(cfg)]
     return problems
 
 
@@ -161,8 +163,7 @@ def _stackable(cfg: DictConfig) -> list[str]:
         return []  # the model's own problem is reported on its own
     problem = stacked.why_not(model)
     return [] if problem is None else [f"its model has {problem}, which cannot be stacked yet (dense, conv, pool, "
-                                       "batch norm, dropout and element-wise activation layers can). Fix: train the "
-                                       "seeds one by one (dlzoo train -m trainer.seed=1,2,3)."]  # fmt: skip
+                                       "batch norm, dropout and element-wise activation layers can)."]  # fmt: skip
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

@@ -223,7 +223,7 @@ def _chain(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Sequential):
         return [leaf for child in model for leaf in _chain(child)]
     if list(model.children()):
-        raise ValueError(f"a {type(model).__name__} block, which is not a plain chain of layers")
+        raise ValueError(f"a {type(model).__name__} block (not a plain chain of layers)")
     return [model]
 
 

@@ -226,7 +226,7 @@ def test_the_lecture_presets_can_be_stacked(preset: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["model=resnet_small"], "a Residual block, which is not a plain chain of layers, which cannot be stacked"),
+        (["model=resnet_small"], "a Residual block \\(not a plain chain of layers\\), which cannot be stacked"),
         (["model=rnn_rows"], "a RowRNN block"),
         (["model.activation=prelu"], "its model has PReLU layers, which cannot be stacked yet"),
         (["model.activation=rrelu"], "RReLU layers"),
