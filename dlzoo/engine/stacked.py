@@ -72,6 +72,8 @@ class _StackLoop:
         self.optimizer = build_optimizer(cfg.optim, self.net.parameters())
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, total)
         self.reg = Regularizer(cfg.reg, self.net)
+        # Read once: a DictConfig lookup costs microseconds, and the step of a small model is well under a ms.
+        self.probing = (bool(t.layer_stats), int(t.log_every_n_steps), int(t.histogram_every_n_steps))
         self.state = [Member(torch.Generator(device=self.device).manual_seed(s), tr,
                               EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None)
                       for s, tr in zip(seeds, trackers, strict=True)]  # fmt: skip
@@ -120,7 +122,7 @@ class _StackLoop:
 
     def train_epoch(self, epoch: int) -> Sums:
         """The steps of one epoch; a stop request mid-epoch writes stack.pt and raises Interrupted."""
-        t, data, bs = self.t, self.data, self.t.batch_size
+        data, bs, every, max_steps = self.data, self.t.batch_size, self.t.log_every_n_steps, self.t.max_steps
         sums = self.start_epoch(epoch)
         t0 = time.perf_counter()
         for i in range(sums.start, self.steps_per_epoch):
@@ -131,14 +133,14 @@ class _StackLoop:
             sums.loss += losses.detach() * idx.shape[1]
             sums.correct += (logits.detach().argmax(2) == y).sum(1)
             sums.seen += idx.shape[1]
-            if self.step % t.log_every_n_steps == 0:
+            if self.step % every == 0:
                 self.log_step(losses, sums.seen / max(time.perf_counter() - t0, 1e-9))
             if self.io.stop_requested and i + 1 < self.steps_per_epoch:
                 self.train_time += time.perf_counter() - t0
                 self.net.write_back(self.active())
                 self.save(epoch - 1, sums.state_dict(i + 1))
                 raise _interrupted(self.io)
-            if t.max_steps is not None and self.step >= t.max_steps:
+            if max_steps is not None and self.step >= max_steps:
                 break
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -149,7 +151,7 @@ class _StackLoop:
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """One optimizer step of every member: forward, penalties, backward, clipping, probes, update,
         constraints, schedule. Returns the (K, B, classes) logits and the K mean losses."""
-        probe = Probe(self.t, self.step, self.members, self.state)
+        probe = Probe(self.probing, self.step, self.members, self.state)
         with probe.recording():
             logits = self.net(x, probe=probe.on)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)

@@ -124,13 +124,19 @@ class Probe:
     (dlzoo.engine.loop._Loop.probes): weight and gradient norms and activation statistics from the first step and
     at every logged step, histograms from the first step and every trainer.histogram_every_n_steps."""
 
-    def __init__(self, t: DictConfig, step: int, members: list[nn.Module], state: list[Member]) -> None:
-        first, every = step == 0, t.histogram_every_n_steps
-        self.histograms = t.layer_stats and every > 0 and (first or (step + 1) % every == 0)
-        self.on = t.layer_stats and (first or (step + 1) % t.log_every_n_steps == 0 or self.histograms)
+    def __init__(
+        self, probing: tuple[bool, int, int], step: int, members: list[nn.Module], state: list[Member]
+    ) -> None:
+        """`probing`: (trainer.layer_stats, log_every_n_steps, histogram_every_n_steps)."""
+        stats, log_every, every = probing
+        first = step == 0
+        self.histograms = stats and every > 0 and (first or (step + 1) % every == 0)
+        self.on = stats and (first or (step + 1) % log_every == 0 or self.histograms)
         self.members, self.state = members, state
-        self.outputs: list[dict[str, Tensor] | None] = [{} if self.histograms else None for _ in members]
+        self.outputs: list[dict[str, Tensor] | None] = []
         self.acts: list[dict[str, float]] = []
+        if self.on:
+            self.outputs = [{} if self.histograms else None for _ in members]
 
     @contextmanager
     def recording(self) -> Iterator[None]:
