@@ -37,9 +37,9 @@ from dlzoo.models import build_model
 from dlzoo.models.summary import Summary
 
 STACK_FILE = "stack.pt"
-# On a CPU, K models trained as one stack measured faster than one after another only for MLPs this small or
-# smaller (lab 10-3's 269k weights: 1.6x at K = 5); lab 10-5's 1.2M weights measured 1.04x and a CNN 0.5x, as the
-# K-fold weights and activations no longer fit the cache. The README's speed section has the figures and command.
+# On a CPU, K models trained as one stack measured faster than one after another only for small MLPs (lab 10-3's
+# 269k weights, not lab 10-5's 1.2M, nor any CNN): beyond that the K-fold weights and activations no longer fit the
+# cache. The README's speed section has the figures and the command.
 CPU_STACK_MAX_WEIGHTS = 500_000
 
 
