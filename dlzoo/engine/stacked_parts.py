@@ -20,6 +20,7 @@ from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
 from dlzoo.engine.tracking import Tracker
 from dlzoo.models.stacked import StackedNet
+from dlzoo.optim.regularize import build_regularizer
 
 
 @dataclass
@@ -73,7 +74,8 @@ class Regularizer:
     """reg.* on the stacked tensors, member by member (dlzoo.optim.regularize's rules on each member's slice)."""
 
     def __init__(self, reg: DictConfig, net: StackedNet) -> None:
-        self.reg, self.net = reg, net
+        # The standalone loop's settings as plain numbers: read on every step, where a DictConfig lookup costs.
+        self.reg, self.net = build_regularizer(reg), net
 
     def penalty(self) -> Tensor | None:
         r = self.reg
@@ -85,7 +87,10 @@ class Regularizer:
 
     @torch.no_grad()
     def clip_(self) -> None:
-        r, params = self.reg, [p for p in self.net.parameters() if p.grad is not None]
+        r = self.reg
+        if r.clip_value is None and r.clip_norm is None:
+            return
+        params = [p for p in self.net.parameters() if p.grad is not None]
         if r.clip_value is not None:
             for p in params:
                 p.grad.clamp_(-r.clip_value, r.clip_value)  # type: ignore[union-attr]
