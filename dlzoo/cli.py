@@ -25,6 +25,7 @@ commands:
   predict ckpt=<run|.pt> input=<a.png,b.npy>   class and probabilities for new images
   tune search=<name> [--trials N] [--out DIR] [--resume] [overrides...]   Optuna search with pruning (conf/search/)
   report <folder> [--metric M] [--out DIR]      sweep/runs folder -> mean ± std table, report.md/csv, HParams
+  compare <folders|globs> [--by K,..] [--baseline G]   groups on one axis: is B better than A beyond seed noise?
   ladder [--seeds N] [--epochs E] [--rungs a,b] [--resume --out DIR] [overrides...]   the lecture's accuracy ladder
   transfer [--seeds 5] [--out DIR] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
 
@@ -91,6 +92,12 @@ def _report(rest: list[str]) -> int:
     from dlzoo.sweeps.report import report_command
 
     return report_command(rest)
+
+
+def _compare(rest: list[str]) -> int:
+    from dlzoo.sweeps.compare import compare_command
+
+    return compare_command(rest)
 
 
 def _ladder(rest: list[str]) -> int:
@@ -204,6 +211,7 @@ VERBS: dict[str, Callable[[list[str]], int]] = {
     "predict": _predict,
     "tune": _tune,
     "report": _report,
+    "compare": _compare,
     "ladder": _ladder,
     "transfer": _transfer,
 }

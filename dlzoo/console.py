@@ -90,14 +90,24 @@ def print_final(
 
 
 def print_table(
-    title: str, header: list[str], rows: list[list[str]], caption: str | None = None, right: Iterable[int] = ()
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    caption: str | None = None,
+    right: Iterable[int] = (),
+    compact: bool = False,
+    wrap: Iterable[int] = (),
 ) -> None:
     """A table of plain strings (never read as rich markup: values and error lines may hold brackets); the
-    columns at indices `right` are right-aligned (numbers)."""
-    right = set(right)
-    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left")
+    columns at indices `right` are right-aligned (numbers). `compact` draws only the header's rule and wraps
+    only the columns at indices `wrap`, so a wide table fits 80 columns with names and numbers whole."""
+    from rich import box
+
+    right, wrap = set(right), set(wrap)
+    table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left",
+                  box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip
     for i, name in enumerate(header):
-        table.add_column(Text(name), justify="right" if i in right else "left")
+        table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=compact and i not in wrap)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     console.print(table)

@@ -7,6 +7,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlzoo.sweeps.compare.comparison import p_value
+from dlzoo.sweeps.compare.stats import Contrast, contrast
 from dlzoo.sweeps.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
 
 # rung (= conf/experiment/<rung>.yaml): (label, what changed from the rung before, lecture test accuracy on MNIST).
@@ -64,7 +66,38 @@ def collect(jobs: list[Job]) -> list[Rung]:
     return [Rung(r, groups.get(r), [j for j in failed if j.rung == r]) for r in rungs]
 
 
-HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above", "epochs", "s / run"]
+HEADER = ["rung", "what changed", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above (95% CI)",
+          "beyond noise?", "epochs", "s / run"]  # fmt: skip
+
+
+def step_contrast(below: Rung | None, r: Rung) -> Contrast | None:
+    """The rung against the finished rung above it (the lesson's step), over their seeds' test accuracies."""
+    if below is None or not below.group or not r.group:
+        return None
+    a, b = below.group.values("test_acc"), r.group.values("test_acc")
+    return contrast(a, b) if a and b else None
+
+
+def step_up(below: Rung | None, r: Rung) -> tuple[str, str]:
+    """The step's difference of means in points with its 95% bootstrap interval, and whether Welch's test puts
+    it beyond seed noise, as table cells."""
+    c = step_contrast(below, r)
+    if c is None:
+        return "–", "–"
+    text = f"{100 * c.diff:+.2f} pts"
+    if c.low is not None and c.high is not None:
+        text += f" [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
+    if c.note.startswith("n = 1"):
+        return text, "n = 1: no test"
+    return text, ("yes" if c.beyond_noise else "no") + (f" (p {p_value(c.p)})" if c.p is not None else "")
+
+
+def _steps(rungs: list[Rung]) -> list[Contrast | None]:
+    out, previous = [], None
+    for r in rungs:
+        out.append(step_contrast(previous, r))
+        previous = r if r.mean is not None else previous
+    return out
 
 
 def rows(rungs: list[Rung]) -> list[list[str]]:
@@ -72,7 +105,7 @@ def rows(rungs: list[Rung]) -> list[list[str]]:
     for r in rungs:
         label, change, lecture = RUNGS[r.name]
         ours = mean_std(r.mean, r.std) + (f" ({len(r.failed)} failed)" if r.failed else "")
-        delta = f"{r.mean - previous:+.4f}" if r.mean is not None and previous is not None else "–"
+        delta, beyond = step_up(previous, r)
         wall = r.group.mean("wall_time_s") if r.group else None
         out.append(
             [
@@ -82,11 +115,12 @@ def rows(rungs: list[Rung]) -> list[list[str]]:
                 ours,
                 str(r.n),
                 delta,
+                beyond,
                 _epochs(r),
                 "–" if wall is None else f"{wall:.0f}",
             ]
         )
-        previous = r.mean if r.mean is not None else previous
+        previous = r if r.mean is not None else previous
     return out
 
 
@@ -135,9 +169,14 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
                 "failed",
                 "epochs",
                 "wall_time_s_mean",
+                "diff_vs_above",
+                "diff_ci_low",
+                "diff_ci_high",
+                "p_welch",
+                "beyond_noise",
             ]
         )
-        for r in rungs:
+        for r, c in zip(rungs, _steps(rungs), strict=True):
             label, change, lecture = RUNGS[r.name]
             wall = r.group.mean("wall_time_s") if r.group else None
             writer.writerow(
@@ -152,6 +191,17 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
                     len(r.failed),
                     _epochs(r),
                     plain_number(wall),
+                    *(
+                        [
+                            plain_number(c.diff),
+                            plain_number(c.low),
+                            plain_number(c.high),
+                            plain_number(c.p),
+                            c.beyond_noise,
+                        ]
+                        if c
+                        else ["", "", "", "", ""]
+                    ),
                 ]
             )
 

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from scipy.stats import ttest_ind
 
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
@@ -78,7 +79,13 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_pat
             assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
             assert any(run.glob("events.out.tfevents.*"))
     assert "| 0.9035 |" in md and "| 0.9783 |" in md and "on mnist" in md
-    assert f"{means['lab10_3_xavier'] - means['lab10_1_softmax']:+.4f}" in md  # the step between rungs
+    # The step between rungs: the difference in points, and the verdict scipy's Welch test gives on these seeds.
+    step = 100 * (means["lab10_3_xavier"] - means["lab10_1_softmax"])
+    assert f"| {step:+.2f} pts [" in md
+    welch = ttest_ind(_test_accs(out, "lab10_3_xavier"), _test_accs(out, "lab10_1_softmax"), equal_var=False)
+    assert float(rows["lab10_3_xavier"]["p_welch"]) == pytest.approx(welch.pvalue, rel=1e-4)
+    assert float(rows["lab10_3_xavier"]["diff_vs_above"]) == pytest.approx(step / 100, rel=1e-5)
+    assert rows["lab10_1_softmax"]["diff_vs_above"] == ""  # the first rung has none above it
     assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check_tensorboard_view(out, rows)
 
