@@ -53,14 +53,15 @@ def expand(targets: list[str]) -> list[Path]:
 
 
 def collect(folders: list[Path]) -> list[Run]:
-    """Every run under the folders (report.find_runs), each once, in the order given; an ensemble's members are
-    added after it as runs of their own (`member<i>/metrics.json`, the ensemble's config with the member's seed)."""
+    """Every run under the folders (report.find_runs), each once, in the order given; an ensemble's members come
+    just before it as runs of their own (`member<i>/metrics.json`, the ensemble's config with the member's seed),
+    so by default the ensemble is compared with its members."""
     runs: dict[Path, Run] = {}
     for folder in folders:
         for run in find_runs(folder):
-            runs.setdefault(run.folder.resolve(), run)
             for member in ensemble_members(run):
                 runs.setdefault(member.folder.resolve(), member)
+            runs.setdefault(run.folder.resolve(), run)
     return list(runs.values())
 
 
@@ -124,9 +125,10 @@ def arms(runs: list[Run], keys: list[str], metric: str) -> list[Arm]:
     for run in runs:
         is_member = MEMBERS in run.choices
         key = tuple((k, run.value(k)) for k in keys)
-        label = ", ".join(_label(k, v, len(keys)) for k, v in key) or "all runs"
+        ensemble = OmegaConf.select(run.config, "ensemble.size", default=1) not in (None, 1)
+        label = ", ".join(_label(k, v, len(keys)) for k, v in key) or ("ensemble" if ensemble else "all runs")
         if is_member:
-            key, label = (*key, (MEMBERS, True)), f"{label} {MEMBERS}"
+            key, label = (*key, (MEMBERS, True)), (f"{label} {MEMBERS}" if keys else MEMBERS)
         arm = out.setdefault(tuple((k, _hashable(v)) for k, v in key), Arm(label, key))
         value = (run.metrics or {}).get(metric)
         if run.metrics is None:

@@ -55,7 +55,9 @@ class Comparison:
         amount = f"{difference(self.metric, c.diff)} {interval(self.metric, c)}".rstrip()
         evidence = f"{p_text(c)}n = {c.n_b} vs {c.n_a}"
         if c.note.startswith("n = 1"):
-            return f"{b} vs {a}: {amount}, {evidence}: one run on a side, no test (train more seeds)"
+            where = {1.0: "above every seed of", 0.0: "below every seed of"}.get(c.p_improve, "among the seeds of")
+            place = f"{b} lies {where} {a} (P(better) {c.p_improve:.2f}); " if c.n_b == 1 and c.n_a > 1 else ""
+            return f"{b} vs {a}: {amount}, {evidence}: {place}one run on a side, no test (train more seeds)"
         if not c.beyond_noise:
             return f"{b} vs {a}: {amount}, {evidence}: within seed noise"
         better = (c.diff > 0) == self.higher_is_better
