@@ -5,7 +5,8 @@ Chromium through Playwright, wait until the charts have drawn, and save PNGs. (`
     python scripts/tb_capture.py <logdir> --out shots/ [--chromium /usr/bin/chromium] [--filter Compare]
 
 Needs Debian's `chromium` (apt-get install chromium) and `pip install playwright`. Writes time_series.png
-(the Time Series tab with smoothing 0, filtered by tag if asked) and custom_scalars.png; prints what rendered.
+(the Time Series tab with smoothing 0, filtered by tag if asked), custom_scalars.png and hparams.png; prints
+what rendered.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def capture(logdir: Path, out: Path, chromium: str = "/usr/bin/chromium", tag_fi
         page.wait_for_timeout(6000)
         found["custom_scalar_charts"] = page.locator("tf-custom-scalar-margin-chart-card").count()
         page.screenshot(path=str(out / "custom_scalars.png"), full_page=False)
+        page.goto(f"{url}/#hparams")
+        page.wait_for_timeout(6000)
+        page.screenshot(path=str(out / "hparams.png"), full_page=False)
         browser.close()
     return found
 

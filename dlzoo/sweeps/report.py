@@ -24,6 +24,7 @@ METRICS = ("val_acc", "test_acc", "test_loss")  # always tabulated; --metric add
 # Overrides that say where or how a run ran, not what it trained: runs differing only in these share a row.
 NOT_SWEPT = ("trainer.seed", "data.root", "trainer.threads", "trainer.progress", "trainer.resume")
 HPARAMS_DIR = "hparams_report"
+REPORT_DIR = "report"  # the folder a report writes beside the runs it reports on, unless --out says otherwise
 
 
 @dataclass
@@ -272,19 +273,20 @@ def hparams_sessions(report: Report) -> list[tuple[str, dict[str, Any], dict[str
 
 
 def report_command(argv: list[str]) -> int:
-    """`dlzoo report <folder> [--metric test_acc] [--out DIR]`: print, then write report.md, report.csv and
-    <out>/hparams_report/ (one HParams experiment: `tensorboard --logdir <out>/hparams_report`)."""
+    """`dlzoo report <folder> [--metric test_acc] [--out DIR]`: print, then write report.md and report.csv into
+    <folder>/report/ (or DIR); with a DIR outside the folder also DIR/hparams_report/ (one HParams experiment:
+    `tensorboard --logdir DIR/hparams_report`)."""
     from dlzoo.console import console, print_table
     from dlzoo.engine.dashboards import write_hparams_experiment
 
     parser = argparse.ArgumentParser(prog="dlzoo report", description=report_command.__doc__)
     parser.add_argument("folder", type=Path, help="a multirun (hydra.sweep.dir), outputs/runs, or a ladder folder")
     parser.add_argument("--metric", default="test_acc", help="the metrics.json key to sort by (default test_acc)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: the folder)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the files (default: <folder>/report)")
     args = parser.parse_intermixed_args(argv)
 
     report = build_report(args.folder, args.metric)
-    out = args.out or args.folder
+    out = args.out or args.folder / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     print_table(
         f"report: {report.root}",
@@ -305,9 +307,14 @@ def report_command(argv: list[str]) -> int:
     if hparams_dir.is_dir():
         shutil.rmtree(hparams_dir)  # ours from an earlier report; stale sessions would show twice
     sessions = hparams_sessions(report)
-    if sessions:
+    inside = out.resolve().is_relative_to(args.folder.resolve())
+    if sessions and not inside:
         write_hparams_experiment(hparams_dir, sessions)
-    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}; HParams: tensorboard --logdir {hparams_dir}")
+        hparams = f"HParams: tensorboard --logdir {hparams_dir}"
+    else:
+        # Sessions inside the folder would show twice in its own dashboards, with their metrics as extra dots.
+        hparams = f"HParams: tensorboard --logdir {args.folder} (its runs' own; --out <folder elsewhere> adds one)"
+    console.print(f"wrote {out / 'report.md'}, {out / 'report.csv'}; {hparams}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from tests.helpers import DLZOO, dlzoo
 from tests.terminal import on_tty
@@ -48,9 +49,30 @@ def test_a_sweep_ends_with_its_comparison(xor_sweep: tuple[Path, str]) -> None:
     mean, low, high = (relu.Scalars(f"Compare/val_acc{s}")[-1].value for s in ("", "_min", "_max"))
     assert low <= mean <= high and mean == pytest.approx(1.0)
 
+    # One HParams experiment for the sweep, in its own folder, the keys that differ leading and marked.
+    experiment = next(
+        HParamsPluginData.FromString(m.plugin_data.content).experiment
+        for m in _summary_metadata(sweep) if m.plugin_data.plugin_name == "hparams"
+    )  # fmt: skip
+    marked = [h.name for h in experiment.hparam_infos if h.differs]
+    assert marked == ["experiment", "model.activation", "trainer.seed"], marked
+    assert [h.name for h in experiment.hparam_infos][:3] == marked
+    for job in sweep.glob("[0-9]_*"):  # the jobs wrote their sessions only
+        kinds = {HParamsPluginData.FromString(m.plugin_data.content).WhichOneof("data")
+                 for m in _summary_metadata(job) if m.plugin_data.plugin_name == "hparams"}  # fmt: skip
+        assert kinds == {"session_start_info", "session_end_info"}, job
+
     # The comparison is no run: the sweep's report still counts its six jobs.
     report = dlzoo("report", str(sweep), "--out", str(sweep.parent / "report"), cwd=sweep.parent)
     assert report.returncode == 0 and "6 runs in" in report.stdout, report.stderr
+
+
+def _summary_metadata(folder: Path) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return list(events.summary_metadata.values())
 
 
 def test_compare_on_a_terminal(xor_sweep: tuple[Path, str], tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """What a `dlzoo train -m` sweep prints and writes when its last job ends (Hydra's on_multirun_end callback,
-named in conf/hydra/default.yaml): its results per group and, when groups differ, the comparison of them."""
+named in conf/hydra/default.yaml): its results per group and, when groups differ, the comparison of them; and
+one TensorBoard HParams experiment over its jobs, the keys that differ between them marked and leading."""
 
 from __future__ import annotations
 
@@ -25,9 +26,33 @@ class SweepSummary(Callback):
             return
         console.rule("sweep finished")
         try:
+            write_sweep_experiment(sweep)
             show(compare([sweep]))
         except (DlzooError, OSError, ValueError) as e:
             print_warning(f"no comparison of the sweep's jobs: {e} Retry with `dlzoo compare {sweep}`.")
             return
         console.print(f"per-run table: dlzoo report {sweep}; dashboards: tensorboard --logdir {sweep}",
                       highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def write_sweep_experiment(sweep: Path) -> None:
+    """One HParams experiment in the sweep's own folder (its jobs write sessions only, see dlzoo.train): every
+    job's row, the keys that differ between the jobs marked as differing, the lessons' keys first."""
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard import SummaryWriter
+
+    from dlzoo.engine.dashboards import columns_of, differing, experiment_summary
+    from dlzoo.engine.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
+    from dlzoo.sweeps.report import find_runs
+
+    runs = find_runs(sweep)
+    sessions = [run_hparams(OmegaConf.to_container(r.config, resolve=False), r.choices, r.overrides) for r in runs]  # type: ignore[arg-type]
+    # Only keys every job has: TensorBoard hides a session whose value does not fit its column's type.
+    keys = [k for k in dict.fromkeys(k for s in sessions for k in s) if all(k in s for s in sessions)]
+    order = {k: i for i, k in enumerate((*CHOICE_GROUPS, *HPARAM_KEYS))}
+    first = sorted(differing(sessions, keys), key=lambda k: order.get(k, len(order)))
+    keys = first + [k for k in keys if k not in first]
+    for old in sweep.glob("events.out.tfevents.*"):
+        old.unlink()  # ours from a resumed sweep's earlier end: one experiment per folder
+    with SummaryWriter(log_dir=str(sweep)) as writer:
+        writer.file_writer.add_summary(experiment_summary(columns_of(sessions, keys), first))  # type: ignore[union-attr]

@@ -142,7 +142,8 @@ def depth_figure(arms: list[Arm], curves: dict[Path, RunCurves], stat: str, path
         if not found:
             continue
         depth = min(len(f[0]) for f in found)
-        for which, style in ((1, "-"), (2, "--")):
+        one_step = all(f[3] == f[4] for f in found)  # a short run recorded its layers once: one line, not two
+        for which, style in ((1, "-"),) if one_step else ((1, "-"), (2, "--")):
             ys = np.array([f[which][:depth] for f in found], dtype=float).clip(min=1e-12)
             xs = np.arange(1, depth + 1)
             step = found[0][which + 2]
@@ -158,6 +159,7 @@ def depth_figure(arms: list[Arm], curves: dict[Path, RunCurves], stat: str, path
         plt.close(fig)
         return None
     ax.set_yscale("log")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer depth (1 = next to the input)")
     ax.set_ylabel(label)
     ax.set_title(f"{label} by depth: first recorded step solid, last dashed; band = the seeds' range", fontsize=9)

@@ -253,7 +253,7 @@ def test_a_stacked_run_through_the_cli_is_read_by_report_as_seeds(fmnist_root: P
         assert list((folder / "val").glob("events.*")) and (folder / ".hydra" / "config.yaml").is_file()
     report = dlzoo("report", str(run_dir), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    rows = (run_dir / "report.csv").read_text().splitlines()
+    rows = (run_dir / "report" / "report.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("3,777 778 779,"), rows  # one row: the three seeds, not the stack
     evaluated = dlzoo("eval", f"ckpt={run_dir / 'seed778'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -64,10 +64,10 @@ def _metrics(sweep: Path, job: str) -> dict:
 
 def test_rows_group_seeds_with_mean_and_sample_std(sweep: Path, reported: str) -> None:
     jobs = {"softmax": ["0_softmax", "1_softmax"], "mlp_xavier": ["2_mlp_xavier", "3_mlp_xavier"]}
-    with (sweep / "report.csv").open() as f:
+    with (sweep / "report" / "report.csv").open() as f:
         rows = {row["model"]: row for row in csv.DictReader(f)}
     assert rows.keys() == jobs.keys()  # seeds and data.root are not swept: one row per model
-    md = (sweep / "report.md").read_text()
+    md = (sweep / "report" / "report.md").read_text()
     for model, folders in jobs.items():
         row = rows[model]
         assert row["n"] == "2" and row["seeds"] == "1 2"
@@ -83,15 +83,19 @@ def test_rows_group_seeds_with_mean_and_sample_std(sweep: Path, reported: str) -
 
 
 def test_failed_run_is_listed_with_its_error(sweep: Path, reported: str) -> None:
-    md = (sweep / "report.md").read_text()
+    md = (sweep / "report" / "report.md").read_text()
     assert "## Failed or unfinished runs (1)" in md
     line = next(line for line in md.splitlines() if line.startswith("- `4_mlp_xavier"))
     assert "seed 3" in line and "does not exist" in line and "[ERROR]" not in line
     assert "4_mlp_xavier" in reported and "does not exist" in reported
 
 
-def test_one_hparams_experiment_lines_up_every_run(sweep: Path, reported: str) -> None:
-    root = sweep / "hparams_report"
+def test_one_hparams_experiment_lines_up_every_run(sweep: Path, reported: str, tmp_path: Path) -> None:
+    # Written beside the runs, the report adds nothing to their dashboards: no event files, no sessions.
+    assert not list((sweep / "report").rglob("events.out.tfevents.*"))
+    proc = dlzoo("report", str(sweep), "--out", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "elsewhere" / "hparams_report"
     experiment = _hparams(root)["experiment"].experiment
     assert [h.name for h in experiment.hparam_infos] == ["model", "trainer.seed"]
     assert sorted(v.string_value for v in experiment.hparam_infos[0].domain_discrete.values) == [
