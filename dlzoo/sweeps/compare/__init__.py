@@ -27,7 +27,8 @@ class Compared:
     comparison: Comparison
     out: Path
     files: list[Path]
-    tensorboard: Path
+    tensorboard: Path  # the view alone
+    logdir: Path  # what to open: the compared folder with the view inside it, else the view
 
 
 def compare(
@@ -75,7 +76,8 @@ def compare(
     verdicts = "\n".join(f"- {v}" for a in found if (v := comparison.verdict(a)))
     view = write_view(comparison, curves, images, verdicts or "(one group: nothing to compare)", out)
     files = [out / "compare.md", out / "compare.csv", *sorted(out.glob("compare*.png"))]
-    return Compared(comparison, out, files, view)
+    inside = len(folders) == 1 and out.resolve().is_relative_to(folders[0].resolve())
+    return Compared(comparison, out, files, view, folders[0] if inside else view)
 
 
 def show(result: Compared) -> None:
@@ -94,8 +96,8 @@ def show(result: Compared) -> None:
         if verdict := c.verdict(arm):
             console.print(f"  {verdict}", highlight=False, soft_wrap=True)
     console.print(f"wrote {', '.join(str(f) for f in result.files)}", highlight=False, soft_wrap=True)
-    console.print(f"TensorBoard: tensorboard --logdir {result.tensorboard} (the Compare group and Custom Scalars tab)",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    console.print(f"TensorBoard: tensorboard --logdir {result.logdir} (opens on the Compare group; Custom Scalars: "
+                  "each group's mean and range over seeds)", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def compare_command(argv: list[str]) -> int:

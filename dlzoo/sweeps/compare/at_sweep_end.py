@@ -31,8 +31,7 @@ class SweepSummary(Callback):
         except (DlzooError, OSError, ValueError) as e:
             print_warning(f"no comparison of the sweep's jobs: {e} Retry with `dlzoo compare {sweep}`.")
             return
-        console.print(f"per-run table: dlzoo report {sweep}; dashboards: tensorboard --logdir {sweep}",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        console.print(f"per-run table: dlzoo report {sweep}", highlight=False, soft_wrap=True)
 
 
 def write_sweep_experiment(sweep: Path) -> None:

@@ -4,6 +4,7 @@ over steps. Read from the runs' own TensorBoard events; saved as PNGs and return
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ class RunCurves:
 
 def read_curves(folder: Path) -> RunCurves:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Its reader logs each finished event file at INFO; inside a sweep (Hydra's logging) that is a line per file.
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
     out = RunCurves()
     if not any(folder.glob("events.out.tfevents.*")):
