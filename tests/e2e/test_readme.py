@@ -40,7 +40,7 @@ def quickstart_commands() -> list[str]:
 
 def test_the_readme_quickstart_has_the_commands_this_test_runs() -> None:
     verbs = {shlex.split(c)[1] for c in quickstart_commands()}
-    assert {"train", "ls", "validate", "eval", "predict", "ladder", "transfer", "report", "tune"} <= verbs
+    assert {"train", "ls", "validate", "eval", "predict", "ladder", "transfer", "report", "compare", "tune"} <= verbs
 
 
 def test_every_quickstart_command_runs(mnist_root: Path, fmnist_root: Path, tmp_path: Path) -> None:
