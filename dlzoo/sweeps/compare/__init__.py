@@ -37,6 +37,7 @@ def compare(
     baseline: str | None = None,
     metric: str = "test_acc",
     out: Path | None = None,
+    chain: bool = False,
 ) -> Compared:
     """Compare the runs under `targets` (folders or glob patterns) and write the results.
 
@@ -46,6 +47,7 @@ def compare(
         baseline: the group every other is compared with (its label; default the first group).
         metric: the metrics.json key the verdicts are about; lower is better when it ends in "loss".
         out: where to write (default `<folder>/compare` for one folder, else outputs/compare/<date>_<time>).
+        chain: compare each group with the one before it (a ladder's steps) instead of with the baseline.
 
     Returns:
         The comparison, the output folder, the files written there and the TensorBoard view's folder.
@@ -63,7 +65,7 @@ def compare(
                          else "") + f" Choices: {', '.join(known)}.")  # fmt: skip
     keys = compared_keys(runs, by)
     found = arms(runs, keys, metric)
-    comparison = Comparison(metric, keys, found, pick_baseline(found, baseline))
+    comparison = Comparison(metric, keys, found, pick_baseline(found, baseline), chain)
     if out is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         out = folders[0] / OUT_NAME if len(folders) == 1 else Path("outputs") / "compare" / stamp
@@ -86,7 +88,8 @@ def show(result: Compared) -> None:
 
     c = result.comparison
     header = c.terminal_header()
-    print_table(f"compare: {c.metric} by {' · '.join(c.keys) or 'group'} (baseline: {c.baseline.label})", header,
+    against = "each against the group above" if c.chain else f"baseline: {c.baseline.label}"
+    print_table(f"compare: {c.metric} by {' · '.join(c.keys) or 'group'} ({against})", header,
                 c.terminal_rows(), c.caption(), right=range(1, len(header)), compact=True,
                 wrap=[4])  # fmt: skip
     if c.excluded:
@@ -112,8 +115,12 @@ def compare_command(argv: list[str]) -> int:
     parser.add_argument("--by", default=None, help="comma-separated config keys that define the groups")
     parser.add_argument("--baseline", default=None, help="the group the others are compared with (default: first)")
     parser.add_argument("--metric", default="test_acc", help="metrics.json key the verdicts are about")
+    parser.add_argument("--chain", action="store_true", help="each group against the one before it (ladder steps)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <folder>/compare)")
     args = parser.parse_intermixed_args(argv)
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    show(compare(args.folders, by, args.baseline, args.metric, args.out))
+    if args.chain and args.baseline:
+        raise DlzooError("--chain compares each group with the one before it, so it takes no --baseline. Fix: "
+                         "drop one of the two.")  # fmt: skip
+    show(compare(args.folders, by, args.baseline, args.metric, args.out, args.chain))
     return 0

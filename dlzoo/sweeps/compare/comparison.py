@@ -23,16 +23,24 @@ class Comparison:
     keys: list[str]
     arms: list[Arm]
     baseline: Arm
+    chain: bool = False  # each group against the one before it (a ladder's steps), not all against the baseline
 
     def __post_init__(self) -> None:
         self.higher_is_better = not self.metric.endswith("loss")
         self.summaries = {(a.label, m): summarize(v) for a in self.arms for m in self.metrics if (v := a.values(m))}
-        base = self.baseline.values(self.metric)
-        self.contrasts: dict[str, Contrast] = {
-            a.label: contrast(base, a.values(self.metric), self.higher_is_better)
-            for a in self.arms
-            if a is not self.baseline and a.values(self.metric)
-        }
+        self.contrasts: dict[str, Contrast] = {}
+        for arm in self.arms:
+            ref = self.reference(arm)
+            if ref is not None and arm.values(self.metric) and ref.values(self.metric):
+                self.contrasts[arm.label] = contrast(ref.values(self.metric), arm.values(self.metric),
+                                                     self.higher_is_better)  # fmt: skip
+
+    def reference(self, arm: Arm) -> Arm | None:
+        """What `arm` is compared with: the baseline, or with `chain` the nearest group before it with runs."""
+        if not self.chain:
+            return None if arm is self.baseline else self.baseline
+        before = [a for a in self.arms[: self.arms.index(arm)] if a.runs]
+        return before[-1] if before else None
 
     @property
     def metrics(self) -> list[str]:
@@ -47,11 +55,12 @@ class Comparison:
         return self.summaries.get((arm.label, metric))
 
     def verdict(self, arm: Arm) -> str:
-        """One plain sentence: arm against the baseline on the compared metric."""
+        """One plain sentence: arm against what it is compared with, on the compared metric."""
         c = self.contrasts.get(arm.label)
         if c is None:
             return ""
-        a, b = self.baseline.label, arm.label
+        ref = self.reference(arm)
+        a, b = ref.label if ref else "", arm.label
         amount = f"{difference(self.metric, c.diff)} {interval(self.metric, c)}".rstrip()
         evidence = f"{p_text(c)}n = {c.n_b} vs {c.n_a}"
         if c.note.startswith("n = 1"):
@@ -66,7 +75,8 @@ class Comparison:
     def header(self) -> list[str]:
         what = " · ".join(self.keys) or "group"
         cells = [f"{m} [95% CI]" for m in self.metrics]
-        return [what, "n", "seeds", *cells, f"Δ {self.metric} vs {self.baseline.label} [95% CI]", "p (Welch)",
+        against = "the group above" if self.chain else self.baseline.label
+        return [what, "n", "seeds", *cells, f"Δ {self.metric} vs {against} [95% CI]", "p (Welch)",
                 "P(better)", "beyond noise?", "verdict"]  # fmt: skip
 
     def rows(self) -> list[list[str]]:
@@ -100,8 +110,8 @@ class Comparison:
     def _against_baseline(self, arm: Arm, unit: bool = True) -> tuple[str, str, str, tuple[str, str]]:
         """(difference, p, P(better), (beyond noise?, interval of the difference)) as text."""
         c = self.contrasts.get(arm.label)
-        if arm is self.baseline:
-            return "baseline", "", "", ("", "")
+        if self.reference(arm) is None:
+            return "baseline" if arm.runs else "–", "", "", ("", "")
         if c is None:
             return "–", "", "", ("no finished run", "")
         beyond = "yes" if c.beyond_noise else "n = 1" if c.note.startswith("n = 1") else "no"
@@ -167,7 +177,7 @@ def write_csv(comparison: Comparison, path: Path) -> None:
     fields = [f"{m}_{s}" for m in comparison.metrics for s in ("mean", "std", "ci_low", "ci_high")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", "n", "excluded", "seeds", *fields, "baseline", "diff", "diff_ci_low",
+        writer.writerow(["group", "n", "excluded", "seeds", *fields, "compared_with", "diff", "diff_ci_low",
                          "diff_ci_high", "p_welch", "p_improve", "beyond_noise", "verdict"])  # fmt: skip
         for arm in comparison.arms:
             numbers: list[object] = []
@@ -177,5 +187,5 @@ def write_csv(comparison: Comparison, path: Path) -> None:
             c = comparison.contrasts.get(arm.label)
             tail = [c.diff, c.low, c.high, c.p, c.p_improve, c.beyond_noise] if c else [None] * 6
             row = [arm.label, len(arm.runs), len(arm.excluded), " ".join(map(str, arm.seeds())), *numbers,
-                   comparison.baseline.label, *tail, comparison.verdict(arm)]  # fmt: skip
+                   ref.label if (ref := comparison.reference(arm)) else "", *tail, comparison.verdict(arm)]  # fmt: skip
             writer.writerow(["" if v is None else v for v in row])

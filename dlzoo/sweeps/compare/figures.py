@@ -93,7 +93,8 @@ def _colors(n: int) -> list[str]:
 
 def metric_figure(comparison: Comparison, path: Path) -> np.ndarray:
     """Each group's seeds as dots, its mean with the 95% t interval as a whisker, the baseline's mean as a line
-    across; a group beyond seed noise from the baseline is starred. The axis spans the values, and says so."""
+    across (none in a chain); a group beyond seed noise from what it is compared with is starred. The axis spans
+    the values, and says so."""
     metric, arms = comparison.metric, comparison.arms
     fig, ax = _canvas(max(6.0, 1.3 * len(arms) + 2.5), 4.2)
     shown: list[float] = []
@@ -115,7 +116,7 @@ def metric_figure(comparison: Comparison, path: Path) -> np.ndarray:
         star = " *" if c is not None and c.beyond_noise else ""
         ax.annotate(f"{s.mean:.4f}{star}", (i + 0.22, s.mean), textcoords="offset points", xytext=(6, 0),
                     fontsize=8, color=color, va="center")  # fmt: skip
-    base = comparison.summary(comparison.baseline, metric)
+    base = None if comparison.chain else comparison.summary(comparison.baseline, metric)
     if base is not None:
         ax.axhline(base.mean, color="gray", linestyle=":", linewidth=1, label=f"baseline: {comparison.baseline.label}")
     if shown:
@@ -130,7 +131,8 @@ def metric_figure(comparison: Comparison, path: Path) -> np.ndarray:
     ax.set_ylabel(f"{metric} (axis from {ax.get_ylim()[0]:.4g})")
     ax.set_title(f"{metric} per group: seeds (dots), mean and 95% CI; * beyond seed noise", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if base is not None:
+        ax.legend(fontsize=8, loc="best")
     fig.subplots_adjust(left=0.12, right=0.98, top=0.9, bottom=0.2)
     return _finish(fig, path)
 

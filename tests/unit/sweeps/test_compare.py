@@ -108,7 +108,8 @@ def fake_run(folder: Path, overrides: list[str], metrics: dict[str, object] | No
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
-    choices = {"model": cfg.model.get("name", "mlp"), "experiment": None}
+    picked = dict(o.split("=", 1) for o in overrides if "." not in o.split("=", 1)[0])
+    choices = {"model": picked.get("model", "mlp"), "experiment": picked.get("experiment")}
     OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), folder / ".hydra" / "hydra.yaml")
     if metrics is not None:
         (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -163,6 +164,21 @@ def test_compare_by_baseline_and_metric_choices(sweep: Path, tmp_path: Path) -> 
         compare([sweep], by=["model.inti"], out=tmp_path / "c")
     with pytest.raises(DlzooError, match=r"Did you mean --metric val_acc\? Choices: test_acc, test_loss, val_acc"):
         compare([sweep], metric="val_ac", out=tmp_path / "d")
+
+
+def test_chain_compares_each_group_with_the_one_before(tmp_path: Path) -> None:
+    """A ladder's steps: 10-2 -> 10-3 -> 10-4, each against the rung above, not all against the first."""
+    deep = [0.9766, 0.9740, 0.9805, 0.9751, 0.9768]
+    for rung, accs in (("lab10_2_mlp", NORMAL), ("lab10_3_xavier", XAVIER), ("lab10_4_deep", deep)):
+        for seed, acc in enumerate(accs, 1):
+            fake_run(tmp_path / rung / f"seed{seed}", [f"experiment={rung}", f"trainer.seed={seed}"], {"test_acc": acc})
+    c = compare([tmp_path], chain=True, out=tmp_path / "out").comparison
+    assert [a.label for a in c.arms] == ["lab10_2_mlp", "lab10_3_xavier", "lab10_4_deep"]
+    assert [getattr(c.reference(a), "label", None) for a in c.arms] == [None, "lab10_2_mlp", "lab10_3_xavier"]
+    assert c.verdict(c.arms[1]).startswith("lab10_3_xavier beats lab10_2_mlp by +3.")
+    assert c.verdict(c.arms[2]).endswith("within seed noise")
+    assert c.contrasts["lab10_4_deep"].p == pytest.approx(stats.ttest_ind(deep, XAVIER, equal_var=False).pvalue)
+    assert main(["compare", str(tmp_path), "--chain", "--baseline", "lab10_2_mlp"]) == 2
 
 
 def test_compare_reads_globs_and_separate_folders(sweep: Path, tmp_path: Path) -> None:
