@@ -33,7 +33,7 @@ from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
 from dlzoo.engine.state import histogram_every, step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
+from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -153,8 +153,7 @@ def _members(
                                          stop, on_epoch_end))  # fmt: skip
         except Interrupted as e:
             if size > 1 and e.hint is None:
-                e.hint = (f"Resume the ensemble with: dlzoo train <same overrides> trainer.resume={out_dir} "
-                          f"(the {i} finished member(s) are kept)")  # fmt: skip
+                e.hint = f"Resume the ensemble with: {resume_command(out_dir)} (the {i} finished member(s) are kept)"
             raise
     return members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
 
