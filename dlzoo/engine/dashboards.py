@@ -190,6 +190,11 @@ LESSON_KEYS = ("model.arch", "model.hidden", "model.activation", "model.init", "
                "optim.name", "optim.lr", "ensemble.size", "trainer.epochs")  # fmt: skip
 
 
+# Our mean ∓ its std over seeds, the band of the Custom Scalars page's Margin chart: a group of their own, so the
+# Ladder group shows the accuracies themselves.
+BAND = ("Ladder_band/test_acc_minus_std", "Ladder_band/test_acc_plus_std")
+
+
 def rung_run(k: int, label: str) -> str:
     """The TensorBoard run of rung `k` under `_ladder/`, named for the lecture's lab: `rung 3 (10-3 Xavier)`."""
     return f"rung {k} ({label})"
@@ -206,7 +211,7 @@ def ladder_layout() -> dict[str, dict[str, list[Any]]]:
     return {
         "Ladder": {
             "test accuracy per rung: our mean ± std over seeds": [
-                "Margin", ["Ladder/test_acc", "Ladder/test_acc_low", "Ladder/test_acc_high"]],
+                "Margin", ["Ladder/test_acc", *BAND]],
             "test accuracy per rung: ours and the lecture's": [
                 "Multiline", [r"Ladder/test_acc$", r"Ladder/test_acc_lecture$"]],
             "validation accuracy per epoch, mean over seeds": ["Multiline", [r"Ladder/val_acc$"]],
@@ -220,16 +225,16 @@ def write_ladder_view(
     curves: dict[str, list[dict[str, list[tuple[int, float]]]]],
     sessions: list[dict[str, Any]],
     table_md: str,
-    chart: Path | None = None,
 ) -> None:
     """The ladder's own TensorBoard group "Ladder", which sorts first and opens by default. One run per rung,
-    `_ladder/rung k (<lab>)`, so every series is named for its rung: `Ladder/test_acc` (our mean over seeds),
-    `Ladder/test_acc_lecture` (the lecture's figure) and `Ladder/test_acc_low/high` (mean ∓ std) as flat
-    segments at rung_steps(k), and `Ladder/val_acc`, `Ladder/val_loss`, `Ladder/train_loss` per epoch (the mean
-    over its seeds), overlaying the rungs' learning curves. Beside them: a Custom Scalars page (ladder_layout),
-    the table in the text tab, the drawn chart, and in `log_dir` itself one HParams experiment whose columns are
-    the rung (experiment) first, then the lesson's keys that differ between the ladder's runs, then the others
-    that differ.
+    `_ladder/rung k (<lab>)`, so every series is named for its rung: `Ladder/test_acc` (our mean over seeds) and
+    `Ladder/test_acc_lecture` (the lecture's figure) as flat segments at rung_steps(k), and `Ladder/val_acc`,
+    `Ladder/val_loss`, `Ladder/train_loss` per epoch (the mean over its seeds), overlaying the rungs' learning
+    curves; mean ∓ std in a group of their own (`Ladder_band/`), for the Custom Scalars page (ladder_layout).
+    Beside them: the table in the text tab (ladder.png is not a card: TensorBoard shrinks an image to the card's
+    width, where its labels cannot be read), and in `log_dir` itself one HParams experiment whose
+    columns are the rung (experiment) first, then the lesson's keys that differ between the ladder's runs, then
+    the others that differ.
 
     Args:
         log_dir: the ladder's output folder (TensorBoard's --logdir).
@@ -237,7 +242,6 @@ def write_ladder_view(
         curves: per rung name (every rung, in ladder order), each seed's curves as read_epoch_curves returns them.
         sessions: each run's HParams row (`run_hparams`), to find the columns that differ.
         table_md: the ladder table as markdown.
-        chart: ladder.png, shown as the card `Ladder/chart` (the lecture's figures beside each seed's).
     """
     import shutil
 
@@ -251,7 +255,7 @@ def write_ladder_view(
             values = {"Ladder/test_acc": mean, "Ladder/test_acc_lecture": lecture}
             if mean is not None:
                 spread = std or 0.0
-                values |= {"Ladder/test_acc_low": mean - spread, "Ladder/test_acc_high": mean + spread}
+                values |= {BAND[0]: mean - spread, BAND[1]: mean + spread}
             for tag, value in values.items():
                 if value is not None:
                     for step in rung_steps(k):
@@ -268,16 +272,14 @@ def write_ladder_view(
         steps = "\n".join(f"- {n}: steps {rung_steps(k)[0]}-{rung_steps(k)[-1]}" for k, n in enumerate(named, 1))
         note = ("\n\nOn the `Ladder/test_acc*` charts each rung is a flat segment, one run per rung (hover a "
                 "segment for its name):\n\n")  # fmt: skip
-        writer.add_text("Ladder/table", table_md + note + steps)
-        if chart is not None and chart.is_file():
-            import matplotlib.image
-
-            writer.add_image("Ladder/chart", matplotlib.image.imread(chart)[..., :3], 0, dataformats="HWC")
+        writer.add_text("Ladder/table", table_md + note + steps + "\n\nEach seed against the lecture: ladder.png.")
     keys = list(dict.fromkeys(k for s in sessions for k in s))
     varied = [k for k in differing(sessions, keys) if k != "experiment"]
     shown = ["experiment", *(k for k in LESSON_KEYS if k in varied), *(k for k in varied if k not in LESSON_KEYS)]
+    # The keys every run shares follow, unmarked: TensorBoard hides them until asked, and can still filter by them.
+    columns = columns_of(sessions, [*shown, *(k for k in keys if k not in shown)])
     with SummaryWriter(log_dir=str(log_dir)) as writer:
-        summary = experiment_summary(columns_of(sessions, shown), shown)
+        summary = experiment_summary(columns, shown)
         writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
 
 

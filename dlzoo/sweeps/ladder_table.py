@@ -157,8 +157,8 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
 
 
 def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
-    """The ladder's TensorBoard view (dashboards.write_ladder_view): the rungs on one chart against the lecture,
-    and an HParams table of the ladder's runs led by the rung."""
+    """The ladder's TensorBoard view (dashboards.write_ladder_view): a run per rung, named for its lab, on charts
+    of our test accuracy and the lecture's, and an HParams table of the ladder's runs led by the rung."""
     from omegaconf import OmegaConf
 
     from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
@@ -171,7 +171,7 @@ def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
               for r in rungs}  # fmt: skip
     runs = [run for r in rungs if r.group for run in r.group.runs]
     sessions = [run_hparams(OmegaConf.to_container(run.config, resolve=True), run.choices) for run in runs]  # type: ignore[arg-type]
-    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table), out / "ladder.png")
+    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table))
 
 
 def lab_epochs(rung: str) -> int:

@@ -60,7 +60,7 @@ def test_each_rung_is_a_named_run_whose_accuracy_smoothing_cannot_move(ladder_vi
         ours = [e.value for e in events.Scalars("Ladder/test_acc")]
         assert ours == pytest.approx([mean] * RUNG_WIDTH) and _smoothed(ours) == pytest.approx(ours)
         assert [e.value for e in events.Scalars("Ladder/test_acc_lecture")] == pytest.approx([lecture] * RUNG_WIDTH)
-        low, high = (events.Scalars(f"Ladder/test_acc_{end}")[0].value for end in ("low", "high"))
+        low, high = (events.Scalars(f"Ladder_band/test_acc_{end}_std")[0].value for end in ("minus", "plus"))
         assert (low, high) == pytest.approx((mean - (std or 0), mean + (std or 0)))
         assert [e.step for e in events.Scalars("Ladder/val_acc")] == [1, 2]  # per epoch, the mean over seeds
         everything += ours
@@ -75,7 +75,7 @@ def test_the_custom_scalars_page_and_the_table(ladder_view: Path) -> None:
     (category,) = layout.category
     charts = {c.title: c for c in category.chart}
     margin = charts["test accuracy per rung: our mean ± std over seeds"].margin.series[0]
-    band = ("Ladder/test_acc", "Ladder/test_acc_low", "Ladder/test_acc_high")
+    band = ("Ladder/test_acc", "Ladder_band/test_acc_minus_std", "Ladder_band/test_acc_plus_std")
     assert (margin.value, margin.lower, margin.upper) == band
     text = events.Tensors("Ladder/table/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| 10-1 |" in text and "rung 2 (10-3 Xavier): steps 11-19" in text
@@ -85,8 +85,10 @@ def test_the_hparams_columns_are_the_rung_then_the_lessons_keys_that_vary(ladder
     events = _events(ladder_view)
     (metadata,) = [m for m in events.summary_metadata.values() if m.plugin_data.plugin_name == "hparams"]
     experiment = HParamsPluginData.FromString(metadata.plugin_data.content).experiment
-    columns = [(h.name, h.differs) for h in experiment.hparam_infos]
-    assert columns == [("experiment", True), ("model.init", True), ("model.dropout", True), ("trainer.seed", True)]
+    shown = [h.name for h in experiment.hparam_infos if h.differs]  # what TensorBoard shows unasked
+    assert shown == ["experiment", "model.init", "model.dropout", "trainer.seed"]
+    hidden = {h.name for h in experiment.hparam_infos if not h.differs}
+    assert hidden == {"model", "optim.lr", "data.name"}  # the same in every run: offered, not shown
 
 
 @given(total=st.integers(1, 10**6))

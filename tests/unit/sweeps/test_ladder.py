@@ -117,11 +117,12 @@ def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
             if metadata.plugin_data.plugin_name == "hparams":
                 data = HParamsPluginData.FromString(metadata.plugin_data.content)
                 if data.WhichOneof("data") == "experiment":
-                    experiments.append((events_file.parent, [h.name for h in data.experiment.hparam_infos]))
+                    differs = [h.name for h in data.experiment.hparam_infos if h.differs]
+                    experiments.append((events_file.parent, differs))
     assert len(experiments) == 1 and experiments[0][0] == out, experiments
-    columns = experiments[0][1]
-    assert columns[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(columns)
-    assert "trainer.batch_size" not in columns and "data.name" not in columns  # the same in every run
+    shown = experiments[0][1]  # the columns TensorBoard shows unasked: those marked as differing between runs
+    assert shown[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(shown)
+    assert "trainer.batch_size" not in shown and "data.name" not in shown  # the same in every run
 
 
 def test_ladder_stacks_the_seeds_of_small_mlps_on_the_cpu(mnist_root: Path, tmp_path: Path) -> None:
