@@ -172,3 +172,9 @@ def test_the_bar_after_a_resume_counts_the_runs_steps(mnist_root: Path, tmp_path
     bars = [b for b in _bars(screen) if b[1] > 0]
     assert bars and {total for _, _, total, _, _ in bars} == {180}, screen.text[-3000:]
     assert all(60 <= step <= 180 and (epoch - 1) * 60 <= step <= epoch * 60 for epoch, step, *_ in bars)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()  # TensorBoard's step-to-epoch map goes on as if never stopped: epoch = step / 60
+    assert all(e.value == pytest.approx(e.step / 60) for e in events.Scalars("progress/epoch"))

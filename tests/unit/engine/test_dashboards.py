@@ -1,6 +1,6 @@
 """The ladder's TensorBoard view as TensorBoard reads it back: one run per rung named for its lab, the test accuracy
 as flat segments that smoothing cannot move and outlier trimming cannot clip, the Custom Scalars page, and the
-HParams columns led by the lesson's keys; and the histograms' interval."""
+HParams columns led by the lesson's keys; and the histograms' interval and buckets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -16,6 +17,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from dlzoo.engine.dashboards import RUNG_WIDTH, rung_run, write_ladder_view
 from dlzoo.engine.state import HISTOGRAM_SLICES, histogram_every
+from dlzoo.engine.tracking import histogram_bins
 
 RUNGS = [("10-1 softmax", 0.9012, 0.0021, 0.9035), ("10-3 Xavier", 0.9781, 0.0008, 0.9783),
          ("10-5 dropout", 0.9815, None, 0.9804)]  # fmt: skip
@@ -97,3 +99,17 @@ def test_histograms_scale_with_the_run(total: int) -> None:
     slices = 1 + total // every  # step 1, then every `every` steps
     assert slices <= 2 * HISTOGRAM_SLICES + 1 and (total < 100 or slices >= 10)
     assert histogram_every(500, total) == 500 and histogram_every(0, total) == 0  # an explicit setting is kept
+
+
+@given(values=st.lists(st.floats(-1e6, 1e6) | st.just(float("nan")) | st.just(float("inf")), min_size=1, max_size=300))
+def test_a_histogram_counts_every_finite_value_once(values: list[float]) -> None:
+    finite = [v for v in values if np.isfinite(v)]
+    bins = histogram_bins(torch.tensor(values, dtype=torch.float64))
+    if not finite:
+        assert bins is None
+        return
+    assert bins is not None and bins["num"] == len(finite) == pytest.approx(sum(bins["bucket_counts"]))
+    assert (bins["min"], bins["max"]) == (min(finite), max(finite)) and bins["bucket_limits"][-1] == max(finite)
+    assert bins["bucket_limits"] == sorted(bins["bucket_limits"])
+    assert bins["sum"] == pytest.approx(sum(finite))
+    assert bins["sum_squares"] == pytest.approx(sum(v * v for v in finite))
