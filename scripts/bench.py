@@ -41,6 +41,7 @@ from dlzoo.data.datasets import load_splits
 from dlzoo.data.splits import Splits
 from dlzoo.engine.evaluation import evaluate
 from dlzoo.engine.loop import _AUTOCAST, FitOptions, fit
+from dlzoo.engine.state import histogram_every
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
@@ -110,7 +111,8 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float
 def dashboards(model_name: str, data_root: str, steps: int, repeats: int, device: torch.device) -> list[dict]:
     """What the dashboards cost: dlzoo's loop over `steps` steps writing real TensorBoard events (RunTracker)
     with no per-layer logging, with the per-layer scalars (trainer.layer_stats, every log_every_n_steps), and
-    with those plus the histograms (trainer.histogram_every_n_steps=500: the defaults), in interleaved rounds;
+    with those plus the histograms (trainer.histogram_every_n_steps=null: about a dozen per run, the defaults),
+    in interleaved rounds;
     min / median / max seconds over the rounds. On a noisy machine the rounds spread more than the logging costs,
     so each round also times the tracker's own per-layer calls (the part of the cost that is the logging)."""
     import tempfile
@@ -135,7 +137,8 @@ def dashboards(model_name: str, data_root: str, steps: int, repeats: int, device
     sub = type(data)(**{**data.__dict__, "x_train": data.x_train[:n], "y_train": data.y_train[:n],
                         "x_val": data.x_val[:0], "y_val": data.y_val[:0]})  # fmt: skip
     scheduler = build_scheduler(cfg.sched, optimizer, steps, 10**9)
-    settings = {"none": (False, 0), "per-layer scalars": (True, 0), "scalars + histograms (default)": (True, 500)}
+    every = histogram_every(None, steps)  # the default interval for a run of `steps` steps
+    settings = {"none": (False, 0), "per-layer scalars": (True, 0), "scalars + histograms (default)": (True, every)}
     folder = Path(tempfile.mkdtemp(prefix="dlzoo-bench-"))
 
     def run(stats: bool, every: int) -> Callable[[], float]:

@@ -28,6 +28,12 @@ class Recorder:
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         pass
 
+    def progress_due(self) -> bool:
+        return False
+
+    def show_progress(self, step: int, mean_loss: float, samples_per_s: float) -> None:
+        pass
+
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         self.steps.append((step, loss))
 

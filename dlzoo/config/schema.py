@@ -136,7 +136,8 @@ class TrainerConfig:
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     log_every_n_steps: int = 50  # step-level logging is the only place the loop syncs with the device
     layer_stats: bool = True  # per-layer weight and gradient norms in TensorBoard
-    histogram_every_n_steps: int = 500  # per-layer histograms of weights, gradients, activations (0: none)
+    # per-layer histograms of weights, gradients, activations every N steps (0: none; None: ~12 per run)
+    histogram_every_n_steps: int | None = None
     figures: bool = True  # the model graph, depth figures and test images (about two seconds a run)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str | None = None  # auto | <run folder> | <checkpoint.pt>: continue a stopped run exactly

@@ -111,7 +111,11 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     c.check("stack", t.stack >= 1, ">= 1 (the number of seeds trained as one batched model)")
     c.check("threads", t.threads is None or t.threads >= 1, ">= 1 or null")
     c.check("log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
-    c.check("histogram_every_n_steps", t.histogram_every_n_steps >= 0, ">= 0 (0 = no histograms)")
+    c.check(
+        "histogram_every_n_steps",
+        t.histogram_every_n_steps is None or t.histogram_every_n_steps >= 0,
+        ">= 0 (0 = no histograms) or null (about a dozen per run)",
+    )
     c.check("max_loss", t.max_loss is None or t.max_loss > 0, "> 0 or null")
     c.check("device", bool(_DEVICE.match(t.device)), "auto, cpu, cuda, cuda:N or mps")
     c.check("precision", t.precision in PRECISIONS, " | ".join(PRECISIONS))

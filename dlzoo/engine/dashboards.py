@@ -181,29 +181,67 @@ def read_epoch_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+# How wide each rung is drawn on the Ladder's accuracy charts (steps): a flat segment, which TensorBoard's smoothing
+# cannot move (the mean of equal values) and its "ignore outliers" cannot clip (each rung is an equal share of the
+# points, well above the 5% it trims).
+RUNG_WIDTH = 9
+# The lesson's knobs lead the ladder's HParams columns: what the lecture changes from one rung to the next.
+LESSON_KEYS = ("model.arch", "model.hidden", "model.activation", "model.init", "model.dropout", "model.norm",
+               "optim.name", "optim.lr", "ensemble.size", "trainer.epochs")  # fmt: skip
+
+
+# Our mean ∓ its std over seeds, the band of the Custom Scalars page's Margin chart: a group of their own, so the
+# Ladder group shows the accuracies themselves.
+BAND = ("Ladder_band/test_acc_minus_std", "Ladder_band/test_acc_plus_std")
+
+
+def rung_run(k: int, label: str) -> str:
+    """The TensorBoard run of rung `k` under `_ladder/`, named for the lecture's lab: `rung 3 (10-3 Xavier)`."""
+    return f"rung {k} ({label})"
+
+
+def rung_steps(k: int) -> range:
+    """The steps rung `k` is drawn at on the accuracy charts: 1-9 for rung 1, 11-19 for rung 2, and so on."""
+    return range(10 * (k - 1) + 1, 10 * (k - 1) + 1 + RUNG_WIDTH)
+
+
+def ladder_layout() -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard's Custom Scalars page for a ladder (torch's add_custom_scalars layout): our mean ± std per rung
+    as a band (a Margin chart), ours against the lecture's, and the validation curves; one series per rung run."""
+    return {
+        "Ladder": {
+            "test accuracy per rung: our mean ± std over seeds": [
+                "Margin", ["Ladder/test_acc", *BAND]],
+            "test accuracy per rung: ours and the lecture's": [
+                "Multiline", [r"Ladder/test_acc$", r"Ladder/test_acc_lecture$"]],
+            "validation accuracy per epoch, mean over seeds": ["Multiline", [r"Ladder/val_acc$"]],
+        }
+    }  # fmt: skip
+
+
 def write_ladder_view(
     log_dir: Path,
-    rungs: list[tuple[str, float | None, float | None]],
+    rungs: list[tuple[str, float | None, float | None, float | None]],
     curves: dict[str, list[dict[str, list[tuple[int, float]]]]],
     sessions: list[dict[str, Any]],
     table_md: str,
-    chart: Path | None = None,
 ) -> None:
-    """The ladder's own TensorBoard group "Ladder", which sorts first and opens by default: runs `_ladder/ours`
-    and `_ladder/lecture` whose `Ladder/test_acc` puts rung k at step k, so one chart sets our means against the
-    lecture's figures; one run per rung, `_ladder/<k>_<rung>`, whose `Ladder/val_acc`, `Ladder/val_loss` and
-    `Ladder/train_loss` per epoch (the mean over its seeds) overlay the rungs' learning curves; the table in the
-    text tab; and, in `log_dir` itself, one HParams experiment whose columns are the rung (experiment) first,
-    then only the hyperparameters that differ between the ladder's runs.
+    """The ladder's own TensorBoard group "Ladder", which sorts first and opens by default. One run per rung,
+    `_ladder/rung k (<lab>)`, so every series is named for its rung: `Ladder/test_acc` (our mean over seeds) and
+    `Ladder/test_acc_lecture` (the lecture's figure) as flat segments at rung_steps(k), and `Ladder/val_acc`,
+    `Ladder/val_loss`, `Ladder/train_loss` per epoch (the mean over its seeds), overlaying the rungs' learning
+    curves; mean ∓ std in a group of their own (`Ladder_band/`), for the Custom Scalars page (ladder_layout).
+    Beside them: the table in the text tab (ladder.png is not a card: TensorBoard shrinks an image to the card's
+    width, where its labels cannot be read), and in `log_dir` itself one HParams experiment whose
+    columns are the rung (experiment) first, then the lesson's keys that differ between the ladder's runs, then
+    the others that differ.
 
     Args:
         log_dir: the ladder's output folder (TensorBoard's --logdir).
-        rungs: (label, our mean test accuracy, the lecture's) per rung, in ladder order.
-        curves: per rung name, each seed's curves as read_epoch_curves returns them.
+        rungs: (label, our mean test accuracy, its std over seeds, the lecture's) per rung, in ladder order.
+        curves: per rung name (every rung, in ladder order), each seed's curves as read_epoch_curves returns them.
         sessions: each run's HParams row (`run_hparams`), to find the columns that differ.
         table_md: the ladder table as markdown.
-        chart: ladder.png, shown as the group's first card (`Ladder/chart`): TensorBoard smooths and clips
-            scalar charts, so the honest picture is the drawn one.
     """
     import shutil
 
@@ -211,32 +249,37 @@ def write_ladder_view(
     shutil.rmtree(log_dir / "_ladder", ignore_errors=True)
     for old in log_dir.glob("events.out.tfevents.*"):
         old.unlink()
-    steps = "\n".join(f"{i}. {label}" for i, (label, _, _) in enumerate(rungs, 1))
-    for run, column in (("ours", 1), ("lecture", 2)):
-        with SummaryWriter(log_dir=str(log_dir / "_ladder" / run)) as writer:
-            for step, row in enumerate(rungs, 1):
-                if row[column] is not None:
-                    writer.add_scalar("Ladder/test_acc", row[column], step)
-            if run == "ours" and chart is not None and chart.is_file():
-                import matplotlib.image
-
-                writer.add_image("Ladder/chart", matplotlib.image.imread(chart)[..., :3], 0, dataformats="HWC")
-            if run == "ours":
-                note = "\n\nSteps of Ladder/test_acc (rung k at step k):\n\n"
-                writer.add_text("Ladder/table", table_md + note + steps)
-    for k, (name, seeds) in enumerate(curves.items(), 1):
-        with SummaryWriter(log_dir=str(log_dir / "_ladder" / f"{k}_{name}")) as writer:
+    named = [rung_run(k, label) for k, (label, *_) in enumerate(rungs, 1)]
+    for k, ((_, mean, std, lecture), seeds) in enumerate(zip(rungs, curves.values(), strict=True), 1):
+        with SummaryWriter(log_dir=str(log_dir / "_ladder" / named[k - 1])) as writer:
+            values = {"Ladder/test_acc": mean, "Ladder/test_acc_lecture": lecture}
+            if mean is not None:
+                spread = std or 0.0
+                values |= {BAND[0]: mean - spread, BAND[1]: mean + spread}
+            for tag, value in values.items():
+                if value is not None:
+                    for step in rung_steps(k):
+                        writer.add_scalar(tag, value, step)
             for tag in LADDER_CURVES.values():
                 by_step: dict[int, list[float]] = {}
                 for seed in seeds:
                     for step, value in seed.get(tag, []):
                         by_step.setdefault(step, []).append(value)
-                for step, values in sorted(by_step.items()):
-                    writer.add_scalar(tag, sum(values) / len(values), step)
+                for step, v in sorted(by_step.items()):
+                    writer.add_scalar(tag, sum(v) / len(v), step)
+    with SummaryWriter(log_dir=str(log_dir / "_ladder")) as writer:
+        writer.add_custom_scalars(ladder_layout())
+        steps = "\n".join(f"- {n}: steps {rung_steps(k)[0]}-{rung_steps(k)[-1]}" for k, n in enumerate(named, 1))
+        note = ("\n\nOn the `Ladder/test_acc*` charts each rung is a flat segment, one run per rung (hover a "
+                "segment for its name):\n\n")  # fmt: skip
+        writer.add_text("Ladder/table", table_md + note + steps + "\n\nEach seed against the lecture: ladder.png.")
     keys = list(dict.fromkeys(k for s in sessions for k in s))
-    shown = ["experiment", *(k for k in differing(sessions, keys) if k != "experiment")]
+    varied = [k for k in differing(sessions, keys) if k != "experiment"]
+    shown = ["experiment", *(k for k in LESSON_KEYS if k in varied), *(k for k in varied if k not in LESSON_KEYS)]
+    # The keys every run shares follow, unmarked: TensorBoard hides them until asked, and can still filter by them.
+    columns = columns_of(sessions, [*shown, *(k for k in keys if k not in shown)])
     with SummaryWriter(log_dir=str(log_dir)) as writer:
-        summary = experiment_summary(columns_of(sessions, shown), shown)
+        summary = experiment_summary(columns, shown)
         writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
 
 

@@ -159,7 +159,7 @@ class _Loop:
         opts, dist, data = self.opts, self.dist, self.data
         self.tracker.on_epoch_start(epoch, self.steps_per_epoch)
         sums = self.start_epoch(state)
-        t0 = time.perf_counter()
+        t0, seen0 = time.perf_counter(), sums.seen  # the speed of this process's steps (a resumed epoch's too)
         for i in range(sums.start, self.steps_per_epoch):
             batch = sums.perm[i * opts.batch_size : (i + 1) * opts.batch_size]
             idx = dist.shard(batch)
@@ -170,7 +170,10 @@ class _Loop:
             sums.correct += (logits.detach().argmax(1) == y).sum()
             sums.seen += len(y)
             if logging_step:
-                self.log_step(state, loss, sums.seen / max(time.perf_counter() - t0, 1e-9))
+                self.log_step(state, loss, (sums.seen - seen0) / max(time.perf_counter() - t0, 1e-9))
+            if self.tracker.progress_due():  # by the host's clock: the sums are read (a device sync) twice a second
+                speed = self.dist.world * (sums.seen - seen0) / max(time.perf_counter() - t0, 1e-9)
+                self.tracker.show_progress(state.step, sums.loss_sum.item() / max(sums.seen, 1), speed)
             if opts.stop_requested and i + 1 < self.steps_per_epoch:
                 state.train_time += time.perf_counter() - t0
                 # `seen` counts finished epochs; the partial one's count travels in its own state.

@@ -32,8 +32,8 @@ from dlzoo.engine.folders import (
 from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
-from dlzoo.engine.state import step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag
+from dlzoo.engine.state import histogram_every, step_counts
+from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -153,8 +153,7 @@ def _members(
                                          stop, on_epoch_end))  # fmt: skip
         except Interrupted as e:
             if size > 1 and e.hint is None:
-                e.hint = (f"Resume the ensemble with: dlzoo train <same overrides> trainer.resume={out_dir} "
-                          f"(the {i} finished member(s) are kept)")  # fmt: skip
+                e.hint = f"Resume the ensemble with: {resume_command(out_dir)} (the {i} finished member(s) are kept)"
             raise
     return members[0][1] if size == 1 else _ensemble(cfg, hparams, data, out_dir, members)
 
@@ -252,9 +251,13 @@ def _train_member(
     on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
     meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
-    opts = _fit_options(cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end)
+    opts = _fit_options(
+        cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end, total_steps
+    )
     purge_step = resume["step"] + 1 if resume else None
-    tracker_cm = RunTracker(out_dir, t.epochs, t.progress, purge_step) if dist.main else SilentTracker()
+    tracker_cm = (
+        RunTracker(out_dir, t.epochs, t.progress, purge_step, total_steps=total_steps) if dist.main else SilentTracker()
+    )
     with tracker_cm as tracker:
         tracker.log_text("run/meta", meta)
         if dist.main and resume is None and t.figures:
@@ -310,8 +313,9 @@ def _fit_options(
     checkpointing: Checkpointing | None,
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
+    total_steps: int,
 ) -> FitOptions:
-    """The trainer section as the loop's options."""
+    """The trainer section as the loop's options (`total_steps`: the run's, which sets the histograms' interval)."""
     t, es = cfg.trainer, cfg.trainer.early_stop
     dist = distributed.current()
     return FitOptions(
@@ -322,7 +326,7 @@ def _fit_options(
         eval_batch_size=t.eval_batch_size,
         log_every_n_steps=t.log_every_n_steps,
         layer_stats=t.layer_stats and dist.main,
-        histogram_every_n_steps=t.histogram_every_n_steps,
+        histogram_every_n_steps=histogram_every(t.histogram_every_n_steps, total_steps),
         regularizer=build_regularizer(cfg.reg),
         early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
         restore_best=es.restore_best,

@@ -24,7 +24,7 @@ from dlzoo.data.splits import Splits
 from dlzoo.engine.checkpoint import save_best, save_checkpoint
 from dlzoo.engine.evaluation import evaluate
 from dlzoo.engine.stacked_parts import Member, Probe, Regularizer, StackIO, Sums, bad
-from dlzoo.engine.state import FitResult, step_counts
+from dlzoo.engine.state import FitResult, histogram_every, step_counts
 from dlzoo.engine.stopping import EarlyStopping, Interrupted
 from dlzoo.engine.tracking import Tracker
 from dlzoo.models.stacked import StackedNet
@@ -73,7 +73,8 @@ class _StackLoop:
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, total)
         self.reg = Regularizer(cfg.reg, self.net)
         # Read once: a DictConfig lookup costs microseconds, and the step of a small model is well under a ms.
-        self.probing = (bool(t.layer_stats), int(t.log_every_n_steps), int(t.histogram_every_n_steps))
+        histograms = histogram_every(t.histogram_every_n_steps, total)
+        self.probing = (bool(t.layer_stats), int(t.log_every_n_steps), histograms)
         self.state = [Member(torch.Generator(device=self.device).manual_seed(s), tr,
                               EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None)
                       for s, tr in zip(seeds, trackers, strict=True)]  # fmt: skip
@@ -124,7 +125,8 @@ class _StackLoop:
         """The steps of one epoch; a stop request mid-epoch writes stack.pt and raises Interrupted."""
         data, bs, every, max_steps = self.data, self.t.batch_size, self.t.log_every_n_steps, self.t.max_steps
         sums = self.start_epoch(epoch)
-        t0 = time.perf_counter()
+        t0, seen0 = time.perf_counter(), sums.seen
+        bar = self.state[0].tracker  # the live bar follows the first seed (stacked_run)
         for i in range(sums.start, self.steps_per_epoch):
             idx = sums.perms[:, i * bs : (i + 1) * bs]
             x = data.prep(data.x_train[idx.flatten()]).unflatten(0, idx.shape)
@@ -134,7 +136,10 @@ class _StackLoop:
             sums.correct += (logits.detach().argmax(2) == y).sum(1)
             sums.seen += idx.shape[1]
             if self.step % every == 0:
-                self.log_step(losses, sums.seen / max(time.perf_counter() - t0, 1e-9))
+                self.log_step(losses, (sums.seen - seen0) / max(time.perf_counter() - t0, 1e-9))
+            if bar.progress_due():  # by the host's clock: the sums are read (a device sync) twice a second
+                speed = (sums.seen - seen0) / max(time.perf_counter() - t0, 1e-9)
+                bar.show_progress(self.step, (sums.loss[0] / max(sums.seen, 1)).item(), speed)
             if self.io.stop_requested and i + 1 < self.steps_per_epoch:
                 self.train_time += time.perf_counter() - t0
                 self.net.write_back(self.active())

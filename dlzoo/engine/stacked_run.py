@@ -29,7 +29,7 @@ from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, me
 from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.resuming import Member, Plan, member_folder
 from dlzoo.engine.stacked import StackIO, diverged, fit_stacked
-from dlzoo.engine.state import FitResult
+from dlzoo.engine.state import FitResult, step_counts
 from dlzoo.engine.stopping import StopFlag
 from dlzoo.engine.tracking import RunTracker, summary_markdown
 from dlzoo.errors import DlzooError
@@ -143,12 +143,13 @@ def train_stacked(
                   f"(the progress bar follows seed {seeds[0]})")  # fmt: skip
     models, generators, trackers, summaries, metas = [], [], [], [], []
     purge = resume["step"] + 1 if resume is not None else None
+    total = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)[1]
     with ExitStack() as stack:
         for k, (seed, folder) in enumerate(where):
             # Each member's setup is its standalone run's, in the same order, so its random stream is too.
             model, _, summary = member.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
             tracker = stack.enter_context(
-                RunTracker(folder, t.epochs, t.progress and k == 0, purge, label=f"seed {seed}  ")
+                RunTracker(folder, t.epochs, t.progress and k == 0, purge, label=f"seed {seed}  ", total_steps=total)
             )
             meta = metadata(seed, device) | {"data_mean": data.mean, "data_std": data.std, "stacked": k_all}
             tracker.log_text("run/meta", meta)

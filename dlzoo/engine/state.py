@@ -118,3 +118,14 @@ def step_counts(samples: int, batch_size: int, epochs: int, max_steps: int | Non
     """(steps per epoch, steps in the whole run): what a schedule is built for."""
     per_epoch = math.ceil(samples / batch_size)
     return per_epoch, per_epoch * epochs if max_steps is None else min(per_epoch * epochs, max_steps)
+
+
+# TensorBoard's Histograms and Distributions tabs show a trend from about ten slices; each costs a sampled binning
+# of every layer's tensors, so a long run keeps to the same count.
+HISTOGRAM_SLICES = 12
+
+
+def histogram_every(every: int | None, total_steps: int) -> int:
+    """trainer.histogram_every_n_steps when set, else the interval that gives the run about HISTOGRAM_SLICES
+    histograms after the first step's (step 1 always has one)."""
+    return every if every is not None else max(1, total_steps // HISTOGRAM_SLICES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shlex
 import signal
 import tempfile
 import threading
@@ -45,7 +46,7 @@ def exit_status(e: BaseException) -> int:
         return 2
     if isinstance(e, Interrupted):
         where = e.checkpoint.parent.parent if e.checkpoint else None
-        hint = e.hint or (f"Resume with: dlzoo train <same overrides> trainer.resume={where}" if where else "")
+        hint = e.hint or (f"Resume with: {resume_command(where)}" if where else "")
         saved = f"the last checkpoint is {e.checkpoint}." if e.checkpoint else "what finished is kept."
         print_error(f"Interrupted; {saved} {hint}".rstrip())
         return 128 + e.signum
@@ -53,6 +54,20 @@ def exit_status(e: BaseException) -> int:
         print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
         return 130
     raise e
+
+
+def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
+    """The command that continues the run in `folder`, ready to copy: `dlzoo train`, the overrides it was started
+    with (Hydra's, unless given; shell-quoted; any trainer.resume left out) and trainer.resume=<folder>. Outside a
+    Hydra run, where they are not known, `<same overrides>` stands for them."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return f"dlzoo train <same overrides> trainer.resume={folder}"
+        overrides = list(HydraConfig.get().overrides.task)
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"]
+    return shlex.join(["dlzoo", "train", *kept, f"trainer.resume={folder}"])
 
 
 class StopFlag:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -67,6 +68,8 @@ class Tracker(Protocol):
     run) drops it; tests may pass a stub with the loop's methods."""
 
     def on_epoch_start(self, epoch: int, steps: int) -> None: ...
+    def progress_due(self) -> bool: ...
+    def show_progress(self, step: int, mean_loss: float, samples_per_s: float) -> None: ...
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None: ...
     def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None: ...
@@ -82,6 +85,9 @@ class Tracker(Protocol):
 
 
 HISTOGRAM_SAMPLES = 1 << 15
+# Seconds between two readings the live bar takes of the epoch's running loss: on a GPU each reading waits for the
+# device, so it is bounded by the clock, never paid per step. Rich redraws the bar (elapsed, eta) ten times a second.
+BAR_INTERVAL = 0.5
 # Per-layer statistics drawn against depth, one figure each: probe name -> (image tag, y label).
 DEPTH_PANELS = {
     "grad_norm": (tb.DEPTH + "1_gradient_norm", "weight gradient norm"),
@@ -91,6 +97,41 @@ DEPTH_PANELS = {
 # The test metrics' tags in the test sub-run (and the ensemble's).
 TEST_TAGS = {"acc": tb.ACCURACY, "loss": tb.LOSS, "mc_acc": tb.ACCURACY + "_mc_dropout",
              "mc_entropy": "test/mc_dropout_entropy", "member_mean_acc": tb.ACCURACY + "_member_mean"}  # fmt: skip
+
+
+def bar_columns(width: int) -> list[ProgressColumn]:
+    """The live bar: `epoch 2/15 ━━━━ 1,234/8,250 · running mean loss 0.2345 · 12,345 samples/s · 0:00:12 ·
+    run eta 0:01:40`. The steps and the eta are the whole run's; the loss is the epoch's mean so far, what its
+    epoch line prints as `train loss`. Under 100 columns the speed and the elapsed time give way, so nothing is
+    cut short."""
+    wide = width >= 100
+    return [
+        TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(bar_width=20 if wide else 10),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("· running mean loss {task.fields[loss]}"),
+        *([TextColumn("· {task.fields[speed]:,.0f} samples/s ·"), TimeElapsedColumn()] if wide else []),
+        TextColumn("· run eta"),
+        TimeRemainingColumn(),
+    ]
+
+
+def histogram_bins(values: Tensor, bins: int = 64) -> dict[str, Any] | None:
+    """The finite `values` as TensorBoard's histogram record (add_histogram_raw's arguments) in `bins` equal
+    buckets (TensorBoard redraws them in 30), computed by torch: TensorBoard's own make_histogram spends most of
+    its time in a numpy dot product over the values. None when no value is finite."""
+    v = values.double()
+    v = v[torch.isfinite(v)]
+    if v.numel() == 0:
+        return None
+    low, high = v.min().item(), v.max().item()
+    if high <= low:  # one value (a zero-initialized layer): one bucket holds them all
+        limits, counts = [high], [float(v.numel())]
+    else:
+        counts = torch.histc(v, bins, low, high).tolist()
+        limits = torch.linspace(low, high, bins + 1, dtype=torch.float64)[1:].tolist()
+    return {"min": low, "max": high, "num": v.numel(), "sum": v.sum().item(), "sum_squares": v.dot(v).item(),
+            "bucket_limits": limits, "bucket_counts": counts}  # fmt: skip
 
 
 class RunTracker:
@@ -105,7 +146,13 @@ class RunTracker:
     """
 
     def __init__(
-        self, log_dir: Path, epochs: int, progress: bool = True, purge_step: int | None = None, label: str = ""
+        self,
+        log_dir: Path,
+        epochs: int,
+        progress: bool = True,
+        purge_step: int | None = None,
+        label: str = "",
+        total_steps: int | None = None,
     ) -> None:
         # purge_step drops events a crashed run logged after its checkpoint, so a resumed run's curves join up.
         # label leads each epoch line ("seed 778  "), where several runs share one terminal (trainer.stack).
@@ -113,23 +160,20 @@ class RunTracker:
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
         self._log_dir, self._purge_step = log_dir, purge_step
         self._splits: dict[str, SummaryWriter] = {}
-        self.epochs = epochs
+        self.epochs, self._total = epochs, total_steps
         self.every = epoch_lines(epochs)
+        # A live bar only on a terminal; logs and CI get the per-epoch lines alone.
+        self._live = progress and console.is_terminal
+        # One bar for the whole run, so its eta is the run's: the epoch is a field, the steps are the run's.
         self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  ·  {task.fields[speed]:,.0f} samples/s"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            *bar_columns(console.width),
             console=console,
             transient=True,
-            # A live bar only on a terminal; logs and CI get the per-epoch lines alone.
-            disable=not (progress and console.is_terminal),
+            disable=not self._live,
         )
-        self._task = self._progress.add_task("train", total=1, **self._fields(0))
+        self._task = self._progress.add_task("train", total=1, visible=False, **self._fields(0))
         self._epoch_first_step, self._steps, self._epoch, self._last_step = 0, 1, 0, 0
+        self._next_bar, self._bar_started = 0.0, False
         self._depth: dict[str, list[tuple[int, dict[str, float]]]] = {k: [] for k in DEPTH_PANELS}
         self._progress.start()
 
@@ -141,12 +185,33 @@ class RunTracker:
         return self._splits[name]
 
     def _fields(self, epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "epochs": self.epochs, "loss": float("nan"), "speed": 0.0}
+        return {"epoch": epoch, "epochs": self.epochs, "loss": "–", "speed": 0.0}
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
-        # rich's reset() replaces a task's fields rather than merging them: pass every field the columns read.
-        self._progress.reset(self._task, total=steps, **self._fields(epoch))
+        # Every epoch has `steps` steps, so its first is known here, after a resume mid-epoch too.
         self._epoch, self._steps = epoch, max(steps, 1)
+        self._epoch_first_step = (epoch - 1) * steps
+        total = self._total if self._total is not None else steps * self.epochs
+        if not self._bar_started:
+            # The bar starts where this process starts (a resumed run's step), so its speed and eta are of the
+            # steps it times; rich's reset() replaces a task's fields: every field the columns read is passed.
+            start = max(self._epoch_first_step, (self._purge_step or 1) - 1)
+            self._progress.reset(self._task, total=total, completed=start, visible=True, **self._fields(epoch))
+            self._bar_started = True
+        else:
+            self._progress.update(self._task, total=total, epoch=epoch, loss="–")
+        self._next_bar = 0.0  # the epoch's first step is shown at once
+
+    def progress_due(self) -> bool:
+        """Whether the live bar wants a reading now. The host's clock only: a hidden bar (no terminal, a log)
+        never has the loop read the device's loss."""
+        return self._live and time.monotonic() >= self._next_bar
+
+    def show_progress(self, step: int, mean_loss: float, samples_per_s: float) -> None:
+        """The live bar at global `step`: the epoch's mean training loss so far (its epoch line's `train loss`
+        once the epoch ends) and the epoch's speed."""
+        self._next_bar = time.monotonic() + BAR_INTERVAL
+        self._progress.update(self._task, completed=step, loss=f"{mean_loss:.4f}", speed=samples_per_s)
 
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         self.split("train").add_scalar(tb.LOSS_STEP, loss, step)
@@ -154,7 +219,6 @@ class RunTracker:
         done = step - self._epoch_first_step
         self.writer.add_scalar(tb.EPOCH, self._epoch - 1 + done / self._steps, step)
         self._last_step = step
-        self._progress.update(self._task, completed=done, loss=loss, speed=samples_per_s)
 
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None:
         for name, value in stats.items():
@@ -166,19 +230,22 @@ class RunTracker:
 
     def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None:
         """One histogram per tensor. A big tensor is drawn from an even stride of at most HISTOGRAM_SAMPLES of its
-        values: the shape of the distribution is the same, and numpy's binning of every value of a 784x512
-        matrix would cost more than the training steps between two histograms."""
+        values: the shape of the distribution is the same, and binning every value of a 784x512 matrix would
+        cost more than the training steps between two histograms."""
         for name, tensor in tensors.items():
             flat = tensor.detach().flatten()
             stride = -(-flat.numel() // HISTOGRAM_SAMPLES)
-            self.writer.add_histogram(tb.per_layer_tag(name), flat[::stride].float().cpu(), step)
+            bins = histogram_bins(flat[::stride].cpu())
+            if bins is not None:
+                self.writer.add_histogram_raw(tb.per_layer_tag(name), **bins, global_step=step)
 
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         for split in ("train", "val"):
             self.split(split).add_scalar(tb.ACCURACY, metrics[f"{split}/acc"], step)
             self.split(split).add_scalar(tb.LOSS, metrics[f"{split}/loss"], step)
         self.writer.add_scalar(tb.EPOCH, epoch, step)
-        self._epoch_first_step, self._last_step = step, step
+        self._last_step = step
+        self._progress.update(self._task, completed=step, loss=f"{metrics['train/loss']:.4f}")
         scores = (
             f"train loss {metrics['train/loss']:.4f} acc {metrics['train/acc']:.4f}  "
             f"val loss {metrics['val/loss']:.4f} acc {metrics['val/acc']:.4f}  lr {metrics['lr']:.3g}"
@@ -283,6 +350,10 @@ class SilentTracker:
     """The tracker of ranks > 0: the loop reports to it and nothing is written or shown."""
 
     def on_epoch_start(self, epoch: int, steps: int) -> None: ...
+    def progress_due(self) -> bool:
+        return False
+
+    def show_progress(self, step: int, mean_loss: float, samples_per_s: float) -> None: ...
     def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def log_layer_stats(self, step: int, stats: dict[str, float]) -> None: ...
     def log_histograms(self, step: int, tensors: dict[str, Tensor]) -> None: ...

@@ -207,21 +207,21 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
 
 
 def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
-    """The ladder's TensorBoard view (dashboards.write_ladder_view): the rungs on one chart against the lecture,
-    and an HParams table of the ladder's runs led by the rung."""
+    """The ladder's TensorBoard view (dashboards.write_ladder_view): a run per rung, named for its lab, on charts
+    of our test accuracy and the lecture's, and an HParams table of the ladder's runs led by the rung."""
     from omegaconf import OmegaConf
 
     from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
     from dlzoo.engine.hparams import run_hparams
 
-    points = [(RUNGS[r.name][0], r.mean, RUNGS[r.name][2]) for r in rungs]
+    points = [(RUNGS[r.name][0], r.mean, r.std, RUNGS[r.name][2]) for r in rungs]
     # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
-    curves = {r.name: [read_epoch_curves(folder) for run in r.group.runs
+    curves = {r.name: [read_epoch_curves(folder) for run in (r.group.runs if r.group else [])
                        for folder in (sorted(run.folder.glob("member*")) or [run.folder])]
-              for r in rungs if r.group}  # fmt: skip
+              for r in rungs}  # fmt: skip
     runs = [run for r in rungs if r.group for run in r.group.runs]
     sessions = [run_hparams(OmegaConf.to_container(run.config, resolve=True), run.choices) for run in runs]  # type: ignore[arg-type]
-    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table), out / "ladder.png")
+    write_ladder_view(out, points, curves, sessions, markdown(HEADER, table))
 
 
 def lab_epochs(rung: str) -> int:

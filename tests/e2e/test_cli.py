@@ -258,7 +258,8 @@ def test_ctrl_c_checkpoints_and_auto_resume_matches_an_uninterrupted_run(fmnist_
     stopped = start_and_signal(args, run_dir, tmp_path, signal.SIGINT)  # during epoch 2 or later
     assert stopped.returncode == 130, stopped.stderr
     stderr = stopped.stderr
-    assert "trainer.resume=" in " ".join(stderr.split()) and not (run_dir / "metrics.json").exists()
+    resume = f"dlzoo train {' '.join(args[1:])} trainer.resume={run_dir}"  # what the user typed, to copy
+    assert resume in " ".join(stderr.split()) and not (run_dir / "metrics.json").exists()
 
     # As a user's second command: Hydra makes a new dated folder, and auto finds the unfinished sibling run.
     later = tmp_path / "later"

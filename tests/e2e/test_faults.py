@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -47,11 +48,13 @@ def _signal_when(path: Path, proc: subprocess.Popen[str], signum: int = signal.S
 
 
 def _command(message: str) -> list[str]:
-    """The overrides of the last `dlzoo train <same overrides> ...` command a message prints."""
+    """The overrides of the last `dlzoo train <same overrides> ...` command a message prints, or all the
+    arguments after `dlzoo train` of the last whole command it prints (which ends with trainer.resume=...)."""
     flat = " ".join(message.split())
     commands = re.findall(r"dlzoo train (?:-m )?<same overrides> ([^`]+?)(?:`|\(|$)", flat)
+    commands = commands or re.findall(r"dlzoo train ((?:(?!dlzoo train).)*?trainer\.resume=\S+)", flat)
     assert commands, flat
-    return commands[-1].split()
+    return shlex.split(commands[-1])
 
 
 def test_a_full_disk_is_recovered_in_a_new_folder_as_the_message_says(
@@ -155,11 +158,12 @@ def test_an_interrupted_ensemble_resumes_as_a_whole(fmnist_root: Path, tmp_path:
     proc = _start([*args, f"hydra.run.dir={run_dir}"], tmp_path)
     _, stderr = _signal_when(run_dir / "member1" / "checkpoints" / "last.pt", proc)
     assert proc.returncode == 130, stderr
-    command = _command(stderr)
-    assert command == [f"trainer.resume={run_dir}"] and "1 finished member(s) are kept" in " ".join(stderr.split())
+    command = _command(stderr)  # the command as typed (hydra.run.dir is Hydra's own), resuming in place
+    assert command == [*args[1:], f"trainer.resume={run_dir}"]
+    assert "1 finished member(s) are kept" in " ".join(stderr.split())
     member0 = _metrics(run_dir / "member0")
 
-    resumed = dlzoo(*args, *command, cwd=tmp_path)  # in place: Hydra's new dated folder is not kept
+    resumed = dlzoo("train", *command, cwd=tmp_path)  # in place: Hydra's new dated folder is not kept
     assert resumed.returncode == 0, resumed.stderr
     assert "finished before: kept" in resumed.stdout and "ensemble member 2/3" in resumed.stdout
     assert _metrics(run_dir / "member0") == member0 and not list((tmp_path / "outputs").rglob("*.json"))
@@ -179,8 +183,8 @@ def test_ctrl_c_in_a_stacked_run_resumes_as_the_message_says(fmnist_root: Path, 
     _, stderr = _signal_when(run_dir / "checkpoints" / "stack.pt", proc)  # written after epoch 1
     assert proc.returncode == 130, stderr
     command = _command(stderr)
-    assert command == [f"trainer.resume={run_dir}"], stderr
-    resumed = dlzoo(*args, *command, cwd=tmp_path)
+    assert command == [*args[1:], f"trainer.resume={run_dir}"], stderr
+    resumed = dlzoo("train", *command, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the stacked run {run_dir}" in " ".join(resumed.stdout.split())
     for seed in (777, 778, 779):  # every seed bit-identical to the uninterrupted stack's

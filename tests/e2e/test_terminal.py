@@ -5,6 +5,8 @@ itself is on the screen."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,62 @@ def test_every_preset_trains_through_the_cli_summary_included(
     assert proc.stdout.count("output shape") >= len(names)
     for path in finished:
         assert 0.0 <= json.loads(path.read_text())["test_acc"] <= 1.0
+
+
+BAR = re.compile(r"epoch (\d+)/(\d+) .*?([\d,]+)/([\d,]+) · running mean loss (\S+)(?: · .*?)? · run eta (\S+)")
+
+
+def _bars(screen: Screen) -> list[tuple[int, int, int, str, str]]:
+    """Each drawn bar as (epoch, step, steps of the run, loss, eta)."""
+    found = [BAR.search(line) for line in screen.text.splitlines()]
+    return [(int(m[1]), int(m[3].replace(",", "")), int(m[4].replace(",", "")), m[5], m[6]) for m in found if m]
+
+
+def test_the_live_bar_shows_the_epochs_mean_loss_and_the_runs_eta(mnist_root: Path, tmp_path: Path) -> None:
+    """A 120-step run (2 epochs of 60): the bar counts the run's steps, shows a loss from the first step on, and
+    once it has timed a few steps an eta for the whole run; its last loss is the epoch line's train loss. Its
+    TensorBoard histograms follow the run's length: a dozen or so from step 1, not one."""
+    run_dir = tmp_path / "run"
+    screen = dlzoo_tty("train", "model=mlp", "data.train_subset=6000", "data.val_size=500", "trainer.epochs=2",
+                       "trainer.threads=1", "trainer.figures=false", f"data.root={mnist_root}",
+                       f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert_clean(screen)
+    bars = _bars(screen)
+    assert bars and {total for _, _, total, _, _ in bars} == {120}, screen.text[-3000:]
+    shown = [b for b in bars if b[1] > 0]
+    assert shown and all(float(loss) > 0 for _, _, _, loss, _ in shown)  # a finite loss, never nan, once stepping
+    assert any(re.fullmatch(r"\d+:\d\d:\d\d", eta) for *_, eta in shown if _[1] < 120)  # the run's eta, not -:--
+    assert {epoch for epoch, *_ in shown} == {1, 2}
+    epoch2 = re.search(r"epoch +2/2 .*?train loss (\d+\.\d{4})", screen.text)
+    assert epoch2 and bars[-1][3] == epoch2[1]  # the bar's loss means what the epoch line's means
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"histograms": 0})
+    events.Reload()
+    tag = next(t for t in events.Tags()["histograms"] if t.startswith("per_layer_weights/"))
+    steps = [h.step for h in events.Histograms(tag)]
+    assert steps[0] == 1 and 10 <= len(steps) <= 25 and steps[-1] <= 120
+
+
+def test_the_bar_after_a_resume_counts_the_runs_steps(mnist_root: Path, tmp_path: Path) -> None:
+    """Stopped in epoch 2 and resumed on a terminal: the bar goes on from the step it stopped at, out of the
+    run's steps (not `1600/550` and a full bar for the rest of the epoch)."""
+    from tests.e2e.test_cli import start_and_signal
+
+    args = ["train", "model=mlp", "data.train_subset=6000", "data.val_size=500", "trainer.epochs=3",
+            "trainer.threads=1", "trainer.figures=false", f"data.root={mnist_root}"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    stopped = start_and_signal(args, run_dir, tmp_path, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    screen = dlzoo_tty(*args, f"trainer.resume={run_dir}", cwd=tmp_path)
+    assert_clean(screen)
+    bars = [b for b in _bars(screen) if b[1] > 0]
+    assert bars and {total for _, _, total, _, _ in bars} == {180}, screen.text[-3000:]
+    assert all(60 <= step <= 180 and (epoch - 1) * 60 <= step <= epoch * 60 for epoch, step, *_ in bars)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()  # TensorBoard's step-to-epoch map goes on as if never stopped: epoch = step / 60
+    assert all(e.value == pytest.approx(e.step / 60) for e in events.Scalars("progress/epoch"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlzoo.engine.stopping import Interrupted, exit_status
+from dlzoo.engine.stopping import Interrupted, exit_status, resume_command
 from dlzoo.errors import DlzooError
 
 
@@ -26,3 +26,11 @@ def test_exit_status_names_the_fix_and_the_code(capsys: pytest.CaptureFixture[st
 def test_a_bug_keeps_its_traceback() -> None:
     with pytest.raises(ZeroDivisionError):
         exit_status(ZeroDivisionError("a bug"))
+
+
+def test_the_resume_command_is_the_one_typed_quoted_for_a_shell() -> None:
+    typed = ["model=mlp", "model.hidden=[256,256]", "trainer.resume=auto", "+trainer.note=a b", "optim.lr=0.1"]
+    command = resume_command(Path("/runs/my run"), typed)
+    assert command == ("dlzoo train model=mlp 'model.hidden=[256,256]' '+trainer.note=a b' optim.lr=0.1 "
+                       "'trainer.resume=/runs/my run'")  # fmt: skip
+    assert resume_command(Path("/runs/a")) == "dlzoo train <same overrides> trainer.resume=/runs/a"  # no Hydra run

@@ -97,23 +97,25 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_pat
 
 
 def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
-    """The Ladder group's scalars are ladder.csv's numbers, rung k at step k; the one HParams experiment in the
-    folder is the ladder's: the rung first, then only the keys that differ between its runs."""
+    """The Ladder group's scalars are ladder.csv's numbers, one run per rung named for its lab; the one HParams
+    experiment in the folder is the ladder's: the rung first, then only the keys that differ between its runs."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    from dlzoo.engine.dashboards import rung_run, rung_steps
 
     def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
         events = EventAccumulator(str(run))
         events.Reload()
         return [(e.step, e.value) for e in events.Scalars(tag)]
 
-    rungs = list(rows)
-    ours = scalars(out / "_ladder" / "ours", "Ladder/test_acc")
-    assert ours == [(k, pytest.approx(float(rows[r]["test_acc_mean"]), abs=1e-6)) for k, r in enumerate(rungs, 1)]
-    lecture = scalars(out / "_ladder" / "lecture", "Ladder/test_acc")
-    assert lecture == [(k, pytest.approx(RUNGS[r][2], abs=1e-6)) for k, r in enumerate(rungs, 1)]
-    curves = scalars(out / "_ladder" / f"1_{rungs[0]}", "Ladder/val_acc")
-    assert [step for step, _ in curves] == [1]  # one epoch: the mean of the seeds' val/acc
+    for k, rung in enumerate(rows, 1):
+        run = out / "_ladder" / rung_run(k, RUNGS[rung][0])
+        mean = float(rows[rung]["test_acc_mean"])
+        assert scalars(run, "Ladder/test_acc") == [(s, pytest.approx(mean, abs=1e-6)) for s in rung_steps(k)]
+        lecture = scalars(run, "Ladder/test_acc_lecture")
+        assert lecture == [(s, pytest.approx(RUNGS[rung][2], abs=1e-6)) for s in rung_steps(k)]
+        assert [step for step, _ in scalars(run, "Ladder/val_acc")] == [1]  # one epoch: the mean of the seeds'
     experiments = []
     for events_file in out.rglob("events.out.tfevents.*"):
         events = EventAccumulator(str(events_file))
@@ -122,11 +124,12 @@ def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
             if metadata.plugin_data.plugin_name == "hparams":
                 data = HParamsPluginData.FromString(metadata.plugin_data.content)
                 if data.WhichOneof("data") == "experiment":
-                    experiments.append((events_file.parent, [h.name for h in data.experiment.hparam_infos]))
+                    differs = [h.name for h in data.experiment.hparam_infos if h.differs]
+                    experiments.append((events_file.parent, differs))
     assert len(experiments) == 1 and experiments[0][0] == out, experiments
-    columns = experiments[0][1]
-    assert columns[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(columns)
-    assert "trainer.batch_size" not in columns and "data.name" not in columns  # the same in every run
+    shown = experiments[0][1]  # the columns TensorBoard shows unasked: those marked as differing between runs
+    assert shown[0] == "experiment" and {"model", "model.init", "trainer.seed"} <= set(shown)
+    assert "trainer.batch_size" not in shown and "data.name" not in shown  # the same in every run
 
 
 def test_ladder_stacks_the_seeds_of_small_mlps_on_the_cpu(mnist_root: Path, tmp_path: Path) -> None:
