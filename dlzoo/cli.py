@@ -13,7 +13,7 @@ from dlzoo.engine.folders import in_use_message, lock_holder
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 
-__all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
+__all__ = ["compose_and_validate", "config_groups", "main", "output_problem", "precheck"]  # what scripts and tests import from here
 
 USAGE = """usage: dlzoo <command> [args]
 
@@ -40,7 +40,7 @@ def _train(rest: list[str]) -> int:
     from dlzoo.config.compose import SKIP_PRECHECK, precheck
     from dlzoo.engine import distributed
 
-    problem = _output_problem(rest) or precheck(rest)
+    problem = output_problem(rest) or precheck(rest)
     if problem:
         raise DlzooError(problem)
     devices = distributed.requested_devices(rest)
@@ -113,7 +113,7 @@ def _ls_verb(rest: list[str]) -> int:
     return _ls(parser.parse_args(rest).what)
 
 
-def _output_problem(args: list[str]) -> str | None:
+def output_problem(args: list[str]) -> str | None:
     """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
     existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
     import os

@@ -1,0 +1,125 @@
+"""The live display of a `dlzoo.train` call inside Jupyter: a progress line and a loss/accuracy figure (train and
+val overlaid) redrawn in place every epoch, then the final metrics as a rendered table. Terminal runs use the rich
+display of dlzoo.engine.tracking instead."""
+
+from __future__ import annotations
+
+import html
+import io
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dlzoo.console import ENVIRONMENT, format_value
+
+# Redraw at most this often: XOR's 1,000 one-step epochs would otherwise spend the run drawing PNGs.
+MIN_REDRAW_S = 0.5
+
+
+def in_jupyter() -> bool:
+    """Whether this process is a Jupyter kernel (rich's own test, which dlzoo's console already made)."""
+    from dlzoo.console import console
+
+    return console.is_jupyter
+
+
+def metrics_html(metrics: dict[str, Any], folder: object) -> str:
+    """The CLI's final table as HTML: one row per result, the environment facts on a line under it."""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(k)}</td><td style='text-align:right'>"
+        f"{html.escape(format_value(k, v))}</td></tr>"
+        for k, v in metrics.items()
+        if k not in ENVIRONMENT
+    )
+    facts = "  ·  ".join(f"{k} {v}" for k in ENVIRONMENT if (v := metrics.get(k)) not in (None, ""))
+    return (
+        "<table><thead><tr><th style='text-align:left'>metric</th><th style='text-align:right'>value</th></tr>"
+        f"</thead><tbody>{rows}</tbody></table><div style='color:gray'>{html.escape(facts)}</div>"
+        f"<div>outputs: <code>{html.escape(str(folder))}</code></div>"
+    )
+
+
+class NotebookView:
+    """One run's display: three outputs made once and then updated in place (IPython display handles).
+
+    Args:
+        epochs: planned epochs, for the progress line.
+        title: what is training (the overrides), shown above the bar.
+        show: IPython.display.display (a test passes a recorder); it must accept display_id=True and return
+            a handle with .update(obj).
+    """
+
+    def __init__(self, epochs: int, title: str, show: Callable[..., Any] | None = None) -> None:
+        from IPython.display import HTML, display
+
+        show = show or display
+        self.epochs, self.title = epochs, title
+        self.series: list[list[dict[str, float]]] = []  # one per model trained (an ensemble's members)
+        self.started, self.drawn_at = time.perf_counter(), 0.0
+        self._html = HTML
+        self.bar = show(HTML(self._bar(0, None)), display_id=True)
+        self.plot = show(HTML(""), display_id=True)
+        self.table = show(HTML(""), display_id=True)
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The loop's on_epoch_end: record the epoch, redraw unless drawn a moment ago (the last always is)."""
+        if not self.series or epoch <= self.series[-1][-1]["epoch"]:
+            self.series.append([])  # the next member of an ensemble starts again at epoch 1
+        self.series[-1].append({"epoch": epoch, **metrics})
+        now = time.perf_counter()
+        if epoch == self.epochs or epoch == 1 or now - self.drawn_at >= MIN_REDRAW_S:
+            self.drawn_at = now
+            self.bar.update(self._html(self._bar(epoch, metrics)))
+            self.plot.update(self._figure())
+
+    def finish(self, metrics: dict[str, Any], folder: object) -> None:
+        """The final state: the last epoch drawn (a throttled one may not have been) and the results table."""
+        if self.series:
+            last = self.series[-1][-1]
+            self.bar.update(self._html(self._bar(int(last["epoch"]), last, done=True)))
+            self.plot.update(self._figure())
+        self.table.update(self._html(metrics_html(metrics, folder)))
+
+    def stopped(self, message: str) -> None:
+        """An interrupted or failed run: the bar says so (the exception itself says how to resume)."""
+        last = self.series[-1][-1] if self.series else None
+        self.bar.update(self._html(self._bar(int(last["epoch"]) if last else 0, last, note=message)))
+
+    def _bar(self, epoch: int, metrics: dict[str, float] | None, done: bool = False, note: str = "") -> str:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / epoch * (self.epochs - epoch) if epoch and not done else 0.0
+        scores = (
+            f"train loss {metrics['train/loss']:.4f} acc {metrics['train/acc']:.4f} · val loss "
+            f"{metrics['val/loss']:.4f} acc {metrics['val/acc']:.4f}"
+            if metrics
+            else "starting"
+        )
+        status = note or ("done" if done else f"eta {eta:.0f} s")
+        return (
+            f"<div><b>{html.escape(self.title)}</b></div>"
+            f"<progress value='{epoch}' max='{max(self.epochs, 1)}' style='width:40%'></progress> "
+            f"epoch {epoch}/{self.epochs} · {html.escape(scores)} · {elapsed:.0f} s · {html.escape(status)}"
+        )
+
+    def _figure(self) -> Any:
+        """Loss and accuracy per epoch, train solid and val dashed, as a PNG (no pyplot: nothing is left open)."""
+        from IPython.display import Image
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 3.2), layout="constrained")
+        axes = fig.subplots(1, 2)
+        for i, series in enumerate(self.series):
+            member = f" (model {i + 1})" if len(self.series) > 1 else ""
+            epochs = [h["epoch"] for h in series]
+            for ax, what in zip(axes, ("loss", "acc"), strict=True):
+                for split, style in (("train", "-"), ("val", "--")):
+                    ax.plot(epochs, [h[f"{split}/{what}"] for h in series], style, color=f"C{i}",
+                            marker="o" if len(epochs) < 30 else None, label=f"{split}{member}")  # fmt: skip
+        for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(what)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        return Image(data=buffer.getvalue(), format="png")
