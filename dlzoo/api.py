@@ -109,7 +109,8 @@ def train(
                          "dlzoo.load its run folders); for --config-dir use config_dir=.")  # fmt: skip
     if requested_devices(args) > 1:
         raise DlzooError("dlzoo.train trains in this process, and trainer.devices > 1 needs one process per "
-                         "device. Fix: run `!dlzoo train ... trainer.devices=N` and dlzoo.load its run folder.")  # fmt: skip
+                         "device. Fix: run `!dlzoo train ... trainer.devices=N`, then dlzoo.load its "
+                         "folder.")  # fmt: skip
     problem = output_problem(args) or precheck([*args, *(w for d in dirs for w in ("--config-dir", d))])
     if problem:
         raise DlzooError(problem)
@@ -231,16 +232,12 @@ def ladder(
         with _process_state(quiet=False):
             code = ladder_command([*argv, *_args(overrides, data_root)])
     except Interrupted as e:
-        e.hint = ("The interrupted runs checkpointed. Continue with: dlzoo.ladder(<the same arguments>, "
-                  f"resume=True, out={str(folder)!r})")
+        e.hint = (
+            "The interrupted runs checkpointed. Continue with: dlzoo.ladder(<the same arguments>, "
+            f"resume=True, out={str(folder)!r})"
+        )
         raise
-    csv = folder / "ladder.csv"
-    table: Any = []
-    if csv.is_file():
-        import csv as csv_module
-
-        with csv.open() as f:
-            table = _frame(list(csv_module.DictReader(f)))
+    table = _read_csv(folder / "ladder.csv")
     runs = [load(p.parent) for p in sorted(folder.glob("*/seed*/metrics.json"))]
     return LadderResult(folder, table, runs, failed=code != 0)
 
@@ -307,6 +304,20 @@ def _frame(rows: list[dict[str, Any]]) -> Any:
     except ImportError:
         return rows
     return pd.DataFrame(rows)
+
+
+def _read_csv(path: Path) -> Any:
+    """A CSV the sweeps write (ladder.csv): a DataFrame with pandas, else a list of dicts of strings."""
+    if not path.is_file():
+        return []
+    try:
+        import pandas as pd
+    except ImportError:
+        import csv
+
+        with path.open() as f:
+            return list(csv.DictReader(f))
+    return pd.read_csv(path)
 
 
 def _rows(history: Any) -> list[Any]:

@@ -13,7 +13,8 @@ from dlzoo.engine.folders import in_use_message, lock_holder
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 
-__all__ = ["compose_and_validate", "config_groups", "main", "output_problem", "precheck"]  # what scripts and tests import from here
+# What scripts, tests and dlzoo.api import from here.
+__all__ = ["compose_and_validate", "config_groups", "main", "output_problem", "precheck"]
 
 USAGE = """usage: dlzoo <command> [args]
 

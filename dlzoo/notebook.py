@@ -105,6 +105,7 @@ class NotebookView:
         """Loss and accuracy per epoch, train solid and val dashed, as a PNG (no pyplot: nothing is left open)."""
         from IPython.display import Image
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         fig = Figure(figsize=(9, 3.2), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -117,6 +118,7 @@ class NotebookView:
                             marker="o" if len(epochs) < 30 else None, label=f"{split}{member}")  # fmt: skip
         for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(what)
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")

@@ -69,6 +69,5 @@ def test_the_example_notebook_runs_in_a_real_kernel(mnist_root: Path, tmp_path: 
     assert not any(o.output_type == "error" for c in nb.cells for o in c.get("outputs", []))
     plots = [c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source]
     assert plots and all(outputs(c, "image/png") for c in plots)
-    ladder = nb.cells[-1]
-    assert "lab10_1_softmax" in "".join(outputs(ladder, "text/html")) or "10-1" in "".join(outputs(ladder, "text/plain"))
+    assert "lab10_1_softmax" in "".join(outputs(nb.cells[-1], "text/html"))  # the ladder's table, rendered
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 6  # the six runs' folders, as `dlzoo train`'s
