@@ -31,7 +31,7 @@ class Result:
         history: one row per epoch (epoch, train/loss, train/acc, val/loss, val/acc, lr; an ensemble's rows also
             name their member): a pandas DataFrame when pandas is installed, else a list of dicts.
         config: the composed config the run trained with (its .hydra/config.yaml).
-        overrides: the overrides it was started with.
+        overrides: the overrides it was started with (its .hydra/overrides.yaml: hydra.* ones aside).
     """
 
     folder: Path
@@ -96,9 +96,9 @@ def train(
         DlzooError: a config, data or folder problem, with the CLI's message.
         Interrupted: stopped on request after writing the checkpoint; the message says how to resume.
     """
-    from dlzoo.cli import output_problem
     from dlzoo.config.compose import precheck, split_args
     from dlzoo.engine.distributed import requested_devices
+    from dlzoo.engine.folders import output_problem
 
     args = _args(overrides, data_root)
     dirs = [str(Path(d).expanduser().absolute()) for d in _as_list(config_dir)]
@@ -165,7 +165,7 @@ def _train(args: list[str], dirs: list[str]) -> Result:
     folder = folders[-1]
     if view is not None:
         view.finish(metrics, folder)
-    return _result(folder, metrics, history, args)
+    return _result(folder, metrics, history)
 
 
 def _hydra_run(overrides: list[str], task: Any) -> Any:
@@ -257,18 +257,17 @@ def load(run_folder: str | Path) -> Result:
                          "dlzoo.train or `dlzoo train` printed (outputs/runs/<date>_<model> by default).")  # fmt: skip
     metrics_file = folder / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
-    return _result(folder, metrics, [], overrides)
+    return _result(folder, metrics, [])
 
 
-def _result(folder: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]], args: list[str]) -> Result:
-    """A Result; the history is the checkpoint's when there is one (every epoch since the start, a resumed run's
-    too), else what the call saw."""
+def _result(folder: Path, metrics: dict[str, Any] | None, history: list[dict[str, Any]]) -> Result:
+    """A Result from the run folder's files; the history is the checkpoint's when there is one (every epoch since
+    the start, a resumed run's too), else what the call saw."""
     config = OmegaConf.load(folder / ".hydra" / "config.yaml")
     assert isinstance(config, DictConfig)
-    saved = _saved_history(folder)
-    return Result(folder, metrics, _frame(saved or history), config, list(args))
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    return Result(folder, metrics, _frame(_saved_history(folder) or history), config, overrides)
 
 
 def _saved_history(folder: Path) -> list[dict[str, Any]]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from dlzoo.console import ENVIRONMENT, format_value
 
-# Redraw at most this often: XOR's 1,000 one-step epochs would otherwise spend the run drawing PNGs.
-MIN_REDRAW_S = 0.5
+# The bar is redrawn at most every BAR_S, the figure at most every FIGURE_S and never more often than its own
+# drawing time × FIGURE_COST: XOR's 1,000 one-step epochs would otherwise spend the run drawing PNGs.
+BAR_S, FIGURE_S, FIGURE_COST = 0.2, 1.0, 5
 
 
 def in_jupyter() -> bool:
@@ -55,22 +57,27 @@ class NotebookView:
         show = show or display
         self.epochs, self.title = epochs, title
         self.series: list[list[dict[str, float]]] = []  # one per model trained (an ensemble's members)
-        self.started, self.drawn_at = time.perf_counter(), 0.0
+        self.started = time.perf_counter()
+        self.bar_at, self.figure_at, self.figure_s = -math.inf, -math.inf, 0.0
         self._html = HTML
         self.bar = show(HTML(self._bar(0, None)), display_id=True)
         self.plot = show(HTML(""), display_id=True)
         self.table = show(HTML(""), display_id=True)
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """The loop's on_epoch_end: record the epoch, redraw unless drawn a moment ago (the last always is)."""
+        """The loop's on_epoch_end: record the epoch, redraw what was not drawn a moment ago (a model's last
+        epoch always is)."""
         if not self.series or epoch <= self.series[-1][-1]["epoch"]:
             self.series.append([])  # the next member of an ensemble starts again at epoch 1
         self.series[-1].append({"epoch": epoch, **metrics})
-        now = time.perf_counter()
-        if epoch == self.epochs or epoch == 1 or now - self.drawn_at >= MIN_REDRAW_S:
-            self.drawn_at = now
+        now, last = time.perf_counter(), epoch == self.epochs
+        if last or now - self.bar_at >= BAR_S:
+            self.bar_at = now
             self.bar.update(self._html(self._bar(epoch, metrics)))
+        if last or now - self.figure_at >= max(FIGURE_S, FIGURE_COST * self.figure_s):
             self.plot.update(self._figure())
+            self.figure_at = time.perf_counter()
+            self.figure_s = self.figure_at - now
 
     def finish(self, metrics: dict[str, Any], folder: object) -> None:
         """The final state: the last epoch drawn (a throttled one may not have been) and the results table."""
@@ -107,8 +114,8 @@ class NotebookView:
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
 
-        fig = Figure(figsize=(9, 3.2), layout="constrained")
-        axes = fig.subplots(1, 2)
+        fig = Figure(figsize=(9, 3.2))
+        axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.25, "left": 0.07, "right": 0.98, "bottom": 0.15})
         for i, series in enumerate(self.series):
             member = f" (model {i + 1})" if len(self.series) > 1 else ""
             epochs = [h["epoch"] for h in series]
