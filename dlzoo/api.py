@@ -147,14 +147,17 @@ def _train(args: list[str], dirs: list[str]) -> Result:
         finally:
             remove_if_empty(out)  # as the CLI: a run that wrote nothing leaves no empty folder
 
-    overrides = [*args, *([f"hydra.searchpath=[{','.join('file://' + d for d in dirs)}]"] if dirs else [])]
+    # hydra.mode=RUN: what @hydra.main adds for a single run, so .hydra/hydra.yaml is the CLI's to the letter.
+    overrides = [*args, "hydra.mode=RUN"]
+    overrides += [f"hydra.searchpath=[{','.join('file://' + d for d in dirs)}]"] if dirs else []
     try:
         with _process_state(quiet=_notebook()):
             metrics = _hydra_run(overrides, task)
     except Interrupted as e:
         if folders:
             resume = [a for a in args if not a.startswith("trainer.resume=")] + [f"trainer.resume={folders[-1]}"]
-            e.hint = "Resume with: dlzoo.train(" + ", ".join(map(repr, resume)) + ")"
+            keywords = [f"config_dir={dirs!r}"] if dirs else []
+            e.hint = "Resume with: dlzoo.train(" + ", ".join([*map(repr, resume), *keywords]) + ")"
         if view is not None:
             view.stopped("interrupted: checkpoint written")
         raise

@@ -75,7 +75,9 @@ def test_load_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
         dlzoo.load(tmp_path)
 
 
-def test_the_api_and_the_cli_give_the_same_run(mnist_root: Path, tmp_path: Path) -> None:
+def test_the_api_and_the_cli_give_the_same_run(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same seed, same numbers (CPU is deterministic); the same folder layout and .hydra files; and the CLI's
     `dlzoo eval` and `dlzoo report` read the API's folder."""
     from dlzoo.engine.inference import eval_command
@@ -84,12 +86,17 @@ def test_the_api_and_the_cli_give_the_same_run(mnist_root: Path, tmp_path: Path)
     args = [*FAST, f"data.root={mnist_root}"]
     proc = dlzoo_cli("train", *args, f"hydra.run.dir={tmp_path / 'cli'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    monkeypatch.chdir(tmp_path)  # where the CLI ran: hydra.yaml records it
     api = dlzoo.train(*FAST, f"hydra.run.dir={tmp_path / 'api'}", data_root=mnist_root)
     cli = dlzoo.load(tmp_path / "cli")
     for key in ("train_loss", "val_loss", "test_loss", "test_acc", "steps"):
         assert api.metrics[key] == cli.metrics[key], key
     assert api.history.equals(cli.history)
     assert (tmp_path / "api/.hydra/config.yaml").read_text() == (tmp_path / "cli/.hydra/config.yaml").read_text()
+    hydra_yaml = [
+        (tmp_path / f"{w}/.hydra/hydra.yaml").read_text().replace(f"/{w}\n", "/<run>\n") for w in ("api", "cli")
+    ]
+    assert hydra_yaml[0] == hydra_yaml[1]  # the run folder's name aside, as @hydra.main writes it
     assert api.overrides == cli.overrides == [*FAST, f"data.root={mnist_root}"]
     assert sorted(p.name for p in api.folder.iterdir() if not p.name.startswith("events")) == sorted(
         p.name for p in cli.folder.iterdir() if not p.name.startswith("events")
