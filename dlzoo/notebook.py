@@ -25,18 +25,22 @@ def in_jupyter() -> bool:
     return console.is_jupyter
 
 
-def metrics_html(metrics: dict[str, Any], folder: object) -> str:
-    """The CLI's final table as HTML: one row per result, the environment facts on a line under it."""
-    rows = "".join(
-        f"<tr><td style='text-align:left'>{html.escape(k)}</td><td style='text-align:right'>"
-        f"{html.escape(format_value(k, v))}</td></tr>"
+def metrics_html(metrics: dict[str, Any], folder: object, per_row: int = 4) -> str:
+    """The CLI's final table as HTML, `per_row` metric/value pairs a row (a notebook of many runs stays short),
+    the environment facts on a line under it."""
+    cells = [
+        f"<td style='text-align:left'>{html.escape(k)}</td><td style='text-align:right;padding-right:1.5em'><b>"
+        f"{html.escape(format_value(k, v))}</b></td>"
         for k, v in metrics.items()
         if k not in ENVIRONMENT
-    )
-    facts = "  ·  ".join(f"{k} {v}" for k in ENVIRONMENT if (v := metrics.get(k)) not in (None, ""))
+    ]
+    rows = "".join("<tr>" + "".join(cells[i : i + per_row]) + "</tr>" for i in range(0, len(cells), per_row))
+    facts = {k: v for k in ENVIRONMENT if (v := metrics.get(k)) not in (None, "")}
+    if facts.get("device_name") == facts.get("device"):
+        facts.pop("device_name", None)
+    line = "  ·  ".join(f"{k} {v}" for k, v in facts.items())
     return (
-        "<table><thead><tr><th style='text-align:left'>metric</th><th style='text-align:right'>value</th></tr>"
-        f"</thead><tbody>{rows}</tbody></table><div style='color:gray'>{html.escape(facts)}</div>"
+        f"<table><tbody>{rows}</tbody></table><div style='color:gray'>{html.escape(line)}</div>"
         f"<div>outputs: <code>{html.escape(str(folder))}</code></div>"
     )
 

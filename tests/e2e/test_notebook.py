@@ -62,7 +62,7 @@ def test_the_example_notebook_runs_in_a_real_kernel(mnist_root: Path, tmp_path: 
         html = outputs(cell, "text/html")
         # Each run: its bar, finished; its curves as one PNG; its final table. Updated in place: one of each.
         assert sum("<progress" in h and "done" in h for h in html) == runs, html
-        assert sum("<td style='text-align:left'>test_acc</td>" in h for h in html) == runs, html
+        assert sum("<td style='text-align:left'>test_acc</td>" in h and "outputs:" in h for h in html) == runs, html
         assert len(outputs(cell, "image/png")) == runs
         streams = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
         assert "epoch" not in streams and "final metrics" not in streams, streams
