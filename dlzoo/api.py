@@ -127,6 +127,7 @@ def _train(args: list[str], dirs: list[str]) -> Result:
 
     history: list[dict[str, Any]] = []
     folders: list[Path] = []
+    failed: list[Exception] = []
     view = None
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
@@ -134,7 +135,7 @@ def _train(args: list[str], dirs: list[str]) -> Result:
         if view is not None:
             view.epoch_end(epoch, metrics)
 
-    def task(cfg: DictConfig) -> dict[str, Any]:
+    def task(cfg: DictConfig) -> dict[str, Any] | None:
         nonlocal view
         out = Path(HydraConfig.get().runtime.output_dir)
         if _notebook():
@@ -144,6 +145,9 @@ def _train(args: list[str], dirs: list[str]) -> Result:
         try:
             with stop_on_signals() as stop:
                 return run(cfg, out, stop, on_epoch_end, on_folder=folders.append)
+        except Exception as e:  # raised below, after Hydra: it would print "Error executing job" on stderr first
+            failed.append(e)
+            return None
         finally:
             remove_if_empty(out)  # as the CLI: a run that wrote nothing leaves no empty folder
 
@@ -153,6 +157,8 @@ def _train(args: list[str], dirs: list[str]) -> Result:
     try:
         with _process_state(quiet=_notebook()):
             metrics = _hydra_run(overrides, task)
+        if failed:
+            raise failed[0]
     except Interrupted as e:
         if folders:
             resume = [a for a in args if not a.startswith("trainer.resume=")] + [f"trainer.resume={folders[-1]}"]

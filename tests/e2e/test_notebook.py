@@ -110,6 +110,7 @@ def press_stop_during_a_run(client: NotebookClient, folder: Path) -> None:
     assert error.ename == "Interrupted"
     resume = f"dlzoo.train({', '.join(map(repr, args))}, 'trainer.resume={folder}')"
     assert error.traceback == [f"error: Interrupted; the last checkpoint is {last}. Resume with: {resume}"]
+    assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]  # nothing but that
     assert "interrupted: checkpoint written" in outputs(cell, "text/html")[0]
     assert last.is_file() and not (folder / "metrics.json").exists()
     assert "Resume with" in str(caught.value)

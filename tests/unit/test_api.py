@@ -121,6 +121,7 @@ def test_errors_are_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     with pytest.raises(dlzoo.DlzooError, match=r"data\.root='/nonexistent' does not exist"):
         dlzoo.train("data.root=/nonexistent")  # found inside the run: its empty folder is removed, as the CLI's
     assert not any((tmp_path / "outputs" / "runs").iterdir())
+    assert "Error executing job" not in capsys.readouterr().err  # Hydra's line for a failed job: the error says it
     assert caught.value._render_traceback_() == ["error: " + str(caught.value)]  # what Jupyter shows: no traceback
     with pytest.raises(dlzoo.DlzooError, match="takes overrides only, not -m"):
         dlzoo.train("-m", "model=mlp,mlp_xavier")
