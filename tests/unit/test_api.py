@@ -236,3 +236,23 @@ def test_the_notebook_view_draws_each_ensemble_member() -> None:
     assert [len(s) for s in view.series] == [2, 2, 2]
     view.stopped("interrupted: checkpoint written")
     assert "interrupted: checkpoint written" in shown.handles[0].objects[-1].data
+
+
+def test_a_run_leaves_the_notebooks_matplotlib_backend(tmp_path: Path) -> None:
+    """The dashboards' figures and the ladder's chart draw on their own canvases: a notebook's plt.show() (its
+    inline backend) keeps working after dlzoo.train or dlzoo.ladder."""
+    import matplotlib
+
+    from dlzoo.engine.figures import confusion_figure
+    from dlzoo.sweeps.ladder_table import draw_chart
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend other than Agg, standing for the notebook's
+    try:
+        image = confusion_figure(torch.eye(3, dtype=torch.long) * 5, ["a", "b", "c"], "t")
+        draw_chart([], "t", tmp_path / "ladder.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
+    assert (tmp_path / "ladder.png").read_bytes().startswith(b"\x89PNG")
