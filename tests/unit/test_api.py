@@ -238,6 +238,7 @@ def test_the_notebook_view_draws_each_ensemble_member() -> None:
     assert "interrupted: checkpoint written" in shown.handles[0].objects[-1].data
 
 
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # an empty ladder's chart has no legend entries
 def test_a_run_leaves_the_notebooks_matplotlib_backend(tmp_path: Path) -> None:
     """The dashboards' figures and the ladder's chart draw on their own canvases: a notebook's plt.show() (its
     inline backend) keeps working after dlzoo.train or dlzoo.ladder."""
