@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from dlzoo.config.compose import compose_and_validate, config_groups, precheck, split_args
-from dlzoo.engine.folders import in_use_message, lock_holder
+from dlzoo.engine.folders import output_problem
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 
@@ -41,14 +40,15 @@ def _train(rest: list[str]) -> int:
     from dlzoo.config.compose import SKIP_PRECHECK, precheck
     from dlzoo.engine import distributed
 
-    problem = _output_problem(rest) or precheck(rest)
+    problem = output_problem(rest) or precheck(rest)
     if problem:
         raise DlzooError(problem)
     devices = distributed.requested_devices(rest)
     if devices > 1 and not distributed.launched() and not any(a.split("=")[0] in SKIP_PRECHECK for a in rest):
         return distributed.spawn(rest, devices)  # DDP: the same command in `devices` torchrun processes
     extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
-    from dlzoo import train
+    # The module, not `from dlzoo import train`: that name is the Python API's function (dlzoo/__init__.py).
+    import dlzoo.train as train
     from dlzoo.engine.stopping import Interrupted, parallel_sweep_stop
 
     sys.argv = ["dlzoo train", *rest, *extra]
@@ -118,29 +118,6 @@ def _ls_verb(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dlzoo ls")
     parser.add_argument("what", nargs="?", help="a config group or registry name")
     return _ls(parser.parse_args(rest).what)
-
-
-def _output_problem(args: list[str]) -> str | None:
-    """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
-    existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
-    import os
-
-    keys = (
-        ("hydra.sweep.dir=", "hydra.run.dir=") if any(a in ("-m", "--multirun") for a in args) else ("hydra.run.dir=",)
-    )
-    target = next((a.split("=", 1)[1] for a in args for k in keys if a.startswith(k)), "outputs")
-    path = Path(target.split("$", 1)[0] or ".").expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    if path.is_dir() and os.access(path, os.W_OK):
-        # Hydra would rewrite .hydra/ of a run another process is still writing: refuse before it starts.
-        holder = lock_holder(path) if path == Path(target).expanduser().absolute() else None
-        return in_use_message(path, holder) if holder else None
-    what = "is a file, not a folder" if path.exists() and not path.is_dir() else "is not writable"
-    return (
-        f"Cannot create the output folder {target}: {path} {what}. Fix: choose another with "
-        "hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for -m), or run dlzoo from a writable directory."
-    )
 
 
 def _ls(what: str | None) -> int:

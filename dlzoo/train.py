@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,6 +26,20 @@ from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
 register_configs()
+
+
+class _Entry(types.ModuleType):
+    """This module, callable as the Python API's function. Importing it (the CLI does) makes Python bind the
+    package's attribute `train` to the module, replacing the function `dlzoo.train` that dlzoo/__init__.py
+    exports; a module class with __call__ (Python's documented hook) keeps `dlzoo.train(...)` working then."""
+
+    def __call__(self, *overrides: str, **kwargs: Any) -> Any:
+        from dlzoo.api import train
+
+        return train(*overrides, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Entry
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

@@ -15,21 +15,19 @@ Snapshots = list[tuple[int, dict[str, float]]]
 
 
 def _canvas(width: float, height: float):
-    import matplotlib
+    # A figure on its own Agg canvas, not pyplot's: matplotlib.use("Agg") would switch the whole process, and a
+    # notebook's own plots (the inline backend) would stop showing after a run drew its dashboards.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt.figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _pixels(fig) -> np.ndarray:
-    import matplotlib.pyplot as plt
-
     fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def pick(snapshots: Snapshots, most: int = 6) -> Snapshots:

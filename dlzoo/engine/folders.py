@@ -99,6 +99,29 @@ def in_use_message(folder: Path, holder: str) -> str:
     )
 
 
+def output_problem(args: list[str]) -> str | None:
+    """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
+    existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
+    import os
+
+    keys = (
+        ("hydra.sweep.dir=", "hydra.run.dir=") if any(a in ("-m", "--multirun") for a in args) else ("hydra.run.dir=",)
+    )
+    target = next((a.split("=", 1)[1] for a in args for k in keys if a.startswith(k)), "outputs")
+    path = Path(target.split("$", 1)[0] or ".").expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if path.is_dir() and os.access(path, os.W_OK):
+        # Hydra would rewrite .hydra/ of a run another process is still writing: refuse before it starts.
+        holder = lock_holder(path) if path == Path(target).expanduser().absolute() else None
+        return in_use_message(path, holder) if holder else None
+    what = "is a file, not a folder" if path.exists() and not path.is_dir() else "is not writable"
+    return (
+        f"Cannot create the output folder {target}: {path} {what}. Fix: choose another with "
+        "hydra.run.dir=<folder> (hydra.sweep.dir=<folder> for -m), or run dlzoo from a writable directory."
+    )
+
+
 @contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second

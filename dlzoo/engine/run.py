@@ -53,11 +53,13 @@ def run(
     out_dir: Path,
     stop: StopFlag | None = None,
     on_epoch_end: OnEpochEnd | None = None,
+    on_folder: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Train and test one configuration (or an ensemble of `ensemble.size` members), writing everything into
     `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
     user can fix, Interrupted on a stop request. `on_epoch_end(epoch, metrics)` runs after every validated epoch
-    (see dlzoo.engine.loop.FitOptions)."""
+    (see dlzoo.engine.loop.FitOptions); `on_folder(folder)` once the folder the run writes in is known (a resumed
+    run's own, rather than `out_dir`)."""
     started = time.perf_counter()
     validate(cfg)
     for message in warnings(cfg):
@@ -67,6 +69,8 @@ def run(
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
     resumed = stacked_run.plan(cfg, out_dir) if t.stack > 1 else resuming.plan(cfg, out_dir)
+    if on_folder is not None:
+        on_folder(resumed.folder)
     if resumed.done is not None:  # a resumed sweep's job that had finished: kept as it is
         print_final(resumed.done, out_dir)
         return resumed.done

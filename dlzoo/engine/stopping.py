@@ -34,6 +34,16 @@ class Interrupted(Exception):
         super().__init__(f"interrupted by signal {signum}")
         self.checkpoint, self.signum, self.hint = checkpoint, signum, hint
 
+    def __str__(self) -> str:
+        """Where the checkpoint is and how to resume: what the CLI prints and what a notebook shows."""
+        where = self.checkpoint.parent.parent if self.checkpoint else None
+        hint = self.hint or (f"Resume with: {resume_command(where)}" if where else "")
+        saved = f"the last checkpoint is {self.checkpoint}." if self.checkpoint else "what finished is kept."
+        return f"Interrupted; {saved} {hint}".rstrip()
+
+    def _render_traceback_(self) -> list[str]:
+        return ["error: " + str(self)]  # IPython shows this instead of a traceback (see dlzoo.errors)
+
 
 def exit_status(e: BaseException) -> int:
     """The one error boundary of every dlzoo process (the CLI and the @hydra.main entry): a DlzooError is one
@@ -45,10 +55,7 @@ def exit_status(e: BaseException) -> int:
         print_error(str(e))
         return 2
     if isinstance(e, Interrupted):
-        where = e.checkpoint.parent.parent if e.checkpoint else None
-        hint = e.hint or (f"Resume with: {resume_command(where)}" if where else "")
-        saved = f"the last checkpoint is {e.checkpoint}." if e.checkpoint else "what finished is kept."
-        print_error(f"Interrupted; {saved} {hint}".rstrip())
+        print_error(str(e))
         return 128 + e.signum
     if isinstance(e, KeyboardInterrupt):
         print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")

@@ -236,12 +236,11 @@ def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
     faint point, and the lecture's figure as a hollow diamond beside it; each mean is written next to its dot,
     each tick says n and epochs, and a rung trained for fewer epochs than its lab is flagged. Accuracies near 1
     differ by tenths of a point, so the axis spans just the values shown, stated on the axis itself."""
-    import matplotlib
+    # A figure of its own, not pyplot's: matplotlib.use("Agg") would switch the process (dlzoo.ladder in a notebook).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * len(rungs) + 2), 5.0))
+    fig = Figure(figsize=(max(7.0, 1.25 * len(rungs) + 2), 5.0))
+    ax = fig.subplots()
     shown: list[float] = []
     short: list[str] = []
     labels = []
@@ -279,4 +278,3 @@ def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
         fig.text(0.01, 0.01, f"Shorter budget than the lab: {', '.join(short)}.", fontsize=8, color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
