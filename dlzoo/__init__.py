@@ -6,7 +6,8 @@ In Python or a notebook, the CLI's grammar (overrides as typed on the command li
     result = dlzoo.train("model=mlp_xavier", "trainer.epochs=3", data_root="data/mnist")
     result.metrics["test_acc"], result.history, result.folder, result.model()
 
-dlzoo.ladder(...) runs the lectures' accuracy ladder; dlzoo.load(folder) reads back any run folder.
+dlzoo.ladder(...) runs the lectures' accuracy ladder; dlzoo.compare(folders...) says whether groups of runs differ
+beyond seed noise; dlzoo.load(folder) reads back any run folder.
 """
 
 import sys
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 # The Python API (dlzoo/api.py), loaded at its first use: `import dlzoo` stays free of torch and Hydra.
-__all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "ladder", "load", "train"]
+__all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "compare", "ladder", "load", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlzoo.engine.stopping import Interrupted
 from dlzoo.errors import DlzooError
 
-__all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "ladder", "load", "train"]
+__all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "compare", "ladder", "load", "train"]
 
 
 @dataclass
@@ -249,6 +249,44 @@ def ladder(
     table = _read_csv(folder / "ladder.csv")
     runs = [load(p.parent) for p in sorted(folder.glob("*/seed*/metrics.json"))]
     return LadderResult(folder, table, runs, failed=code != 0)
+
+
+def compare(
+    *folders: str | Path,
+    by: Sequence[str] | None = None,
+    baseline: str | None = None,
+    metric: str = "test_acc",
+    out: str | Path | None = None,
+    chain: bool = False,
+) -> Any:
+    """Runs on one axis, as `dlzoo compare`: grouped by what differs between them, each group against the
+    baseline (or, with `chain`, the group before it) with a verdict on whether the difference is beyond seed noise.
+
+    Args:
+        *folders: run, sweep or ladder folders, or glob patterns.
+        by: the config keys that define the groups (--by; default the keys that differ).
+        baseline: the group the others are compared with (--baseline; default the first).
+        metric: the metrics.json key the verdicts are about (--metric).
+        out: where to write (--out; default <folder>/compare for one folder).
+        chain: each group against the one before it (--chain).
+
+    Returns:
+        dlzoo.sweeps.compare.Compared: `.comparison` (arms, summaries, contrasts, `verdict(arm)`), `.out`,
+        `.files`, and `.table()` (compare.csv as a DataFrame with pandas, else a list of dicts).
+    """
+    from dlzoo.sweeps.compare import compare as compare_runs
+    from dlzoo.sweeps.compare import show
+
+    result = compare_runs(list(folders), list(by) if by else None, baseline, metric,
+                          Path(out) if out is not None else None, chain)  # fmt: skip
+    if _notebook():
+        from IPython.display import Image, Markdown, display
+
+        display(Markdown((result.out / "compare.md").read_text()))
+        display(*(Image(str(path)) for path in result.files if path.suffix == ".png"))
+    else:
+        show(result)
+    return result
 
 
 def load(run_folder: str | Path) -> Result:

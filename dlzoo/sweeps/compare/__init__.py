@@ -5,9 +5,11 @@ Writes compare.md, compare.csv, the figures and a TensorBoard view; `compare()` 
 from __future__ import annotations
 
 import argparse
+import csv
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
@@ -29,6 +31,16 @@ class Compared:
     files: list[Path]
     tensorboard: Path  # the view alone
     logdir: Path  # what to open: the compared folder with the view inside it, else the view
+
+    def table(self) -> Any:
+        """compare.csv: a pandas DataFrame when pandas is installed, else a list of dicts of strings."""
+        path = self.out / "compare.csv"
+        try:
+            import pandas as pd
+        except ImportError:
+            with path.open() as f:
+                return list(csv.DictReader(f))
+        return pd.read_csv(path)
 
 
 def compare(

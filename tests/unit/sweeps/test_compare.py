@@ -201,3 +201,12 @@ def test_the_cli_prints_verdicts_and_fails_cleanly(sweep: Path, tmp_path: Path, 
     assert "xavier_uniform beats normal by" in out and "runs not counted (1)" in out
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert "No folder" in capsys.readouterr().err
+
+
+def test_the_python_api_returns_the_comparison(sweep: Path, tmp_path: Path) -> None:
+    import dlzoo
+
+    result = dlzoo.compare(sweep, out=tmp_path / "api")
+    assert result.comparison.baseline.label == "normal" and result.out == tmp_path / "api"
+    table = result.table()
+    assert list(table["group"]) == ["normal", "xavier_uniform"] and bool(table["beyond_noise"][1])
