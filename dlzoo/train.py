@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> float:
     # folder behind (`dlzoo report` would list it as a lost run). A sweep keeps a failed job's folder: its
     # train.log is where `dlzoo report` finds why it failed.
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    if sweep:  # the sweep writes one HParams experiment over all its jobs when it ends (sweeps.compare.at_sweep_end)
+    if sweep:  # the sweep writes one HParams experiment over all its jobs when it ends (sweeps.sweep_end)
         cfg.trainer.hparams_experiment = False
     try:
         return _main(cfg, hydra_dir, Path(HydraConfig.get().sweep.dir) if sweep else None)
