@@ -120,7 +120,7 @@ def compare_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="dlzoo compare",
         description="Compare runs (any run, sweep or ladder folders) grouped by what differs between them: each "
-        "group's mean with a 95%% CI over seeds, each group against the baseline (difference with a bootstrap CI, "
+        "group's mean with a 95% CI over seeds, each group against the baseline (difference with a bootstrap CI, "
         "Welch's p, probability of improvement) and a verdict on whether it is beyond seed noise.",
     )
     parser.add_argument("folders", nargs="+", help="run, sweep or ladder folders, or glob patterns")
