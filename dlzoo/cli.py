@@ -11,6 +11,7 @@ from pathlib import Path
 from dlzoo.config.compose import compose_and_validate, config_groups, precheck, split_args
 from dlzoo.engine.folders import in_use_message, lock_holder
 from dlzoo.errors import DlzooError
+from dlzoo.paths import refuse_links
 from dlzoo.registry import closest
 
 __all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
@@ -126,6 +127,12 @@ def _output_problem(args: list[str]) -> str | None:
     while not path.exists() and path != path.parent:
         path = path.parent
     if path.is_dir() and os.access(path, os.W_OK):
+        named = any(a.startswith(keys) for a in args)
+        if named and path == Path(target).expanduser().absolute():  # Hydra writes .hydra/, train.log there first
+            try:
+                refuse_links(path)
+            except DlzooError as e:
+                return str(e)
         # Hydra would rewrite .hydra/ of a run another process is still writing: refuse before it starts.
         holder = lock_holder(path) if path == Path(target).expanduser().absolute() else None
         return in_use_message(path, holder) if holder else None

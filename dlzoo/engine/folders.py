@@ -3,6 +3,7 @@ metadata that makes a run reproducible (seed, versions, device, git commit)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import platform
 import subprocess
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo import __version__
 from dlzoo.errors import DlzooError
-from dlzoo.paths import atomic_write
+from dlzoo.paths import atomic_write, open_nofollow, refuse_links
 
 # What must match for trainer.resume=auto to pick a run: the experiment itself, not how it is being run.
 IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
@@ -92,9 +93,9 @@ def lock_holder(folder: Path) -> str | None:
     import fcntl
 
     path = folder / ".lock"
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return None
-    with path.open("r") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "r") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,11 +116,10 @@ def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
     process asking for it is refused at once, naming the holder."""
     import fcntl
-    import os
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
-    with path.open("a+") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -251,7 +251,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before any work if the run folder cannot take files."""
+    """Fail before any work if the run folder cannot take files, or holds a link a write would follow."""
+    refuse_links(folder)
     probe = folder / "checkpoints" / ".write-test"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)

@@ -73,3 +73,62 @@ def test_continuing_a_run_inside_itself_is_refused(tiny_run: Path, toy_root: Pat
                  cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 2 and "inside the other" in proc.stderr and "Traceback" not in proc.stderr
     assert listing(tiny_run) == before
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    return victim
+
+
+def test_the_run_lock_never_writes_through_a_link(tmp_path: Path) -> None:
+    from dlzoo.engine.folders import lock_holder, run_lock
+    from dlzoo.errors import DlzooError
+
+    victim = _victim(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    with pytest.raises(DlzooError, match="is a link"), run_lock(tmp_path / "run"):
+        pass
+    assert victim.read_text() == "precious\n" and (tmp_path / "run" / ".lock").is_symlink()
+    assert lock_holder(tmp_path / "run") is None  # not read through the link either
+
+
+@pytest.mark.parametrize("planted", [".lock", "train.log", "checkpoints/last.pt", "train"])
+def test_a_link_planted_in_a_run_folder_is_refused_and_its_target_kept(
+    planted: str, tiny_run: Path, toy_root: Path, tmp_path: Path
+) -> None:
+    victim = _victim(tmp_path)
+    link = tiny_run / planted
+    if link.is_dir():
+        shutil.rmtree(link)
+    link.unlink(missing_ok=True)
+    link.symlink_to(victim if planted != "train" else tmp_path)
+    if planted == "checkpoints/last.pt":  # nothing to resume then: the run goes into this folder anew
+        shutil.copy(victim, tiny_run / "checkpoints" / "keep.pt")
+        args = [f"hydra.run.dir={tiny_run}"]
+    else:
+        args = [f"trainer.resume={tiny_run}"]
+    before = listing(tmp_path)
+    proc = dlzoo("train", *TINY, f"data.root={toy_root}", "trainer.epochs=2", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and "is a link" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert victim.read_text() == "precious\n" and link.is_symlink()
+    assert {k: v for k, v in listing(tmp_path).items() if not k.startswith("outputs")} == before
+
+
+def test_a_hydra_run_dir_holding_links_is_refused_before_hydra_writes(toy_root: Path, tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").symlink_to(victim)
+    proc = dlzoo("train", *TINY, f"data.root={toy_root}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a link" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_tune_folder_with_a_linked_lock_is_refused(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / ".lock").symlink_to(victim)
+    proc = dlzoo("tune", "search=smoke", "--trials", "1", "--out", str(tmp_path / "search"), cwd=tmp_path)
+    assert proc.returncode == 2 and "is a link" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
