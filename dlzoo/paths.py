@@ -60,7 +60,7 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
     """
     try:
         return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
-    except OSError as e:
+    except OSError:
         if path.is_symlink():
             raise DlzooError(link_message(path)) from None
         raise

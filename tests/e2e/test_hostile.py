@@ -4,9 +4,7 @@ checks that nothing is written outside the run folder and that the user gets one
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
