@@ -130,3 +130,30 @@ def test_a_tune_folder_with_a_linked_lock_is_refused(tmp_path: Path) -> None:
     proc = dlzoo("tune", "search=smoke", "--trials", "1", "--out", str(tmp_path / "search"), cwd=tmp_path)
     assert proc.returncode == 2 and "is a link" in proc.stderr and "Traceback" not in proc.stderr
     assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.stack=2"]])
+def test_non_finite_values_at_a_histogram_step_are_the_divergence_error(
+    extra: list[str], toy_root: Path, tmp_path: Path
+) -> None:
+    from dlzoo.errors import DlzooError
+
+    cfg = compose_and_validate([*TINY, f"data.root={toy_root}", "model.init=constant", "model.init_args.value=nan",
+                                "trainer.histogram_every_n_steps=1", *extra])  # fmt: skip
+    with pytest.raises(DlzooError, match="diverged"):
+        run(cfg, tmp_path / "run")
+
+
+def test_a_histogram_of_a_diverging_layer_keeps_its_finite_values(tmp_path: Path) -> None:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dlzoo.engine.tracking import RunTracker
+
+    nan, inf = float("nan"), float("inf")
+    with RunTracker(tmp_path, 1, progress=False) as tracker:
+        tracker.log_histograms(1, {"all_bad": torch.tensor([nan, inf, -inf]), "some": torch.tensor([1.0, nan, 2.0])})
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    (tag,) = events.Tags()["histograms"]
+    assert "some" in tag and events.Histograms(tag)[0].histogram_value.num == 2
