@@ -284,16 +284,20 @@ def metadata(seed: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    """The commit of the dlzoo checkout this code runs from (with -dirty), or None for an installed wheel."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
+def git_commit(package: Path = Path(__file__).resolve().parents[1]) -> str | None:
+    """The commit of the git checkout the dlzoo `package` folder is tracked in (with -dirty), or None for an
+    installed wheel: an untracked copy (site-packages inside some repository's virtualenv) has no commit of its own.
+    """
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=5)
+
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha + ("-dirty" if dirty else "")
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")

@@ -157,3 +157,33 @@ def test_a_histogram_of_a_diverging_layer_keeps_its_finite_values(tmp_path: Path
     events.Reload()
     (tag,) = events.Tags()["histograms"]
     assert "some" in tag and events.Histograms(tag)[0].histogram_value.num == 2
+
+
+def test_git_commit_is_the_commit_of_the_repository_holding_the_package(tmp_path: Path) -> None:
+    import subprocess
+
+    from dlzoo.engine.folders import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path / "repo"), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    package = tmp_path / "repo" / "src" / "dlzoo"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert git_commit(package) == git("rev-parse", "HEAD")
+    (package / "__init__.py").write_text("changed = 1\n")
+    assert git_commit(package) == git("rev-parse", "HEAD") + "-dirty"
+    venv_copy = tmp_path / "repo" / ".venv" / "site-packages" / "dlzoo"  # installed inside some checkout
+    venv_copy.mkdir(parents=True)
+    (venv_copy / "__init__.py").write_text("")
+    assert git_commit(venv_copy) is None and git_commit(tmp_path / "nowhere") is None
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists():  # this checkout itself records its commit (once null: .git was looked for in dlzoo/)
+        assert (git_commit() or "").startswith(subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                                                              capture_output=True, text=True).stdout.strip())  # fmt: skip
