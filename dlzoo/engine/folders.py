@@ -284,10 +284,14 @@ def metadata(seed: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def git_commit(package: Path = Path(__file__).resolve().parents[1]) -> str | None:
+PACKAGE = Path(__file__).resolve().parents[1]  # the dlzoo/ folder this code runs from
+
+
+def git_commit(package: Path = PACKAGE) -> str | None:
     """The commit of the git checkout the dlzoo `package` folder is tracked in (with -dirty), or None for an
     installed wheel: an untracked copy (site-packages inside some repository's virtualenv) has no commit of its own.
     """
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=5)
 

@@ -185,5 +185,5 @@ def test_git_commit_is_the_commit_of_the_repository_holding_the_package(tmp_path
     assert git_commit(venv_copy) is None and git_commit(tmp_path / "nowhere") is None
     repo = Path(__file__).resolve().parents[2]
     if (repo / ".git").exists():  # this checkout itself records its commit (once null: .git was looked for in dlzoo/)
-        assert (git_commit() or "").startswith(subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                                                              capture_output=True, text=True).stdout.strip())  # fmt: skip
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert (git_commit() or "").startswith(head.stdout.strip())
