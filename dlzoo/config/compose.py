@@ -23,9 +23,13 @@ SKIP_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", 
                  "--config-path", "-cp", "--resolve", "--package", "-p", "--shell-completion", "-sc")  # fmt: skip
 MAX_PRECHECKED_JOBS = 500
 # Launchers that come from an optional extra, and the import that proves the extra is installed.
+# dlzoo's own launcher configs and the plugins' own names (Hydra's docs use those).
 LAUNCHER_PLUGINS = {
     "parallel": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
     "slurm_example": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
 }
 
 
@@ -178,18 +182,27 @@ def _unknown_key(dotted: str) -> str:
 
 def launcher_problem(overrides: list[str]) -> str | None:
     """A launcher from an optional extra that is not installed, named before Hydra fails on it."""
-    import importlib.util
-
     for override in overrides:
         if override.split("=", 1)[0].lstrip("+") == "hydra/launcher":
             name = override.split("=", 1)[1]
             module, extra = LAUNCHER_PLUGINS.get(name, (None, None))
-            if module and importlib.util.find_spec(module) is None:
+            if module and not _importable(module):
                 return (
                     f"hydra/launcher={name} needs Hydra's launcher plugins, which are not installed. "
                     f"Fix: pip install 'dlzoo[{extra}]' (or drop hydra/launcher=... to run the jobs one by one)."
                 )
     return None
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported; find_spec raises, rather than answering None, when its parent package
+    (hydra_plugins, on a plain `pip install .`) is missing too."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def precheck(args: list[str]) -> str | None:

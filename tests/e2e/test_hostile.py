@@ -187,3 +187,17 @@ def test_git_commit_is_the_commit_of_the_repository_holding_the_package(tmp_path
     if (repo / ".git").exists():  # this checkout itself records its commit (once null: .git was looked for in dlzoo/)
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert (git_commit() or "").startswith(head.stdout.strip())
+
+
+@pytest.mark.parametrize("launcher", ["parallel", "joblib", "submitit_local", "slurm_example"])
+def test_a_sweep_on_a_plain_install_names_the_launchers_extra(launcher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dlzoo.cli import precheck
+
+    # As on `pip install .` without the extra: no hydra_plugins package at all, so importing under it fails.
+    for name in [m for m in sys.modules if m.startswith("hydra_plugins")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "hydra_plugins", None)
+    problem = precheck(["-m", f"hydra/launcher={launcher}", "model=softmax,mlp"])
+    assert problem is not None and "pip install 'dlzoo[launchers]'" in problem
