@@ -86,7 +86,7 @@ def print_final(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key not in ENVIRONMENT:
+        if key not in ENVIRONMENT and not isinstance(value, dict):  # a dict's details are said apart (a warning)
             table.add_row(key, format_value(key, value))
     console.print(table)
     shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}

@@ -201,3 +201,48 @@ def test_a_sweep_on_a_plain_install_names_the_launchers_extra(launcher: str, mon
     monkeypatch.setitem(sys.modules, "hydra_plugins", None)
     problem = precheck(["-m", f"hydra/launcher={launcher}", "model=softmax,mlp"])
     assert problem is not None and "pip install 'dlzoo[launchers]'" in problem
+
+
+def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
+    fmnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+
+    from dlzoo.engine import member
+
+    models: list[torch.nn.Module] = []
+    real_setup = member.setup_model
+
+    def keep(*args: object, **kwargs: object) -> object:
+        built = real_setup(*args, **kwargs)
+        models.append(built[0])
+        return built
+
+    def wreck(epoch: int, metrics: dict) -> None:
+        """What a climbing one-cycle rate did to the README's recipe: after epoch 1 the net answers one class."""
+        if epoch == 1:
+            out = [m for m in models[0].modules() if isinstance(m, torch.nn.Linear)][-1]
+            with torch.no_grad():
+                for p in models[0].parameters():
+                    p.zero_()
+                    p.requires_grad_(p is out.bias)
+                out.bias.copy_(torch.tensor([30.0] + [0.0] * 9))
+
+    monkeypatch.setattr(member, "setup_model", keep)
+    overrides = ["data=fashion_mnist", f"data.root={fmnist_root}", "data.train_subset=2000", "trainer.batch_size=50",
+                 "data.val_size=500", "data.test_subset=500", "trainer.threads=1", "trainer.epochs=3", "trainer.figures=false",
+                 "model=mlp_xavier", "model.hidden=[64]"]  # fmt: skip
+    metrics = run(compose_and_validate(overrides), tmp_path / "run", on_epoch_end=wreck)
+    err = " ".join(capsys.readouterr().err.split())
+    fell = json.loads((tmp_path / "run" / "metrics.json").read_text())["collapsed"]
+    assert fell == metrics["collapsed"] and fell["best_epoch"] == 1 and fell["best_val_acc"] > 0.6
+    assert fell["final_val_acc"] < 0.15 and fell["checkpoints"] == [str(tmp_path / "run/checkpoints/best-epoch001.pt")]
+    assert "Training collapsed" in err and "best-epoch001.pt" in err
+
+    healthy = [{"epoch": 1, "val/acc": 0.9}, {"epoch": 2, "val/acc": 0.95}]
+    assert member.collapse(healthy, 10) is None
+    assert member.collapse([{"epoch": 1, "val/acc": 0.3}, {"epoch": 2, "val/acc": 0.1}], 10) is None  # never far above
+    issue = [0.952, 0.95, 0.9, 0.2, 0.1135]  # the README recipe's curve in the issue
+    assert member.collapse([{"epoch": i + 1, "val/acc": a} for i, a in enumerate(issue)], 10)["best_epoch"] == 1
