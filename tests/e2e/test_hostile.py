@@ -232,8 +232,8 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
 
     monkeypatch.setattr(member, "setup_model", keep)
     overrides = ["data=fashion_mnist", f"data.root={fmnist_root}", "data.train_subset=2000", "trainer.batch_size=50",
-                 "data.val_size=500", "data.test_subset=500", "trainer.threads=1", "trainer.epochs=3", "trainer.figures=false",
-                 "model=mlp_xavier", "model.hidden=[64]"]  # fmt: skip
+                 "data.val_size=500", "data.test_subset=500", "trainer.threads=1", "trainer.epochs=3",
+                 "trainer.figures=false", "model=mlp_xavier", "model.hidden=[64]"]  # fmt: skip
     metrics = run(compose_and_validate(overrides), tmp_path / "run", on_epoch_end=wreck)
     err = " ".join(capsys.readouterr().err.split())
     fell = json.loads((tmp_path / "run" / "metrics.json").read_text())["collapsed"]
