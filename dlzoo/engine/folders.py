@@ -111,13 +111,21 @@ def in_use_message(folder: Path, holder: str) -> str:
     )
 
 
+_HELD: set[Path] = set()  # the folders this process holds the lock of: taking one again is a no-op
+
+
 @contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
-    process asking for it is refused at once, naming the holder."""
+    process asking for it is refused at once, naming the holder. Re-entrant within this process: `dlzoo train`
+    takes it before Hydra writes .hydra/, and the run inside takes it again."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
     path = folder / ".lock"
     with os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
         try:
@@ -129,9 +137,11 @@ def run_lock(folder: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             path.unlink(missing_ok=True)
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -144,7 +154,8 @@ def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
     if not folder.is_dir():
         return
     log = folder / "train.log"
-    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts]
+    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts
+             and p.name != ".lock"]  # fmt: skip
     if any(p != log for p in files) or (keep_log and log.is_file() and log.stat().st_size > 0):
         return
     shutil.rmtree(folder, ignore_errors=True)

@@ -246,3 +246,30 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
     assert member.collapse([{"epoch": 1, "val/acc": 0.3}, {"epoch": 2, "val/acc": 0.1}], 10) is None  # never far above
     issue = [0.952, 0.95, 0.9, 0.2, 0.1135]  # the README recipe's curve in the issue
     assert member.collapse([{"epoch": i + 1, "val/acc": a} for i, a in enumerate(issue)], 10)["best_epoch"] == 1
+
+
+def test_of_two_runs_started_at_once_into_one_folder_the_refused_one_changes_nothing(
+    toy_root: Path, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from tests.helpers import DLZOO
+
+    folder = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"COLUMNS": "200"}
+    procs = {seed: subprocess.Popen([*DLZOO, "train", *TINY, f"data.root={toy_root}", f"trainer.seed={seed}",
+                                     f"hydra.run.dir={folder}"], cwd=tmp_path, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+             for seed in (1, 2)}
+    outcome = {seed: (p.wait(timeout=300), p.communicate()[1]) for seed, p in procs.items()}
+    won = [seed for seed, (code, _) in outcome.items() if code == 0]
+    assert len(won) == 1, outcome
+    lost = ({1, 2} - set(won)).pop()
+    assert outcome[lost][0] == 2 and "in use by another dlzoo process" in outcome[lost][1]
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")  # the config of the run whose results are there
+    assert saved.trainer.seed == won[0] == json.loads((folder / "metrics.json").read_text())["seed"]
+    assert f"trainer.seed={won[0]}" in (folder / ".hydra" / "overrides.yaml").read_text()
