@@ -261,10 +261,13 @@ def test_of_two_runs_started_at_once_into_one_folder_the_refused_one_changes_not
 
     folder = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"COLUMNS": "200"}
-    procs = {seed: subprocess.Popen([*DLZOO, "train", *TINY, f"data.root={toy_root}", f"trainer.seed={seed}",
-                                     f"hydra.run.dir={folder}"], cwd=tmp_path, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-             for seed in (1, 2)}
+
+    def start(seed: int) -> subprocess.Popen[str]:
+        args = ["train", *TINY, f"data.root={toy_root}", f"trainer.seed={seed}", f"hydra.run.dir={folder}"]
+        return subprocess.Popen([*DLZOO, *args], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)  # fmt: skip
+
+    procs = {seed: start(seed) for seed in (1, 2)}
     outcome = {seed: (p.wait(timeout=300), p.communicate()[1]) for seed, p in procs.items()}
     won = [seed for seed, (code, _) in outcome.items() if code == 0]
     assert len(won) == 1, outcome
