@@ -4,6 +4,7 @@ one atomic write every file dlzoo saves goes through, and the guards that keep w
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +77,25 @@ def refuse_links(folder: Path) -> None:
         for name in [*dirs, *files]:
             if os.path.islink(os.path.join(root, name)):
                 raise DlzooError(link_message(Path(root, name)))
+
+
+# `${name:...}`: a resolver call (oc.env reads the environment), as opposed to a plain `${key}` reference.
+_RESOLVER = re.compile(r"(\\*)\$\{(\s*[\w.]+\s*:)")
+
+
+def _escape(match: re.Match[str]) -> str:
+    slashes = match.group(1)  # an even count escapes only backslashes: the call would still run
+    return slashes + ("" if len(slashes) % 2 else "\\") + "${" + match.group(2)
+
+
+def inert(value: object) -> object:
+    """`value` (a config from a file dlzoo did not just compose: a checkpoint, a run's .hydra/, a trial) with every
+    resolver call escaped, so `${oc.env:SECRET}` stays that text and never becomes the secret in a message, a
+    report or a dashboard. Plain `${key}` references still resolve within the config."""
+    if isinstance(value, str):
+        return _RESOLVER.sub(_escape, value)
+    if isinstance(value, dict):
+        return {k: inert(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [inert(v) for v in value]
+    return value

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo import __version__
 from dlzoo.errors import DlzooError
-from dlzoo.paths import atomic_write, open_nofollow, refuse_links
+from dlzoo.paths import atomic_write, inert, open_nofollow, refuse_links
 
 # What must match for trainer.resume=auto to pick a run: the experiment itself, not how it is being run.
 IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
@@ -74,8 +74,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
             "(checkpoints/best-*.pt, or an earlier run)."
         ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    state["config"] = inert(state["config"])  # a shared file's ${oc.env:...} never reads this machine's secrets
     return state
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.engine.checkpoint import signed
 from dlzoo.errors import DlzooError
+from dlzoo.paths import inert
 
 METRICS = ("val_acc", "test_acc", "test_loss")  # always tabulated; --metric adds its own column
 # Overrides that say where or how a run ran, not what it trained: runs differing only in these share a row.
@@ -95,9 +96,11 @@ def find_runs(root: Path) -> list[Run]:
 
 def load_run(folder: Path) -> Run:
     hydra_dir = folder / ".hydra"
-    config = OmegaConf.load(hydra_dir / "config.yaml")
+    # inert: a folder from elsewhere may hold ${oc.env:...}, which must not put this machine's secrets in a report
+    config = OmegaConf.create(inert(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"))))
     overrides_file, hydra_file = hydra_dir / "overrides.yaml", hydra_dir / "hydra.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    saved = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    overrides = [str(o) for o in inert(saved)]  # type: ignore[union-attr]
     choices: dict[str, Any] = {}
     if hydra_file.is_file():
         found = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None)

@@ -4,7 +4,9 @@ checks that nothing is written outside the run folder and that the user gets one
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,35 @@ def test_of_two_runs_started_at_once_into_one_folder_the_refused_one_changes_not
     saved = OmegaConf.load(folder / ".hydra" / "config.yaml")  # the config of the run whose results are there
     assert saved.trainer.seed == won[0] == json.loads((folder / "metrics.json").read_text())["seed"]
     assert f"trainer.seed={won[0]}" in (folder / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_shared_checkpoint_or_run_folder_never_resolves_environment_secrets(
+    tiny_run: Path, toy_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from tests.helpers import DLZOO
+
+    monkeypatch.setenv("DLZOO_SECRET", "hunter2")
+    state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=False)
+    state["config"]["model"]["activation"] = "${oc.env:DLZOO_SECRET}"
+    state["config"]["optim"]["name"] = "\\\\${oc.env:DLZOO_SECRET}"  # an escaped backslash, then the call
+    shared = tmp_path / "shared.pt"
+    torch.save(state, shared)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    args = ["eval", f"ckpt={shared}", f"data.root={toy_root}"]  # every loader goes through load_checkpoint
+    proc = subprocess.run([*DLZOO, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "hunter2" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "oc.env:DLZOO_SECRET" in proc.stderr, proc.stderr
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_run, sweep / "0")
+    (sweep / "0" / ".hydra").mkdir()
+    config = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=False)["config"]
+    config["model"]["activation"] = "${oc.env:DLZOO_SECRET}"
+    (sweep / "0" / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text("- model.activation=${oc.env:DLZOO_SECRET}\n")
+    proc = subprocess.run([*DLZOO, "report", str(sweep)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    written = "".join(p.read_text(errors="replace") for p in sweep.glob("report*") if p.is_file())
+    assert "hunter2" not in proc.stdout + proc.stderr + written and "Traceback" not in proc.stderr, proc.stderr
