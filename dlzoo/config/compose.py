@@ -205,15 +205,58 @@ def _importable(module: str) -> bool:
         return False
 
 
+def code_in_configs(config_dirs: list[str]) -> str | None:
+    """A user config (a --config-dir, a tune folder's best.yaml) that would make Hydra run code: a `_target_`
+    import path anywhere, or `hydra.callbacks`. dlzoo's configs name registry entries, never code."""
+    import yaml
+
+    for root in config_dirs:
+        for path in sorted(Path(root).rglob("*.yaml"))[:1000] if Path(root).is_dir() else []:
+            try:
+                data = yaml.safe_load(path.read_text(errors="replace"))
+            except (yaml.YAMLError, OSError, RecursionError):
+                continue  # Hydra reports a broken file itself when it is used
+            hydra = data.get("hydra") if isinstance(data, dict) else None
+            found = "hydra.callbacks" if isinstance(hydra, dict) and "callbacks" in hydra else _target_key(data)
+            if found:
+                return (
+                    f"{path} sets {found}, which makes Hydra import and run code when the config loads; dlzoo "
+                    "configs name registry entries (`dlzoo ls`), never import paths. Fix: remove it from the file "
+                    "(a tune folder's best.yaml holds only dlzoo's own keys)."
+                )
+    return None
+
+
+def _target_key(node: object, where: str = "", depth: int = 0) -> str | None:
+    if depth > 50:
+        return None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            dotted = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                return dotted
+            if found := _target_key(value, dotted, depth + 1):
+                return found
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            if found := _target_key(value, f"{where}[{i}]", depth + 1):
+                return found
+    return None
+
+
 def precheck(args: list[str]) -> str | None:
     """Validate every job a `dlzoo train` command will run before Hydra starts (and makes folders): a typo in
     job 7 of a sweep fails at once, and no run ever starts with an invalid config."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parsed_args = split_args(args)
+    searched = [o.split("file://", 1)[1].rstrip("]") for o in parsed_args.overrides
+                if o.startswith("hydra.searchpath=") and "file://" in o]  # fmt: skip
+    if problem := code_in_configs([*parsed_args.config_dirs, *searched]):  # whatever the flags: Hydra loads them
+        return problem
     if any(a.split("=")[0] in SKIP_PRECHECK for a in args):
         return None
-    parsed_args = split_args(args)
     if problem := launcher_problem(parsed_args.overrides):
         return problem
     overrides = [a for a in parsed_args.overrides

@@ -310,3 +310,25 @@ def test_a_shared_checkpoint_or_run_folder_never_resolves_environment_secrets(
     proc = subprocess.run([*DLZOO, "report", str(sweep)], cwd=tmp_path, env=env, capture_output=True, text=True)
     written = "".join(p.read_text(errors="replace") for p in sweep.glob("report*") if p.is_file())
     assert "hunter2" not in proc.stdout + proc.stderr + written and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("payload", [
+    "hydra:\n  callbacks:\n    wipe:\n      _target_: builtins.open\n      file: {victim}\n      mode: w\n",
+    "model:\n  activation:\n    _target_: builtins.open\n    file: {victim}\n    mode: w\n",
+])  # fmt: skip
+def test_a_config_that_would_run_code_is_refused_before_hydra_loads_it(payload: str, tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    out = tmp_path / "tune"
+    out.mkdir()
+    (out / "best.yaml").write_text("defaults:\n  - train\n  - _self_\n" + payload.format(victim=victim))
+    proc = dlzoo("train", "--config-dir", str(out), "--config-name", "best", "debug=fast", cwd=tmp_path)
+    assert proc.returncode == 2 and "never import paths" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_best_yaml_holds_only_dlzoos_own_keys() -> None:
+    from dlzoo.sweeps.tune_report import own_keys
+
+    trial = {"model": {"hidden": [8]}, "optim": {"lr": 0.1}, "search": {"n_trials": 2},
+             "hydra": {"callbacks": {"x": {"_target_": "builtins.open"}}}, "extra": 1}  # fmt: skip
+    assert own_keys(trial) == {"model": {"hidden": [8]}, "optim": {"lr": 0.1}}
