@@ -332,3 +332,57 @@ def test_best_yaml_holds_only_dlzoos_own_keys() -> None:
     trial = {"model": {"hidden": [8]}, "optim": {"lr": 0.1}, "search": {"n_trials": 2},
              "hydra": {"callbacks": {"x": {"_target_": "builtins.open"}}}, "extra": 1}  # fmt: skip
     assert own_keys(trial) == {"model": {"hidden": [8]}, "optim": {"lr": 0.1}}
+
+
+DAMAGE = {
+    "yaml": (".hydra/config.yaml", b"model: [unclosed\n"),
+    "yaml_list": (".hydra/config.yaml", b"- 1\n- 2\n"),
+    "yaml_bytes": (".hydra/config.yaml", b"\xff\xfe\x00bad"),
+    "overrides": (".hydra/overrides.yaml", b"{[\n"),
+    "json_bytes": ("metrics.json", b"\xff\xfe{}"),
+    "json_list": ("metrics.json", b"[1, 2]"),
+    "json_truncated": ("metrics.json", b'{\n  "train_loss": 0.5,\n  "test'),
+    "json_partial": ("metrics.json", b'{"train_loss": 0.5}'),
+    "stack_string": ("metrics.json", b'{"test_acc": 0.5, "stack": "3"}'),
+}
+
+
+def _sweep_of(tiny_run: Path, root: Path, names: list[str]) -> None:
+    """A sweep folder: two healthy seeds of one config (seed 2's test_acc NaN: a diverged seed), then a run per
+    kind of damage, each made from the healthy run's real files."""
+    import json
+
+    import torch
+    from omegaconf import OmegaConf
+
+    config = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=False)["config"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for i, name in enumerate(["healthy1", "healthy2", *names]):
+        folder = root / f"{i}_{name}"
+        (folder / ".hydra").mkdir(parents=True)
+        config["trainer"]["seed"] = i + 1
+        (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model=mlp\n- trainer.seed={i + 1}\n")
+        (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      model: mlp\n")
+        nan = float("nan") if name == "healthy2" else metrics["test_acc"]
+        (folder / "metrics.json").write_text(json.dumps(metrics | {"test_acc": nan}))
+        if name in DAMAGE:
+            where, data = DAMAGE[name]
+            (folder / where).parent.mkdir(parents=True, exist_ok=True)
+            (folder / where).write_bytes(data)
+
+
+def test_report_lists_every_damaged_run_as_damaged_and_never_counts_it(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dlzoo.cli import main
+
+    root = tmp_path / "sweep"
+    _sweep_of(tiny_run, root, list(DAMAGE))
+    assert main(["report", str(root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"failed or unfinished runs ({len(DAMAGE)})" in out
+    for i, name in enumerate(DAMAGE):
+        assert f"{i + 2}_{name}" in out, name  # listed with its folder
+    assert "│ 2 │ 1, 2 │" in out  # n counts the two healthy seeds only, the NaN one among them
+    assert "damaged" in (root / "report.md").read_text()
