@@ -84,6 +84,8 @@ def compose_config(overrides: list[str], config_dirs: list[str] | None = None) -
     for override in overrides:
         if problem := _appended_unknown_key(override, config_dirs):
             raise DlzooError(problem)
+    if problem := code_in_configs(config_dirs or []):  # before Hydra reads them (an alias cycle never returns)
+        raise DlzooError(problem)
     if config_dirs:
         paths = ",".join(f"file://{Path(d).absolute()}" for d in config_dirs)
         overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
@@ -219,6 +221,8 @@ def code_in_configs(config_dirs: list[str]) -> str | None:
             hydra = data.get("hydra") if isinstance(data, dict) else None
             found = "hydra.callbacks" if isinstance(hydra, dict) and "callbacks" in hydra else _target_key(data)
             if found:
+                if not found.endswith("_target_") and found != "hydra.callbacks":
+                    return f"{path} holds {found}, which no config can be read from. Fix: write it out plainly."
                 return (
                     f"{path} sets {found}, which makes Hydra import and run code when the config loads; dlzoo "
                     "configs name registry entries (`dlzoo ls`), never import paths. Fix: remove it from the file "
@@ -227,19 +231,24 @@ def code_in_configs(config_dirs: list[str]) -> str | None:
     return None
 
 
-def _target_key(node: object, where: str = "", depth: int = 0) -> str | None:
-    if depth > 50:
-        return None
+def _target_key(node: object, where: str = "", ancestors: tuple[int, ...] = ()) -> str | None:
+    """The first `_target_` key under `node`, or an alias that holds itself (a YAML `&a [*a]`), which
+    OmegaConf would recurse into until the stack ends."""
+    if isinstance(node, dict | list) and id(node) in ancestors:
+        return f"a YAML alias that contains itself (at {where or 'the top'})"
+    if len(ancestors) > 100:
+        return f"nesting deeper than 100 levels (at {where})"
+    inner = (*ancestors, id(node))
     if isinstance(node, dict):
         for key, value in node.items():
             dotted = f"{where}.{key}" if where else str(key)
             if key == "_target_":
                 return dotted
-            if found := _target_key(value, dotted, depth + 1):
+            if found := _target_key(value, dotted, inner):
                 return found
     if isinstance(node, list):
         for i, value in enumerate(node):
-            if found := _target_key(value, f"{where}[{i}]", depth + 1):
+            if found := _target_key(value, f"{where}[{i}]", inner):
                 return found
     return None
 

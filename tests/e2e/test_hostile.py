@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.engine.run import run
@@ -405,3 +407,111 @@ def test_the_readme_selu_recipe_trains_without_collapsing(mnist_root: Path, tmp_
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "collapsed" not in metrics and metrics["test_acc"] > 0.98 and metrics["test_mc_acc"] > 0.98
+
+
+# The fuzz: hostile input at every front door, in-process through the CLI's own error boundary (dlzoo.cli.main),
+# so anything but exit 0 or 2 (a traceback) fails the example. Each checks that nothing was written beside the
+# folder it works in. A bounded budget: a few seconds each.
+FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import make_idx_folder
+
+    root = tmp_path_factory.mktemp("fuzz")
+    toy = make_idx_folder(root / "toy", n_train=300, n_test=100)
+    folder = root / "made"
+    run(compose_and_validate([*TINY, f"data.root={toy}", "data.val_size=100"]), folder)
+    return folder
+
+
+def _cli(args: list[str]) -> int:
+    from dlzoo.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as e:  # argparse's usage errors
+        return int(e.code or 0)
+
+
+@FUZZ
+@given(npy=st.one_of(st.binary(max_size=300),
+                     st.tuples(st.lists(st.integers(0, 40), max_size=4), st.sampled_from(["u1", "f4", "f8", "i8"]))),
+       suffix=st.sampled_from([".npy", ".png"]))  # fmt: skip
+def test_fuzz_predict_inputs(fuzz_run: Path, npy: bytes | tuple[list[int], str], suffix: str) -> None:
+    import io
+
+    import numpy as np
+
+    folder = fuzz_run.parent / "inputs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"x{suffix}"
+    if isinstance(npy, bytes):
+        path.write_bytes(npy)
+    else:
+        shape, dtype = npy
+        buffer = io.BytesIO()
+        np.save(buffer, np.full(shape, 3, dtype=dtype))
+        path.write_bytes(buffer.getvalue())
+    before = listing(fuzz_run.parent)
+    code = _cli(["predict", f"ckpt={fuzz_run}", f"input={path}", "format=json"])
+    assert code in (0, 2) and listing(fuzz_run.parent) == before
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_damaged_run_folders_for_report_eval_and_resume(fuzz_run: Path, data: st.DataObject) -> None:
+    root = fuzz_run.parent / "sweeps" / str(len(list((fuzz_run.parent / "sweeps").glob("*"))) if (
+        fuzz_run.parent / "sweeps").is_dir() else 0)  # fmt: skip
+    names = data.draw(st.lists(st.sampled_from(sorted(DAMAGE)), max_size=3, unique=True))
+    _sweep_of(fuzz_run, root, names)
+    victim = root / f"2_{names[0]}" if names else root / "0_healthy1"
+    where = data.draw(st.sampled_from(["metrics.json", "checkpoints/last.pt", ".hydra/config.yaml", "train.log"]))
+    raw = data.draw(st.binary(max_size=200))
+    (victim / where).parent.mkdir(parents=True, exist_ok=True)
+    if where == "checkpoints/last.pt":
+        real = (fuzz_run / where).read_bytes()
+        raw = real[: data.draw(st.integers(0, len(real)))] + raw  # truncated, then garbage
+    (victim / where).write_bytes(raw)
+    before = {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")}
+    assert _cli(["report", str(root)]) in (0, 2)
+    assert _cli(["eval", f"ckpt={victim}"]) in (0, 2)
+    assert {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")} == before
+
+
+BLOCK = st.fixed_dictionaries(
+    {"type": st.sampled_from(["linear", "conv", "act", "maxpool", "flatten", "dropout", "batchnorm", "nope"])},
+    optional={"out": st.one_of(st.integers(-2, 64), st.just(10**9), st.text(max_size=3)),
+              "kernel": st.integers(-1, 40), "p": st.floats(-1, 2)},
+)  # fmt: skip
+
+
+@FUZZ
+@given(blocks=st.one_of(st.lists(BLOCK, max_size=5), st.text(max_size=30)), extra=st.sampled_from(["", "&a [*a]"]))
+def test_fuzz_lego_yaml(blocks: object, extra: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import yaml
+
+    folder = tmp_path_factory.mktemp("lego")
+    (folder / "model").mkdir()
+    text = yaml.safe_dump({"arch": "sequential", "blocks": blocks}) + (f"x: {extra}\n" if extra else "")
+    (folder / "model" / "mine.yaml").write_text(text)
+    before = listing(folder.parent)
+    assert _cli(["validate", "--config-dir", str(folder), "model=mine"]) in (0, 2)
+    assert listing(folder.parent) == before
+
+
+@FUZZ
+@given(pairs=st.lists(st.tuples(st.sampled_from(["hydra.run.dir", "trainer.resume", "data.root", "model.hidden",
+                                                "trainer.stack", "model.act_args.maxout_k", "launcher"]),
+                                st.sampled_from(["/proc/x", "/sys/y", "a" * 300, "${oc.env:UNSET}", "ü/ß",
+                                                 "[100000000]", "100000", "-1", "auto", "nope"])),
+                      min_size=1, max_size=3))  # fmt: skip
+def test_fuzz_train_overrides_fail_cleanly_before_training(pairs: list[tuple[str, str]], tmp_path_factory) -> None:
+    from dlzoo.config.compose import precheck
+
+    folder = tmp_path_factory.mktemp("cwd")
+    args = [f"hydra/launcher={v}" if k == "launcher" else f"{k}={v}" for k, v in pairs]
+    problem = precheck(args)  # what `dlzoo train` runs before Hydra: a config no run can take stops here
+    assert problem is None or ("Traceback" not in problem and problem.strip())
+    assert listing(folder) == {}
