@@ -71,12 +71,12 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
         return fresh
     files = [file] if file is not None else [resumable_file(member_folder(folder, i, size)) for i in range(size)]
     moving = value != "auto" and folder != out_dir and _folder_chosen()
-    # Every checkpoint is checked against the config before anything is written (a log, a copy).
-    members = [_member(member_folder(folder, i, size), f, cfg, i, size) for i, f in enumerate(files)]
     if not moving:
         redirect_file_logs(folder / "train.log")  # the run continues in its own folder, and so does its log
+    members = [_member(member_folder(folder, i, size), f, cfg, i, size) for i, f in enumerate(files)]
+    if not moving:
         return Plan(folder, members)
-    _copy_run(folder, out_dir)
+    _copy_run(folder, out_dir)  # only once every checkpoint was found to fit the config
     say(f"copied {folder} into {out_dir} (hydra.run.dir); the run continues there")
     return Plan(out_dir, members)
 
