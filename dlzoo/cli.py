@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 from dlzoo.config.compose import compose_and_validate, config_groups, precheck, split_args
 from dlzoo.engine.folders import output_problem
@@ -53,13 +55,30 @@ def _train(rest: list[str]) -> int:
 
     sys.argv = ["dlzoo train", *rest, *extra]
     if not _parallel_sweep(rest):
-        train.main()
+        with _named_run_lock(rest, devices):
+            train.main()
         return 0
     with parallel_sweep_stop() as stop:
         train.main()
     if stop.signum is not None:
         raise Interrupted(None, stop.signum, "Resume the sweep with the command its jobs printed above.")
     return 0
+
+
+def _named_run_lock(args: list[str], devices: int) -> AbstractContextManager[None]:
+    """The lock of a single run's named folder (hydra.run.dir=...), taken before Hydra writes its .hydra/ there:
+    of two runs started at once into one folder, the refused one changes nothing in it."""
+    from contextlib import nullcontext
+
+    from dlzoo.config.compose import SKIP_PRECHECK
+    from dlzoo.engine import distributed
+    from dlzoo.engine.folders import run_lock
+
+    named = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
+    no_run = any(a in ("-m", "--multirun") or a.split("=")[0] in SKIP_PRECHECK for a in args)
+    if no_run or devices > 1 or distributed.launched() or not named or "$" in named[-1]:
+        return nullcontext()
+    return run_lock(Path(named[-1]).expanduser())
 
 
 def _parallel_sweep(args: list[str]) -> bool:

@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dlzoo.errors import DlzooError
+from dlzoo.paths import link_message, refuse_links
+
 log = logging.getLogger("dlzoo")
 # markup=False: what dlzoo prints quotes paths, overrides and error text, whose brackets rich would read as tags.
 console = Console(markup=False)
@@ -41,11 +44,22 @@ def say(line: str) -> None:
 def redirect_file_logs(path: Path) -> None:
     """Send the run's file log (Hydra's train.log handler) to `path`, appending: a resumed run keeps one log in
     the folder it continues, not a second one in the folder Hydra made for this invocation."""
+    refuse_links(path.parent)  # the run continues there: a planted link is refused before a line is logged
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) != path.absolute():
             handler.close()
             handler.baseFilename, handler.mode = str(path.absolute()), "a"
             handler.stream = handler._open()
+
+
+def refuse_linked_logs() -> None:
+    """Hydra opened the run's train.log before dlzoo's code runs: if that name is a planted link, the handler is
+    closed before a line goes through it, and the run is refused."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_symlink():
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+            raise DlzooError(link_message(Path(handler.baseFilename)))
 
 
 # Facts about where a run ran, not results: printed on one line under the results table.
@@ -72,7 +86,7 @@ def print_final(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key not in ENVIRONMENT:
+        if key not in ENVIRONMENT and not isinstance(value, dict):  # a dict's details are said apart (a warning)
             table.add_row(key, format_value(key, value))
     console.print(table)
     shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from dlzoo.config import launch
 from dlzoo.config.validate import register_configs
-from dlzoo.console import console
+from dlzoo.console import console, refuse_linked_logs
 from dlzoo.engine import distributed
 from dlzoo.engine.folders import remove_if_empty
 from dlzoo.engine.run import run
@@ -65,6 +65,7 @@ def _main(cfg: DictConfig, hydra_dir: Path, sweep_dir: Path | None) -> float:
         console.print(f"not started: the sweep was stopped ({hydra_dir.name})")
         return math.nan
     try:
+        refuse_linked_logs()
         # Under DDP a stop must reach every rank at the same step; torchrun's own signal handling ends them all.
         with nullcontext() if distributed.launched() else stop_on_signals() as stop:
             return run(cfg, hydra_dir, stop)["test_acc"]

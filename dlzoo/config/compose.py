@@ -23,9 +23,13 @@ SKIP_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", 
                  "--config-path", "-cp", "--resolve", "--package", "-p", "--shell-completion", "-sc")  # fmt: skip
 MAX_PRECHECKED_JOBS = 500
 # Launchers that come from an optional extra, and the import that proves the extra is installed.
+# dlzoo's own launcher configs and the plugins' own names (Hydra's docs use those).
 LAUNCHER_PLUGINS = {
     "parallel": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
     "slurm_example": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
 }
 
 
@@ -80,6 +84,8 @@ def compose_config(overrides: list[str], config_dirs: list[str] | None = None) -
     for override in overrides:
         if problem := _appended_unknown_key(override, config_dirs):
             raise DlzooError(problem)
+    if problem := code_in_configs(config_dirs or []):  # before Hydra reads them (an alias cycle never returns)
+        raise DlzooError(problem)
     if config_dirs:
         paths = ",".join(f"file://{Path(d).absolute()}" for d in config_dirs)
         overrides = [*overrides, f"hydra.searchpath=[{paths}]"]
@@ -178,17 +184,72 @@ def _unknown_key(dotted: str) -> str:
 
 def launcher_problem(overrides: list[str]) -> str | None:
     """A launcher from an optional extra that is not installed, named before Hydra fails on it."""
-    import importlib.util
-
     for override in overrides:
         if override.split("=", 1)[0].lstrip("+") == "hydra/launcher":
             name = override.split("=", 1)[1]
             module, extra = LAUNCHER_PLUGINS.get(name, (None, None))
-            if module and importlib.util.find_spec(module) is None:
+            if module and not _importable(module):
                 return (
                     f"hydra/launcher={name} needs Hydra's launcher plugins, which are not installed. "
                     f"Fix: pip install 'dlzoo[{extra}]' (or drop hydra/launcher=... to run the jobs one by one)."
                 )
+    return None
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported; find_spec raises, rather than answering None, when its parent package
+    (hydra_plugins, on a plain `pip install .`) is missing too."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def code_in_configs(config_dirs: list[str]) -> str | None:
+    """A user config (a --config-dir, a tune folder's best.yaml) that would make Hydra run code: a `_target_`
+    import path anywhere, or `hydra.callbacks`. dlzoo's configs name registry entries, never code."""
+    import yaml
+
+    for root in config_dirs:
+        for path in sorted(Path(root).rglob("*.yaml"))[:1000] if Path(root).is_dir() else []:
+            try:
+                data = yaml.safe_load(path.read_text(errors="replace"))
+            except (yaml.YAMLError, OSError, RecursionError):
+                continue  # Hydra reports a broken file itself when it is used
+            hydra = data.get("hydra") if isinstance(data, dict) else None
+            found = "hydra.callbacks" if isinstance(hydra, dict) and "callbacks" in hydra else _target_key(data)
+            if found:
+                if not found.endswith("_target_") and found != "hydra.callbacks":
+                    return f"{path} holds {found}, which no config can be read from. Fix: write it out plainly."
+                return (
+                    f"{path} sets {found}, which makes Hydra import and run code when the config loads; dlzoo "
+                    "configs name registry entries (`dlzoo ls`), never import paths. Fix: remove it from the file "
+                    "(a tune folder's best.yaml holds only dlzoo's own keys)."
+                )
+    return None
+
+
+def _target_key(node: object, where: str = "", ancestors: tuple[int, ...] = ()) -> str | None:
+    """The first `_target_` key under `node`, or an alias that holds itself (a YAML `&a [*a]`), which
+    OmegaConf would recurse into until the stack ends."""
+    if isinstance(node, dict | list) and id(node) in ancestors:
+        return f"a YAML alias that contains itself (at {where or 'the top'})"
+    if len(ancestors) > 100:
+        return f"nesting deeper than 100 levels (at {where})"
+    inner = (*ancestors, id(node))
+    if isinstance(node, dict):
+        for key, value in node.items():
+            dotted = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                return dotted
+            if found := _target_key(value, dotted, inner):
+                return found
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            if found := _target_key(value, f"{where}[{i}]", inner):
+                return found
     return None
 
 
@@ -198,9 +259,13 @@ def precheck(args: list[str]) -> str | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parsed_args = split_args(args)
+    searched = [o.split("file://", 1)[1].rstrip("]") for o in parsed_args.overrides
+                if o.startswith("hydra.searchpath=") and "file://" in o]  # fmt: skip
+    if problem := code_in_configs([*parsed_args.config_dirs, *searched]):  # whatever the flags: Hydra loads them
+        return problem
     if any(a.split("=")[0] in SKIP_PRECHECK for a in args):
         return None
-    parsed_args = split_args(args)
     if problem := launcher_problem(parsed_args.overrides):
         return problem
     overrides = [a for a in parsed_args.overrides

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from typing import Any
 
@@ -87,6 +89,9 @@ def validate(cfg: DictConfig) -> None:
     problems += stack_problems(cfg) if not problems else []
     problems += _head_problems(cfg) if not problems else []
     problems += pretrain_problems(cfg)
+    if not problems and (big := _too_big(cfg.model, math.prod(DATASETS.get(cfg.data.name).shape),
+                                         num_classes(cfg.data))):  # fmt: skip
+        problems.append(big)
     if not problems and cfg.model.arch != "mlp":
         problems += _dry_build(cfg)
     if problems:
@@ -208,6 +213,27 @@ def _dry_build(cfg: DictConfig) -> list[str]:
     except DlzooError as e:
         return [str(e)]
     return []
+
+
+MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights, before gradients and optimizer state: no lesson comes near
+MAX_WIDTH = 1_000_000  # units or channels of one layer
+
+
+def _too_big(m: DictConfig, inputs: int, classes: int) -> str | None:
+    """A model too big to allocate, said before its weights would be (an MLP counted exactly, a block list by
+    its widths), rather than a process that swaps or is killed."""
+    if m.arch == "mlp" and all(isinstance(h, int) for h in m.hidden):
+        widths = [inputs, *m.hidden, classes]
+        pieces = m.act_args.maxout_k if m.activation == "maxout" and isinstance(m.act_args.maxout_k, int) else 1
+        params = sum(a * b for a, b in itertools.pairwise(widths)) * max(pieces, 1)
+        if params > MAX_PARAMS:
+            return (f"model.hidden={list(m.hidden)} (activation {m.activation}) makes {params:,} weights, more than "
+                    f"{MAX_PARAMS:,} ({MAX_PARAMS * 4 / 1e9:.0f} GB as float32). Fix: narrower layers.")  # fmt: skip
+    sizes = [b.get(k) for b in (m.get("blocks") or []) if isinstance(b, DictConfig) for k in ("out", "kernel")]
+    if any(isinstance(v, int) and v > MAX_WIDTH for v in sizes):
+        return f"model.blocks: a layer of {max(v for v in sizes if isinstance(v, int)):,} units or channels (the " \
+               f"limit is {MAX_WIDTH:,}). Fix: a smaller `out` or `kernel`."  # fmt: skip
+    return None
 
 
 def _interpolation_problems(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:

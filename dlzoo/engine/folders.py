@@ -3,6 +3,7 @@ metadata that makes a run reproducible (seed, versions, device, git commit)."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import platform
 import subprocess
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo import __version__
 from dlzoo.errors import DlzooError
-from dlzoo.paths import atomic_write
+from dlzoo.paths import atomic_write, inert, open_nofollow, refuse_links
 
 # What must match for trainer.resume=auto to pick a run: the experiment itself, not how it is being run.
 IDENTITY_KEYS = ("data", "model", "optim", "sched", "reg", "trainer.epochs", "trainer.batch_size", "trainer.seed")
@@ -42,6 +43,17 @@ def resumable_file(folder: Path, inside: str = "checkpoints") -> Path | None:
     return None
 
 
+def run_of(file: Path) -> Path | None:
+    """The run folder holding checkpoint `file` (<run>/checkpoints/last.pt or pretrain.pt, in a folder dlzoo made:
+    its .hydra/ or TensorBoard events are there), or None for a loose file, whose folder is nobody's run."""
+    run = file.parent.parent
+    if file.parent.name != "checkpoints" or file.name not in ("last.pt", PRETRAIN_FILE):
+        return None
+    if (run / ".hydra").is_dir() or any(run.glob("events.out.tfevents.*")):
+        return run
+    return None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load with a clear error for a missing, truncated or foreign file."""
     if not path.is_file():
@@ -62,8 +74,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
             "(checkpoints/best-*.pt, or an earlier run)."
         ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    state["config"] = inert(state["config"])  # a shared file's ${oc.env:...} never reads this machine's secrets
     return state
 
 
@@ -81,9 +94,9 @@ def lock_holder(folder: Path) -> str | None:
     import fcntl
 
     path = folder / ".lock"
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return None
-    with path.open("r") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDONLY), "r") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,6 +112,9 @@ def in_use_message(folder: Path, holder: str) -> str:
     )
 
 
+_HELD: set[Path] = set()  # the folders this process holds the lock of: taking one again is a no-op
+
+
 def output_problem(args: list[str]) -> str | None:
     """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
     existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
@@ -112,6 +128,12 @@ def output_problem(args: list[str]) -> str | None:
     while not path.exists() and path != path.parent:
         path = path.parent
     if path.is_dir() and os.access(path, os.W_OK):
+        named = any(a.startswith(keys) for a in args)
+        if named and path == Path(target).expanduser().absolute():  # Hydra writes .hydra/, train.log there first
+            try:
+                refuse_links(path)
+            except DlzooError as e:
+                return str(e)
         # Hydra would rewrite .hydra/ of a run another process is still writing: refuse before it starts.
         holder = lock_holder(path) if path == Path(target).expanduser().absolute() else None
         return in_use_message(path, holder) if holder else None
@@ -125,13 +147,17 @@ def output_problem(args: list[str]) -> str | None:
 @contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
-    process asking for it is refused at once, naming the holder."""
+    process asking for it is refused at once, naming the holder. Re-entrant within this process: `dlzoo train`
+    takes it before Hydra writes .hydra/, and the run inside takes it again."""
     import fcntl
-    import os
 
     folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _HELD:
+        yield
+        return
     path = folder / ".lock"
-    with path.open("a+") as f:
+    with os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -141,9 +167,11 @@ def run_lock(folder: Path) -> Iterator[None]:
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             path.unlink(missing_ok=True)
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -156,7 +184,8 @@ def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
     if not folder.is_dir():
         return
     log = folder / "train.log"
-    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts]
+    files = [p for p in folder.rglob("*") if p.is_file() and ".hydra" not in p.relative_to(folder).parts
+             and p.name != ".lock"]  # fmt: skip
     if any(p != log for p in files) or (keep_log and log.is_file() and log.stat().st_size > 0):
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -263,7 +292,8 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before any work if the run folder cannot take files."""
+    """Fail before any work if the run folder cannot take files, or holds a link a write would follow."""
+    refuse_links(folder)
     probe = folder / "checkpoints" / ".write-test"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
@@ -295,16 +325,24 @@ def metadata(seed: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
-    """The commit of the dlzoo checkout this code runs from (with -dirty), or None for an installed wheel."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
+PACKAGE = Path(__file__).resolve().parents[1]  # the dlzoo/ folder this code runs from
+
+
+def git_commit(package: Path = PACKAGE) -> str | None:
+    """The commit of the git checkout the dlzoo `package` folder is tracked in (with -dirty), or None for an
+    installed wheel: an untracked copy (site-packages inside some repository's virtualenv) has no commit of its own.
+    """
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=5)
+
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return sha + ("-dirty" if dirty else "")
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")

@@ -171,6 +171,9 @@ def _as_images(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+MAX_INPUT_VALUES = 100_000_000  # 100,000 images of 28x28: what one predict call reads (about 100 MB as uint8)
+
+
 def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
     """Images as (N, 1, 28, 28) uint8: .npy arrays of (28, 28), (N, 28, 28) or (N, 784) in [0, 255] or [0, 1],
     or image files (converted to grayscale and resized to 28x28; MNIST digits are white on black)."""
@@ -181,8 +184,12 @@ def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
             raise DlzooError(f"input {name!r} does not exist. Fix: give .npy files or images, comma-separated.")
         try:
             if path.suffix == ".npy":
-                a = np.load(path, allow_pickle=False)  # a pickled object array could run code
-                a = _as_images(a, name)
+                # Memory-mapped first: a header can claim any shape, so its size is checked before it is read.
+                a = np.load(path, allow_pickle=False, mmap_mode="r")  # a pickled object array could run code
+                if a.size > MAX_INPUT_VALUES:
+                    raise DlzooError(f"{name} holds {a.size:,} values, more than predict reads at once "
+                                     f"({MAX_INPUT_VALUES:,}). Fix: split it into smaller .npy files.")  # fmt: skip
+                a = _as_images(np.array(a), name)
                 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
                     a = a * 255.0
             else:
@@ -191,7 +198,7 @@ def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
                 a = np.asarray(Image.open(path).convert("L").resize((28, 28)))[None]
         except DlzooError:
             raise
-        except (ValueError, OSError) as e:
+        except Exception as e:  # anything a damaged or hostile file raises (EOF, a decompression bomb, a header)
             raise DlzooError(
                 f"Cannot read {name} as 28x28 images: {e}. Fix: .npy of shape (N, 28, 28) or an image."
             ) from None

@@ -219,6 +219,9 @@ class _Loop:
         if stats:
             self.tracker.log_layer_stats(state.step, layer_stats(model) | act)
         if outputs is not None:
+            # A histogram of NaN/inf has no bins: the step says why (divergence) before the histogram would fail.
+            if not math.isfinite(value := loss.item()):
+                raise diverged_error(state.step, state.last_finite_loss, self.opts.checkpointing, value, None)
             self.tracker.log_histograms(state.step, layer_tensors(model, outputs))
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -94,6 +94,34 @@ def test_scores(
     return metrics
 
 
+def collapse(history: list[dict[str, float]], num_classes: int) -> dict[str, Any] | None:
+    """How validation accuracy fell back to chance after it was far above it (a learning rate that climbed too
+    high, say), or None when it did not: {best_epoch, best_val_acc, final_val_acc, chance}. Far above: more than
+    half-way from chance to 1; back at chance: within a tenth of that rise."""
+    accs = [(int(h["epoch"]), float(h["val/acc"])) for h in history if "val/acc" in h]
+    if not accs or num_classes < 2:
+        return None
+    chance = 1 / num_classes
+    epoch, best = max(accs, key=lambda a: a[1])
+    final = accs[-1][1]
+    if not (best - chance > 0.5 * (1 - chance) and final - chance <= 0.1 * (best - chance)):
+        return None
+    return {"best_epoch": epoch, "best_val_acc": best, "final_val_acc": final, "chance": chance}
+
+
+def collapse_warning(fell: dict[str, Any], checkpoints: list[str]) -> str:
+    """What a collapsed run says at its end: how far it fell, where the good weights are, and what to change."""
+    where = (f"The best epoch's weights are kept in {', '.join(checkpoints)} (`dlzoo eval ckpt=<file>` scores them)."
+             if checkpoints else "No best-epoch checkpoint was kept (trainer.checkpoint.top_k=0).")  # fmt: skip
+    return (
+        f"Training collapsed: validation accuracy reached {fell['best_val_acc']:.4f} at epoch {fell['best_epoch']} "
+        f"and fell back to {fell['final_val_acc']:.4f} by the end, chance level ({fell['chance']:.2f}); the "
+        f"model this run ends with is no better than guessing. {where} Fix: a lower learning rate (optim.lr, or "
+        "sched.max_lr for sched=onecycle), gradient clipping (reg.clip_norm=1.0), or "
+        "trainer.early_stop.patience=3, which keeps the best epoch's weights."
+    )
+
+
 def log_pictures(
     tracker: Any, cfg: DictConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
 ) -> None:

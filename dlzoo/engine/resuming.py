@@ -4,6 +4,7 @@ that already finished (kept, not retrained), or a run moved into a new folder (a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from dlzoo.engine.folders import (
     identity,
     load_checkpoint,
     resumable_file,
+    run_of,
 )
 from dlzoo.engine.pretraining import is_pretraining
 from dlzoo.errors import DlzooError
@@ -57,7 +59,13 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     if value == "auto" and (done := _finished(out_dir, cfg)) is not None:
         return Plan(out_dir, done=done)
     file = find_resume(value, out_dir, cfg) if size == 1 else None
-    folder = file.parent.parent if file is not None else _find_ensemble(value, out_dir, cfg) if size > 1 else None
+    if file is not None and run_of(file) is None:
+        # A loose checkpoint (copied, downloaded): the folder it lies in is not a run, and nothing there is
+        # read or written. Only the file is read; the run continues in its new folder.
+        members = [_member(out_dir, file, cfg, 0, 1)]
+        say(f"{file} is a loose checkpoint, not inside a run folder: the run continues in {out_dir}")
+        return Plan(out_dir, members)
+    folder = run_of(file) if file is not None else _find_ensemble(value, out_dir, cfg) if size > 1 else None
     if folder is None:
         console.print("trainer.resume=auto: no unfinished run of this config found; starting a new one")
         return fresh
@@ -68,7 +76,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     members = [_member(member_folder(folder, i, size), f, cfg, i, size) for i, f in enumerate(files)]
     if not moving:
         return Plan(folder, members)
-    _copy_run(folder, out_dir)  # only once the checkpoints were found to fit the config
+    _copy_run(folder, out_dir)  # only once every checkpoint was found to fit the config
     say(f"copied {folder} into {out_dir} (hydra.run.dir); the run continues there")
     return Plan(out_dir, members)
 
@@ -142,10 +150,22 @@ def _folder_chosen() -> bool:
 
 
 def _copy_run(source: Path, target: Path) -> None:
-    """Copy a run's results so far (checkpoints, TensorBoard events, train.log, members) into `target`."""
+    """Copy a run's results so far (checkpoints, TensorBoard events, train.log, members) into `target`: never a
+    link (what it points at is no part of the run), never into itself."""
+    src, dst = source.resolve(), target.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise DlzooError(
+            f"Cannot continue the run {source} in {target}: one folder lies inside the other, so copying the run "
+            "there would copy it into itself. Fix: choose a hydra.run.dir outside the run, or resume in place "
+            "(trainer.resume without hydra.run.dir)."
+        )
     skip = shutil.ignore_patterns(".lock", ".hydra", "*.tmp*", ".write-test")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return set(skip(folder, names)) | {n for n in names if os.path.islink(os.path.join(folder, n))}
+
     try:
-        shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
+        shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
     except (OSError, shutil.Error) as e:
         raise DlzooError(
             f"Could not copy the run {source} into {target} to continue it there: {e}. Fix: choose a "

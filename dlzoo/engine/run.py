@@ -127,6 +127,8 @@ def _run_in(
     if dist.main:
         write_json(out_dir / "metrics.json", metrics)
     print_final(metrics, out_dir)
+    if isinstance(fell := metrics.get("collapsed"), dict):
+        print_warning(member.collapse_warning(fell, fell["checkpoints"]))
     return metrics
 
 
@@ -270,6 +272,11 @@ def _train_member(
             pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
         metrics = member.test_scores(cfg, model, data, result, tracker)
+        if (fell := member.collapse(result.history, data.num_classes)) is not None:
+            kept = sorted(str(p) for p in (out_dir / "checkpoints").glob("best-epoch*.pt"))
+            metrics["collapsed"] = fell | {"checkpoints": kept}
+            if dist.main and cfg.ensemble.size > 1:  # a single run says so under its final table
+                print_warning(member.collapse_warning(fell, kept))
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
         title = f"{member.model_name(cfg, hparams)}, seed {seed}"
         if dist.main:

@@ -234,6 +234,10 @@ class RunTracker:
         cost more than the training steps between two histograms."""
         for name, tensor in tensors.items():
             flat = tensor.detach().flatten()
+            if not torch.isfinite(flat).all():  # a diverging layer: its finite values, or no histogram at all
+                flat = flat[torch.isfinite(flat)]
+                if flat.numel() == 0:
+                    continue
             stride = -(-flat.numel() // HISTOGRAM_SAMPLES)
             bins = histogram_bins(flat[::stride].cpu())
             if bins is not None:

@@ -210,6 +210,11 @@ def _timed(job: Job, resume: bool) -> tuple[int, float]:
     return run_job(job, resume), time.perf_counter() - t0
 
 
+def _done(folder: Path) -> bool:
+    """A run that finished and whose metrics.json reads as one (a damaged one is run again, from its checkpoint)."""
+    return (folder / "metrics.json").is_file() and load_run(folder).metrics is not None
+
+
 def outcome(job: Job, code: int) -> str:
     """'test acc 0.9821', or why the run failed (the last error line of its log)."""
     if (job.folder / "metrics.json").is_file():
@@ -264,8 +269,7 @@ def ladder_command(argv: list[str]) -> int:
     if args.jobs < 1:
         raise DlzooError(f"--jobs {args.jobs}: give at least 1 (the runs that train side by side).")
     launched, stacked = stack_rungs(jobs, args.stack)
-    todo = [j for j in launched if not (args.resume and all((m.folder / "metrics.json").is_file()
-                                                            for m in j.members or [j]))]  # fmt: skip
+    todo = [j for j in launched if not (args.resume and all(_done(m.folder) for m in j.members or [j]))]
     threads = threads_per_job(args.jobs, args.overrides)
     for job in todo:
         job.overrides += threads

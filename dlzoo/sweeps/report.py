@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.engine.checkpoint import signed
 from dlzoo.errors import DlzooError
+from dlzoo.paths import inert
 
 METRICS = ("val_acc", "test_acc", "test_loss")  # always tabulated; --metric adds its own column
 # Overrides that say where or how a run ran, not what it trained: runs differing only in these share a row.
@@ -70,6 +71,8 @@ class Group:
     def std(self, metric: str) -> float | None:
         """Sample std (n - 1), as papers report over seeds; None for fewer than two runs."""
         values = self.values(metric)
+        if len(values) > 1 and not all(math.isfinite(v) for v in values):
+            return math.nan  # a diverged seed: statistics.stdev cannot take NaN or inf
         return statistics.stdev(values) if len(values) > 1 else None
 
     def seeds(self) -> list[int]:
@@ -91,24 +94,38 @@ def find_runs(root: Path) -> list[Run]:
         )
     runs = [load_run(folder) for folder in folders]
     # A stacked run's folder only sums up its seeds, which are runs of their own below it.
-    return [r for r in runs if not (r.metrics and r.metrics.get("stack", 1) > 1)]
+    return [r for r in runs if not (r.metrics and isinstance(k := r.metrics.get("stack", 1), int) and k > 1)]
 
 
 def load_run(folder: Path) -> Run:
+    """One run folder as `dlzoo report` sees it; a damaged one (unreadable .hydra/ or metrics.json, metrics that are
+    no run's) comes back with no metrics and `damaged: ...` as its error, so it is listed and never counted."""
     hydra_dir = folder / ".hydra"
-    config = OmegaConf.load(hydra_dir / "config.yaml")
-    overrides_file, hydra_file = hydra_dir / "overrides.yaml", hydra_dir / "hydra.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
-    choices: dict[str, Any] = {}
-    if hydra_file.is_file():
-        found = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None)
-        choices = {k: v for k, v in OmegaConf.to_container(found).items() if "/" not in k} if found else {}
+    try:
+        # inert: a folder from elsewhere may hold ${oc.env:...}, which must not put this machine's secrets in a report
+        config = OmegaConf.create(inert(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"))))
+        overrides_file, hydra_file = hydra_dir / "overrides.yaml", hydra_dir / "hydra.yaml"
+        saved = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        overrides = [str(o) for o in inert(saved)]  # type: ignore[union-attr]
+        choices: dict[str, Any] = {}
+        if hydra_file.is_file():
+            found = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None)
+            choices = {k: v for k, v in OmegaConf.to_container(found).items() if "/" not in k} if found else {}
+        if not isinstance(config, DictConfig) or not isinstance(OmegaConf.select(config, "trainer.seed"), int):
+            raise ValueError("its config has no integer trainer.seed")
+    except Exception as e:  # any damage to Hydra's files: YAML, encoding, shape, interpolation
+        why = " ".join(str(e).split())[:200]
+        return Run(folder, [], OmegaConf.create({"trainer": {"seed": -1}}), {}, None, f"damaged .hydra/: {why}")
     metrics_file = folder / "metrics.json"
     if metrics_file.is_file():
         try:
             metrics = json.loads(metrics_file.read_text())
-        except json.JSONDecodeError:
-            return Run(folder, overrides, config, choices, None, f"unreadable {metrics_file.name}")
+        except (ValueError, OSError) as e:  # truncated, not UTF-8, unreadable
+            return Run(folder, overrides, config, choices, None, f"damaged {metrics_file.name}: {e}")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("test_acc"), int | float):
+            return Run(folder, overrides, config, choices, None, f"damaged {metrics_file.name}: no test_acc in it")
+        if not isinstance(metrics.get("stack", 1), int):
+            return Run(folder, overrides, config, choices, None, f"damaged {metrics_file.name}: stack is no count")
         return Run(folder, overrides, config, choices, metrics)
     return Run(folder, overrides, config, choices, None, last_error(folder))
 
@@ -120,7 +137,7 @@ _ERROR_LINE = re.compile(r"^error:|\[ERROR\]|^\w*(Error|Exception|Interrupt)\b")
 def last_error(folder: Path) -> str:
     """The last error line in a run's logs (train.log, the ladder's ladder.log, Hydra's job log)."""
     lines: list[str] = []
-    for log in sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime):
+    for log in sorted((p for p in folder.glob("*.log") if p.is_file()), key=lambda p: p.stat().st_mtime):
         lines += [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if _ERROR_LINE.search(line)]
     if not errors:

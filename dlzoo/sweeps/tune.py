@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.engine.folders import write_json
 from dlzoo.errors import DlzooError
+from dlzoo.paths import open_nofollow, refuse_links
 
 if TYPE_CHECKING:
     import optuna
@@ -255,7 +257,8 @@ def _lock(out: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; one search per folder is then on the user
         yield
         return
-    with open(out / ".lock", "w") as handle:
+    refuse_links(out)  # the lock, the trials' folders and best.yaml are all written there
+    with os.fdopen(open_nofollow(out / ".lock", os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -25,6 +25,18 @@ hydra:
 """
 
 
+def own_keys(config: object) -> dict[str, object]:
+    """Only dlzoo's own sections of a trial's config (data, model, optim, ...): best.yaml is run as a config, so
+    nothing else from the trial's folder (a `hydra:` section with callbacks, say) gets into it."""
+    import dataclasses
+
+    from dlzoo.config.schema import TrainConfig
+    from dlzoo.paths import inert
+
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "search"]
+    return {k: inert(v) for k, v in (config.items() if isinstance(config, dict) else []) if k in keys}
+
+
 def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
     """Print every trial and the best one; write `out`/best.yaml from the best trial's composed config."""
     from optuna.trial import TrialState
@@ -48,8 +60,7 @@ def report(study: optuna.Study, metric: str, out: Path, name: str) -> None:
         console.print("no trial completed, so there is no best config yet")
         return
     best = study.best_trial
-    config = OmegaConf.load(out / f"trial_{best.number}" / "config.yaml")
-    config.pop("search", None)
+    config = own_keys(OmegaConf.to_container(OmegaConf.load(out / f"trial_{best.number}" / "config.yaml")))
     header = BEST_HEADER.format(trials=len(complete), name=name, number=best.number, metric=metric, value=best.value,
                                 date=time.strftime("%Y-%m-%d %H:%M"), out=out,
                                 overrides=" ".join(best.user_attrs.get("overrides", [])))  # fmt: skip

@@ -286,7 +286,8 @@ def test_a_second_process_in_a_run_folder_is_refused_at_once(fmnist_root: Path, 
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     first = subprocess.Popen([*DLZOO, *args], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(run_dir / ".lock", first)
+    wait_for(run_dir / ".lock", first)  # taken before Hydra writes .hydra/, which then follows
+    wait_for(run_dir / ".hydra" / "overrides.yaml", first)
     overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
     second = dlzoo(*args[:-1], "trainer.seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert second.returncode == 2
