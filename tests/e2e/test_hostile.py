@@ -387,7 +387,7 @@ def test_report_lists_every_damaged_run_as_damaged_and_never_counts_it(
     for i, name in enumerate(DAMAGE):
         assert f"{i + 2}_{name}" in out, name  # listed with its folder
     assert "│ 2 │ 1, 2 │" in out  # n counts the two healthy seeds only, the NaN one among them
-    assert "damaged" in (root / "report.md").read_text()
+    assert "damaged" in (root / "report" / "report.md").read_text()
 
 
 # The README Quickstart's SELU line, with the one-cycle peak it needs: at the schedule's default max_lr 0.01 the

@@ -67,22 +67,20 @@ def read_curves(folder: Path) -> RunCurves:
 
 
 def _canvas(width: float, height: float):
-    import matplotlib
+    """A figure and its axes on their own Agg canvas (engine.figures' way): pyplot's matplotlib.use("Agg") would
+    switch a notebook's whole process, and its own plots would stop showing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
 
 
 def _finish(fig, path: Path) -> np.ndarray:
-    import matplotlib.pyplot as plt
-
     fig.savefig(path)
     fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _colors(n: int) -> list[str]:
@@ -160,9 +158,6 @@ def depth_figure(arms: list[Arm], curves: dict[Path, RunCurves], stat: str, path
                 ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.15, linewidth=0)
         drawn = True
     if not drawn:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
         return None
     ax.set_yscale("log")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -196,9 +191,6 @@ def loss_figure(arms: list[Arm], curves: dict[Path, RunCurves], path: Path) -> n
                 ax.fill_between(steps, ys.min(0), ys.max(0), color=color, alpha=0.15, linewidth=0)
             spans += [float(np.nanmin(ys)), float(np.nanmax(ys))]
     if not spans:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
         return None
     positive = [s for s in spans if s > 0]
     if positive and max(positive) / min(positive) > 100:
