@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.errors import DlzooError
 
@@ -27,7 +27,8 @@ class SweepSummary(Callback):
         console.rule("sweep finished")
         try:
             write_sweep_experiment(sweep)
-            show(compare([sweep]))
+            # A sweep that skips its runs' figures (trainer.figures=false, as debug=fast) skips the comparison's too.
+            show(compare([sweep], figures=bool(OmegaConf.select(config, "trainer.figures", default=True))))
         except (DlzooError, OSError, ValueError) as e:
             print_warning(f"no comparison of the sweep's jobs: {e} Retry with `dlzoo compare {sweep}`.")
             return
@@ -37,7 +38,6 @@ class SweepSummary(Callback):
 def write_sweep_experiment(sweep: Path) -> None:
     """One HParams experiment in the sweep's own folder (its jobs write sessions only, see dlzoo.train): every
     job's row, the keys that differ between the jobs marked as differing, the lessons' keys first."""
-    from omegaconf import OmegaConf
     from torch.utils.tensorboard import SummaryWriter
 
     from dlzoo.engine.dashboards import columns_of, differing, experiment_summary

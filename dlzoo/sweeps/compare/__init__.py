@@ -50,6 +50,7 @@ def compare(
     metric: str = "test_acc",
     out: Path | None = None,
     chain: bool = False,
+    figures: bool = True,
 ) -> Compared:
     """Compare the runs under `targets` (folders or glob patterns) and write the results.
 
@@ -60,6 +61,7 @@ def compare(
         metric: the metrics.json key the verdicts are about; lower is better when it ends in "loss".
         out: where to write (default `<folder>/compare` for one folder, else outputs/compare/<date>_<time>).
         chain: compare each group with the one before it (a ladder's steps) instead of with the baseline.
+        figures: draw the PNGs and TensorBoard's images (False: the tables, the text and the margin charts only).
 
     Returns:
         The comparison, the output folder, the files written there and the TensorBoard view's folder.
@@ -83,7 +85,7 @@ def compare(
         out = folders[0] / OUT_NAME if len(folders) == 1 else Path("outputs") / "compare" / stamp
     out.mkdir(parents=True, exist_ok=True)
     curves = {r.folder: read_curves(r.folder) for a in found for r in a.runs}
-    images = draw_all(comparison, curves, out)
+    images = draw_all(comparison, curves, out) if figures else {}
     title = f"Comparison of {', '.join(str(f) for f in folders)}"
     write_markdown(comparison, out / "compare.md", title)
     write_csv(comparison, out / "compare.csv")

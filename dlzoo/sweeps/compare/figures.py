@@ -78,9 +78,13 @@ def _canvas(width: float, height: float):
 
 
 def _finish(fig, path: Path) -> np.ndarray:
-    fig.savefig(path)
+    """Render once; the PNG is written from those pixels (savefig would render the figure a second time)."""
+    from matplotlib.image import imsave
+
     fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    imsave(path, image)
+    return image
 
 
 def _colors(n: int) -> list[str]:

@@ -155,15 +155,15 @@ def test_compare_groups_by_what_differs_and_writes_its_files(sweep: Path, tmp_pa
 
 
 def test_compare_by_baseline_and_metric_choices(sweep: Path, tmp_path: Path) -> None:
-    loss = compare([sweep], baseline="xavier_uniform", metric="test_loss", out=tmp_path / "a").comparison
+    loss = compare([sweep], baseline="xavier_uniform", metric="test_loss", out=tmp_path / "a", figures=False).comparison
     assert loss.baseline.label == "xavier_uniform" and not loss.higher_is_better
     assert loss.verdict(loss.arms[0]).startswith("normal is worse than xavier_uniform by +")
     with pytest.raises(DlzooError, match="Did you mean --baseline 'xavier_uniform'"):
-        compare([sweep], baseline="xavier_unifrom", out=tmp_path / "b")
+        compare([sweep], baseline="xavier_unifrom", out=tmp_path / "b", figures=False)
     with pytest.raises(DlzooError, match=r"Did you mean 'model\.init'"):
-        compare([sweep], by=["model.inti"], out=tmp_path / "c")
+        compare([sweep], by=["model.inti"], out=tmp_path / "c", figures=False)
     with pytest.raises(DlzooError, match=r"Did you mean --metric val_acc\? Choices: test_acc, test_loss, val_acc"):
-        compare([sweep], metric="val_ac", out=tmp_path / "d")
+        compare([sweep], metric="val_ac", out=tmp_path / "d", figures=False)
 
 
 def test_chain_compares_each_group_with_the_one_before(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_chain_compares_each_group_with_the_one_before(tmp_path: Path) -> None:
     for rung, accs in (("lab10_2_mlp", NORMAL), ("lab10_3_xavier", XAVIER), ("lab10_4_deep", deep)):
         for seed, acc in enumerate(accs, 1):
             fake_run(tmp_path / rung / f"seed{seed}", [f"experiment={rung}", f"trainer.seed={seed}"], {"test_acc": acc})
-    c = compare([tmp_path], chain=True, out=tmp_path / "out").comparison
+    c = compare([tmp_path], chain=True, out=tmp_path / "out", figures=False).comparison
     assert [a.label for a in c.arms] == ["lab10_2_mlp", "lab10_3_xavier", "lab10_4_deep"]
     assert [getattr(c.reference(a), "label", None) for a in c.arms] == [None, "lab10_2_mlp", "lab10_3_xavier"]
     assert c.verdict(c.arms[1]).startswith("lab10_3_xavier beats lab10_2_mlp by +3.")
@@ -182,7 +182,9 @@ def test_chain_compares_each_group_with_the_one_before(tmp_path: Path) -> None:
 
 
 def test_compare_reads_globs_and_separate_folders(sweep: Path, tmp_path: Path) -> None:
-    c = compare([str(sweep / "[0-4]_mlp"), sweep / "5_mlp", sweep / "6_mlp"], out=tmp_path / "g").comparison
+    c = compare(
+        [str(sweep / "[0-4]_mlp"), sweep / "5_mlp", sweep / "6_mlp"], out=tmp_path / "g", figures=False
+    ).comparison
     assert [(a.label, len(a.runs)) for a in c.arms] == [("normal", 5), ("xavier_uniform", 2)]
     with pytest.raises(DlzooError, match="No folder matches"):
         compare([str(tmp_path / "nothing*")])
@@ -191,7 +193,7 @@ def test_compare_reads_globs_and_separate_folders(sweep: Path, tmp_path: Path) -
 def test_one_seed_per_group_says_there_is_no_test(tmp_path: Path) -> None:
     fake_run(tmp_path / "a", ["model=mlp", "model.dropout=0.0"], {"test_acc": 0.97})
     fake_run(tmp_path / "b", ["model=mlp", "model.dropout=0.3"], {"test_acc": 0.98})
-    c = compare([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out").comparison
+    c = compare([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out", figures=False).comparison
     assert c.verdict(c.arms[1]) == "0.3 vs 0.0: +1.00 points, n = 1 vs 1: one run on a side, no test (train more seeds)"
 
 
