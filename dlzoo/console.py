@@ -43,10 +43,13 @@ def say(line: str) -> None:
 
 def redirect_file_logs(path: Path) -> None:
     """Send the run's file log (Hydra's train.log handler) to `path`, appending: a resumed run keeps one log in
-    the folder it continues, not a second one in the folder Hydra made for this invocation."""
+    the folder it continues, not a second one in the folder Hydra made for this invocation. Only a handler on a
+    file of that name moves: a notebook user's own log file (or pytest's) stays where its owner put it."""
     refuse_links(path.parent)  # the run continues there: a planted link is refused before a line is logged
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) != path.absolute():
+        if not isinstance(handler, logging.FileHandler) or Path(handler.baseFilename).name != path.name:
+            continue
+        if Path(handler.baseFilename) != path.absolute():
             handler.close()
             handler.baseFilename, handler.mode = str(path.absolute()), "a"
             handler.stream = handler._open()

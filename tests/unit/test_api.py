@@ -3,6 +3,7 @@ return, the CLI's errors and numbers, interrupting and resuming, and no state le
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -132,11 +133,20 @@ def test_errors_are_the_clis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
         dlzoo.train("trainer.epochs", 3)  # type: ignore[arg-type]
 
 
+def open_files() -> dict[str, str]:
+    """Each open descriptor and what it points at (a failure then names the file, pipe or socket left open)."""
+    files = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used, closed by now
+            files[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return files
+
+
 def process_state() -> tuple[Any, ...]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    return (sorted(os.listdir("/proc/self/fd")), sorted(t.name for t in threading.enumerate()),
+    return (open_files(), sorted(t.name for t in threading.enumerate()),
             list(logging.getLogger().handlers), logging.getLogger().level, torch.get_num_threads(),
             GlobalHydra.instance().is_initialized(), HydraConfig.initialized(),
             signal.getsignal(signal.SIGINT))  # fmt: skip
@@ -145,7 +155,9 @@ def process_state() -> tuple[Any, ...]:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
 def test_repeated_calls_leave_nothing_behind(xor_run: dlzoo.Result, tmp_path: Path) -> None:
     """A notebook trains many times in one process: no open train.log, writer thread or Hydra state may pile up,
-    torch's thread count comes back, and the same seed gives the same numbers every time."""
+    torch's thread count comes back, and the same seed gives the same numbers every time. One call first: a
+    library another test in this worker used may start something once, on its first use (not a pile-up)."""
+    dlzoo.train(*XOR, f"hydra.run.dir={tmp_path / 'warm'}")
     before = process_state()
     second = dlzoo.train(*XOR, f"hydra.run.dir={tmp_path / 'again'}")
     assert process_state() == before
@@ -257,3 +269,25 @@ def test_a_run_leaves_the_notebooks_matplotlib_backend(tmp_path: Path) -> None:
         matplotlib.use(before)
     assert image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
     assert (tmp_path / "ladder.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_resume_moves_only_the_runs_own_log(tmp_path: Path) -> None:
+    """Resuming points Hydra's train.log handler at the continued folder; a notebook user's own log file on the
+    root logger keeps going where they put it."""
+    from dlzoo.console import redirect_file_logs
+
+    root = logging.getLogger()
+    mine = logging.FileHandler(tmp_path / "mine.log")
+    hydras = logging.FileHandler(tmp_path / "new" / "train.log", delay=True)
+    (tmp_path / "old").mkdir()
+    root.addHandler(mine)
+    root.addHandler(hydras)
+    try:
+        redirect_file_logs(tmp_path / "old" / "train.log")
+    finally:
+        root.removeHandler(mine)
+        root.removeHandler(hydras)
+        mine.close()
+        hydras.close()
+    assert mine.baseFilename == str(tmp_path / "mine.log")
+    assert hydras.baseFilename == str(tmp_path / "old" / "train.log")
