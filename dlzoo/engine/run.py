@@ -115,7 +115,7 @@ def _run_in(
 
     if t.stack > 1:
         members = stacked_run.train_stacked(
-            cfg, config, hparams, data, device, out_dir, starts[0].checkpoint, stop, started
+            cfg, config, hparams, data, device, out_dir, starts[0].checkpoint, stop, started, on_epoch_end
         )
         metrics = _stacked_ensemble(cfg, hparams, data, out_dir, members) if cfg.ensemble.size > 1 else \
             stacked_run.summary(cfg, members)  # fmt: skip
