@@ -115,6 +115,23 @@ def in_use_message(folder: Path, holder: str) -> str:
 _HELD: set[Path] = set()  # the folders this process holds the lock of: taking one again is a no-op
 
 
+NAME_MAX = 255  # bytes in one folder name: ext4, xfs, btrfs, tmpfs, APFS and NTFS alike
+PSEUDO = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
+          "bpf", "pstore", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc"}  # fmt: skip
+
+
+def _pseudo_file_system(path: Path) -> str | None:
+    """The kernel file system `path` lies on (/proc, /sys, /dev), where creating a folder fails or means nothing;
+    None for storage, or where the mount table cannot be read (not Linux)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    best = max((m for m in mounts if len(m) == 2 and path.is_relative_to(m[0].replace("\\040", " "))),
+               key=lambda m: len(m[0]), default=None)  # fmt: skip
+    return f"{best[0]} ({best[1]})" if best is not None and best[1] in PSEUDO else None
+
+
 def output_problem(args: list[str]) -> str | None:
     """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
     existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
@@ -125,8 +142,17 @@ def output_problem(args: list[str]) -> str | None:
     )
     target = next((a.split("=", 1)[1] for a in args for k in keys if a.startswith(k)), "outputs")
     path = Path(target.split("$", 1)[0] or ".").expanduser().absolute()
+    if long := [p for p in path.parts if len(p.encode()) > NAME_MAX]:
+        return (f"Cannot create the output folder {target}: the name {long[0][:40]}... is {len(long[0].encode())} "
+                f"bytes, and a file system allows {NAME_MAX} per folder name. Fix: a shorter hydra.run.dir "
+                "(hydra.sweep.dir for -m).")  # fmt: skip
     while not path.exists() and path != path.parent:
         path = path.parent
+    if (kind := _pseudo_file_system(path)) is not None:
+        return (
+            f"Cannot create the output folder {target}: {path} is on {kind}, a kernel interface rather than "
+            "storage. Fix: choose a folder on a disk with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
+        )
     if path.is_dir() and os.access(path, os.W_OK):
         named = any(a.startswith(keys) for a in args)
         if named and path == Path(target).expanduser().absolute():  # Hydra writes .hydra/, train.log there first
