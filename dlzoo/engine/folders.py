@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +116,7 @@ def in_use_message(folder: Path, holder: str) -> str:
 _HELD: set[Path] = set()  # the folders this process holds the lock of: taking one again is a no-op
 
 
+MIN_FREE = 1 << 20  # bytes: below a MiB even Hydra's .hydra/ files and the first TensorBoard events may not fit
 NAME_MAX = 255  # bytes in one folder name: ext4, xfs, btrfs, tmpfs, APFS and NTFS alike
 PSEUDO = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
           "bpf", "pstore", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc"}  # fmt: skip
@@ -153,6 +155,10 @@ def output_problem(args: list[str]) -> str | None:
             f"Cannot create the output folder {target}: {path} is on {kind}, a kernel interface rather than "
             "storage. Fix: choose a folder on a disk with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
         )
+    if path.is_dir() and (free := shutil.disk_usage(path).free) < MIN_FREE:
+        return (f"Cannot start a run in {target}: the disk holding {path} is full ({free // 1024} KiB free; Hydra "
+                "writes the run's .hydra/ config before dlzoo starts). Fix: free disk space, or choose a folder on "
+                "another disk with hydra.run.dir=<folder> (hydra.sweep.dir for -m).")  # fmt: skip
     if path.is_dir() and os.access(path, os.W_OK):
         named = any(a.startswith(keys) for a in args)
         if named and path == Path(target).expanduser().absolute():  # Hydra writes .hydra/, train.log there first

@@ -33,7 +33,7 @@ from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import FitOptions, fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
 from dlzoo.engine.state import histogram_every, step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, resume_command
+from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, full_disk, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -80,7 +80,12 @@ def run(
     # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
     # of another). Ranks > 0 of a DDP run write nothing.
     with run_lock(out_dir) if dist.main else nullcontext():
-        return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
+        try:
+            return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
+        except OSError as e:
+            if (full := full_disk(e, out_dir)) is None:
+                raise
+            raise full from None
 
 
 def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
