@@ -55,15 +55,41 @@ def run_of(file: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with a clear error for a missing, truncated or foreign file."""
+SECTIONS = ("model", "data", "trainer", "optim")  # what every reader of a checkpoint's config relies on
+
+
+def _unpacked_size_problem(path: Path) -> str | None:
+    """torch.save stores each tensor uncompressed in a zip archive, so what a checkpoint unpacks to is about its
+    size on disk. A compressed record (a zip bomb: megabytes that unpack to gigabytes) or records larger than the
+    file are refused from the archive's directory, before anything is unpacked."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return None  # torch's legacy format, or not an archive at all: torch.load's own checks apply
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"its archive is damaged ({e})"
+    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
+        return "it holds compressed records, which torch.save never writes (a small file could unpack to gigabytes)"
+    if sum(r.file_size for r in records) > path.stat().st_size:
+        return "its records claim more bytes than the file holds"
+    return None
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with a clear error for a missing, truncated or foreign file; `mmap` maps the tensors from the
+    file instead of reading them (for a look at the config)."""
     if not path.is_file():
         raise DlzooError(f"No checkpoint at {path}. Fix: give a run folder with checkpoints/last.pt or a .pt file.")
+    if problem := _unpacked_size_problem(path):
+        raise DlzooError(f"Refused to load {path}: {problem}. Fix: use a checkpoint written by dlzoo (torch.save).")
     try:
         # weights_only: a .pt is a pickle, and a foreign one could run code as it loads. Only the types dlzoo
         # itself saves are allowed (tensors, containers, numpy RNG state, torch's version string).
         with torch.serialization.safe_globals(_safe_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise DlzooError(
             f"Refused to load {path}: it holds objects a dlzoo checkpoint never does, and loading them could run "
@@ -77,6 +103,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    if missing := [k for k in SECTIONS if not isinstance(state["config"].get(k), dict)]:
+        meta = state.get("meta")
+        version = meta.get("dlzoo", "an unknown version") if isinstance(meta, dict) else "an unknown version"
+        raise DlzooError(
+            f"{path} was written by dlzoo {version}, whose config has no {', '.join(missing)} section: this dlzoo "
+            f"({__version__}) cannot read it. Fix: use it with the dlzoo version that wrote it, or retrain."
+        )
     state["config"] = inert(state["config"])  # a shared file's ${oc.env:...} never reads this machine's secrets
     return state
 
@@ -274,12 +307,19 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
         run = path.parent.parent
         if run == out_dir or (run / "metrics.json").is_file():
             continue
-        try:
-            if identity(load_checkpoint(path)["config"]) == wanted:
-                return path
-        except DlzooError:
-            continue
+        if same_config(path, wanted):
+            return path
     return None
+
+
+def same_config(path: Path, wanted: dict[str, Any]) -> bool:
+    """Whether the checkpoint at `path` (another run's, found by trainer.resume=auto) is of the config whose
+    identity is `wanted`. Its tensors are mapped, not read: scanning siblings costs their configs, not their weights;
+    a damaged or foreign sibling is simply not the one."""
+    try:
+        return identity(load_checkpoint(path, mmap=True)["config"]) == wanted
+    except DlzooError:
+        return False
 
 
 def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:

@@ -48,7 +48,13 @@ def apply_overrides(saved: dict[str, Any], overrides: list[str]) -> DictConfig:
     section by the group's YAML, as in `dlzoo train`; `key=value` then sets single keys."""
     groups = [o for o in overrides if o.split("=", 1)[0] in config_groups()]
     keys = [o for o in overrides if o not in groups]
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    except OmegaConfBaseException as e:  # a key or type this version does not know: another version wrote it
+        raise DlzooError(
+            f"The checkpoint's config does not fit this dlzoo version: {' '.join(str(e).split())[:300]}. Fix: use "
+            "the checkpoint with the dlzoo version that wrote it (its metrics.json names it), or retrain."
+        ) from None
     if groups:
         composed = compose_config(groups)
         for override in groups:

@@ -21,7 +21,7 @@ from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
 from dlzoo.engine import distributed, member, resuming, stacked_run
-from dlzoo.engine.checkpoint import Checkpointing
+from dlzoo.engine.checkpoint import Checkpointing, restorable_problem
 from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
     check_writable,
@@ -253,6 +253,13 @@ def _train_member(
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
     model, reused, summary = member.setup_model(cfg, hparams, data, device, seed, resume)
+    if resume is not None and (problem := restorable_problem(resume, model)) is not None:
+        version = resume.get("meta", {}).get("dlzoo", "an unknown version")
+        raise DlzooError(
+            f"Cannot resume from {t.resume}: {problem}. The checkpoint was written by dlzoo {version} or edited since. "
+            "Fix: resume with the overrides and dlzoo version it was trained with, or start a new run (drop "
+            "trainer.resume)."
+        )
     steps_per_epoch, total_steps = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
         torch.manual_seed(seed + dist.rank)
