@@ -128,6 +128,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         kept = f" The previous {path.name} is intact." if path.exists() else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         run = path.parent.parent
+        if not (path.parent / "last.pt").is_file():  # the first write of the run: nothing to resume from
+            raise DlzooError(
+                f"Could not write the checkpoint {path}: {why}. The run had no checkpoint yet. Fix: free disk space "
+                "and run the same command again, or give it hydra.run.dir=<folder> on another disk."
+            ) from None
         raise DlzooError(
             f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space and resume in place with "
             f"`dlzoo train <same overrides> trainer.resume={run}`, or continue in a folder on another disk with "

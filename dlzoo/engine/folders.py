@@ -312,6 +312,16 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
     return None
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """The half-written files (.<name>.<random>.tmp, from atomic_write) a killed process left in `folder` and its
+    checkpoints/: only called under the run's lock, when no other process can be writing them."""
+    stale = [p for d in (folder, folder / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp")
+             if p.is_file() and not p.is_symlink()]  # fmt: skip
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def same_config(path: Path, wanted: dict[str, Any]) -> bool:
     """Whether the checkpoint at `path` (another run's, found by trainer.resume=auto) is of the config whose
     identity is `wanted`. Its tensors are mapped, not read: scanning siblings costs their configs, not their weights;

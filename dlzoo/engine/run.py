@@ -26,6 +26,7 @@ from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
     check_writable,
     metadata,
+    remove_stale_temporaries,
     run_lock,
     write_json,
 )
@@ -80,6 +81,9 @@ def run(
     # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
     # of another). Ranks > 0 of a DDP run write nothing.
     with run_lock(out_dir) if dist.main else nullcontext():
+        if dist.main and (stale := remove_stale_temporaries(out_dir)):
+            console.print(f"removed {len(stale)} half-written file(s) a stopped process left: "
+                          f"{', '.join(p.name for p in stale[:3])}")  # fmt: skip
         try:
             return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
         except OSError as e:

@@ -82,3 +82,15 @@ def test_resume_auto_skips_a_damaged_sibling(saved: tuple[Path, dict], tmp_path:
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(saved[0].read_bytes()[:500])
     assert not same_config(damaged, wanted)
+
+
+def test_a_resume_removes_what_a_killed_write_left(saved: tuple[Path, dict], tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves .last.pt.<random>.tmp beside last.pt: the next run in that folder (holding its
+    lock, so no writer is alive) removes it, and only it."""
+    folder = _write(copy.deepcopy(saved[1]), tmp_path / "killed")
+    stale = folder / "checkpoints" / ".last.pt.k3j2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = folder / "checkpoints" / "notes.tmp"
+    keep.write_text("the user's")
+    run(compose_and_validate([*XOR, "trainer.epochs=3", f"trainer.resume={folder}"]), folder)
+    assert not stale.exists() and keep.exists() and (folder / "metrics.json").is_file()
