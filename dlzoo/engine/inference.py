@@ -39,7 +39,9 @@ def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, li
             overrides.append(arg)
     for key in required:
         if key not in own:
-            raise DlzooError(f"{key}=... is required. Example: dlzoo predict ckpt=outputs/runs/<run> input=digit.png")
+            example = "dlzoo predict ckpt=outputs/runs/<run> input=digit.png" if "input" in required else \
+                "dlzoo eval ckpt=outputs/runs/<run>"  # fmt: skip
+            raise DlzooError(f"{key}=... is required. Example: {example}")
     return own, overrides
 
 
