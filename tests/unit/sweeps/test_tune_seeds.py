@@ -67,8 +67,9 @@ def test_lcb_needs_several_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("kind", "args", "seeds"),
     [
-        ("single", [], 1),
-        ("trainer.stack", ["trainer.stack=2"], 2),
+        # the two kinds whose path the faster cases already take (test_tune.py prunes single runs too)
+        pytest.param("single", [], 1, marks=pytest.mark.slow),
+        pytest.param("trainer.stack", ["trainer.stack=2"], 2, marks=pytest.mark.slow),
         ("--seeds stacked, lcb", ["--seeds", "2", "--objective", "lcb"], 2),
         ("--seeds one after another", ["--seeds", "2", "sched=plateau"], 2),  # a plateau schedule cannot stack
         ("ensemble", ["ensemble.size=2", "ensemble.stack=off"], 1),
