@@ -125,6 +125,8 @@ def _tune(args: argparse.Namespace) -> int:
         study = _open_study(storage, args.study_name, search, spec, overrides, out)
         rc = run_workers(args, out, n_trials)
         report(optuna_load(storage, args.study_name), search.metric, out, name, st.shown_url(url))
+        if rc - 128 in (signal.SIGINT, signal.SIGTERM):
+            raise Interrupted(None, rc - 128)
         return rc
 
     # SQLite: one worker holds the folder, so a RUNNING trial in the database is one a killed search left behind.
