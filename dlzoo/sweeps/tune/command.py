@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 SAME_FAILURES_TO_STOP = 3  # this many trials failing with one message means the setup is broken, not the draws
 HEARTBEAT_S = 20  # a dead worker's trial is retried after 5 silent heartbeats: ~2 minutes, short beside a trial
-WORKER_ENV = "DLZOO_TUNE_WORKER"  # set by --workers for each of its processes: offsets the sampler's seed
 
 
 def tune_command(argv: list[str]) -> int:
@@ -124,7 +123,14 @@ def _tune(args: argparse.Namespace) -> int:
         storage = st.open_storage(url)
         study = _open_study(storage, args.study_name, search, spec, overrides, out)
         rc = run_workers(args, out, n_trials)
-        report(optuna_load(storage, args.study_name), search.metric, out, name, st.shown_url(url))
+        report(
+            optuna_load(storage, args.study_name),
+            search.metric,
+            out,
+            name,
+            st.shown_url(url),
+            _scored(search.metric, options),
+        )
         if rc - 128 in (signal.SIGINT, signal.SIGTERM):
             raise Interrupted(None, rc - 128)
         return rc
@@ -160,7 +166,7 @@ def _tune(args: argparse.Namespace) -> int:
                                      f"is broken rather than the sampled values: {error}")  # fmt: skip
         except Interrupted:
             pass  # stop.signum is set: report what finished, then leave with the signal's exit code
-        report(study, search.metric, out, name, st.shown_url(url))
+        report(study, search.metric, out, name, st.shown_url(url), _scored(search.metric, options))
         if stop.signum is not None:
             raise Interrupted(None, stop.signum)
     return 0
@@ -170,6 +176,11 @@ def optuna_load(storage: Any, name: str, pruner: Any = None, sampler: Any = None
     import optuna
 
     return optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
+
+
+def _scored(metric: str, options: dict[str, Any]) -> str | None:
+    """What a trial's value is when not the metric itself: the seeds' mean or their lower 95% bound."""
+    return None if options["seeds"] == 1 else f"{metric} {options['objective']} over {options['seeds']} seeds"
 
 
 def _objective(plan: TrialPlan) -> str:
@@ -193,6 +204,8 @@ def _threads(args: argparse.Namespace, base_args: list[str]) -> list[str]:
 def _worker_number() -> int:
     """Which worker this is, to give each its own sampler seed (two workers starting together would otherwise
     draw the same random trials): --workers' number, a SLURM array task's id, else the process id."""
+    from dlzoo.sweeps.tune.workers import WORKER_ENV
+
     for key in (WORKER_ENV, "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key]) + 1

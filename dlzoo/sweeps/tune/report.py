@@ -36,12 +36,15 @@ def own_keys(config: object) -> dict[str, object]:
     return {k: inert(v) for k, v in (config.items() if isinstance(config, dict) else []) if k in keys}
 
 
-def report(study: optuna.Study, metric: str, out: Path, name: str, storage: str | None = None) -> None:
+def report(
+    study: optuna.Study, metric: str, out: Path, name: str, storage: str | None = None, scored: str | None = None
+) -> None:
     """Print every trial and the best one; write `out`/best.yaml from the best trial's composed config.
 
     Every worker of a shared study calls this as it leaves, so best.yaml is computed from the study alone (no
     clock, no worker's own state) and written to a temporary file renamed over the old one: whichever worker
-    finishes last, the file is whole and names the same best trial."""
+    finishes last, the file is whole and names the same best trial. `scored` names a trial's value when it is not
+    the metric itself (the seeds' mean or lower bound)."""
     from optuna.trial import TrialState
 
     from dlzoo.console import console, print_table
@@ -72,10 +75,11 @@ def report(study: optuna.Study, metric: str, out: Path, name: str, storage: str 
     config = own_keys(OmegaConf.to_container(OmegaConf.load(out / f"trial_{best.number}" / "config.yaml")))
     done = best.datetime_complete.strftime("%Y-%m-%d %H:%M") if best.datetime_complete else "unknown"
     drawn = " ".join(best.user_attrs.get("overrides", []))
-    header = BEST_HEADER.format(trials=len(complete), name=name, number=best.number, metric=metric, value=best.value,
+    header = BEST_HEADER.format(trials=len(complete), name=name, number=best.number, metric=scored or metric,
+                                value=best.value,
                                 date=done, out=out, overrides=drawn)  # fmt: skip
     write_atomic(out / "best.yaml", header + OmegaConf.to_yaml(config))
-    console.print(f"best: trial {best.number}, {metric} {best.value:.4f}, "
+    console.print(f"best: trial {best.number}, {scored or metric} {best.value:.4f}, "
                   f"{' '.join(best.user_attrs.get('overrides', []))}")  # fmt: skip
     console.print(f"best config: {out / 'best.yaml'}; train it with: "
                   f"dlzoo train --config-dir {out} --config-name best")  # fmt: skip

@@ -13,6 +13,8 @@ from types import FrameType
 
 from dlzoo.config.launch import usable_cores
 
+WORKER_ENV = "DLZOO_TUNE_WORKER"  # each worker's number, which offsets its sampler's seed
+
 
 def worker_command(args: argparse.Namespace, out: Path, n_trials: int) -> list[str]:
     """The command line of one worker: the study by name (its stored arguments), the budget, its threads."""
@@ -27,7 +29,6 @@ def run_workers(args: argparse.Namespace, out: Path, n_trials: int) -> int:
     on once to each worker (in sessions of their own, so a terminal's Ctrl-C does not reach them twice, which
     would mean "quit now"), and each stops its trial after the current step as a lone search would."""
     from dlzoo.console import console, print_error
-    from dlzoo.sweeps.tune.command import WORKER_ENV
 
     logs = out / "workers"
     logs.mkdir(exist_ok=True)
