@@ -70,10 +70,11 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The trial this one runs again: after a Ctrl-C or a killed single-worker search (user attr `retry_of`), or
-    after its worker's heartbeat stopped (Optuna's system attr `failed_trial`)."""
-    mine = trial.user_attrs.get("retry_of")
-    return mine if mine is not None else trial.system_attrs.get("failed_trial")
+    """The trial this one runs again: after its worker's heartbeat stopped (the last of Optuna's system attr
+    `retry_history`, which also copies the failed trial's user attrs), else after a Ctrl-C or a killed SQLite
+    search (user attr `retry_of`)."""
+    history = trial.system_attrs.get("retry_history") or []
+    return history[-1] if history else trial.user_attrs.get("retry_of")
 
 
 def superseded(trials: list[optuna.trial.FrozenTrial]) -> set[int]:

@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dlzoo.cli import main
+from dlzoo.sweeps.tune.study import counted, finished, retry_of
 from tests.helpers import DLZOO
 
 # Trials of about a second: 200 images, 2 epochs, one thread each (the machine's cores go to the workers).
@@ -122,3 +123,18 @@ def test_sqlite_refuses_several_workers_and_names_the_fix(
     assert "--storage postgresql://" in err and "Traceback" not in err and not (tmp_path / "s").exists()
     assert main(["tune", *tiny, "--storage", "postgresql+psycopg2://nobody@/nowhere?host=/nonexistent"]) == 2
     assert "Cannot open the study database" in capsys.readouterr().err
+
+
+def test_a_chain_of_retries_takes_one_place_in_the_budget() -> None:
+    """Trial 1 reran trial 0 after a Ctrl-C; trial 2 reran trial 1 after its worker died (Optuna's retry copies
+    trial 1's user attrs, so its `retry_of` still says 0): only trial 2 counts, and trial 1 is its parent."""
+    study = optuna.create_study()
+    fail, done = TrialState.FAIL, TrialState.COMPLETE
+    study.add_trial(optuna.trial.create_trial(state=fail))
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs={"retry_of": 0}))
+    study.add_trial(optuna.trial.create_trial(state=done, value=0.5, user_attrs={"retry_of": 0},
+                                              system_attrs={"failed_trial": 1, "retry_history": [1]}))  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(state=done, value=0.6))
+    trials = study.get_trials()
+    assert [retry_of(t) for t in trials] == [None, 0, 1, None]
+    assert [t.number for t in counted(trials)] == [2, 3] and finished(trials) == 2
