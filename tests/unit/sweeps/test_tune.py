@@ -15,30 +15,22 @@ import torch
 from omegaconf import OmegaConf
 
 from dlzoo.cli import compose_and_validate, config_groups, main
-from dlzoo.data.datasets import read_idx
 from dlzoo.errors import DlzooError
-from dlzoo.sweeps.search import check_search, override_value
-from tests.conftest import write_idx
+from dlzoo.sweeps.tune.search import check_search, override_value
 from tests.helpers import DLZOO, dlzoo
 
 FAST = ["trainer.threads=1"]  # conf/search/smoke.yaml already makes each trial a 1,000-image, 4-epoch run
 
 
-@pytest.fixture(scope="session")
-def fmnist_slice(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 2,000 train and 1,000 test images of the real Fashion-MNIST: smoke.yaml's trials use 1,500 of
-    them, and each trial reads a few hundred kilobytes instead of the whole 55 MB."""
-    folder = tmp_path_factory.mktemp("fmnist_slice")
-    for split, n in (("train", 2000), ("t10k", 1000)):
-        for kind, magic in (("images-idx3", 2051), ("labels-idx1", 2049)):
-            array = read_idx(fmnist_root / f"{split}-{kind}-ubyte.gz", magic)[:n]
-            write_idx(folder / f"{split}-{kind}-ubyte", array, magic, compress=False)
-    return folder
+def study_in(out: Path) -> optuna.Study:
+    """The one study of a search folder's SQLite file (named after the search)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-    return optuna.load_study(study_name="dlzoo", storage=storage).get_trials()
+    return study_in(out).get_trials()
 
 
 def status(out: Path, number: int) -> dict:
@@ -84,8 +76,7 @@ def test_resume_keeps_finished_trials_and_reruns_an_interrupted_one(
     before = {t.number: (t.state, t.params, t.value) for t in trials_in(out)}
     assert len(before) == 3
     # A search killed mid-trial leaves that trial RUNNING in the database.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-    killed = optuna.load_study(study_name="dlzoo", storage=storage).ask()
+    killed = study_in(out).ask()
     killed.suggest_float("optim.lr", 1e-6, 1e-1, log=True)
     killed.suggest_categorical("model.activation", ["relu", "tanh"])
 
