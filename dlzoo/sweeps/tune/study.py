@@ -52,6 +52,8 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RD
         retry = retry or optuna.storages.RetryFailedTrialCallback  # optuna < 4.6 names it so
         kwargs = {"heartbeat_interval": heartbeat_s, "grace_period": GRACE_HEARTBEATS * heartbeat_s,
                   callback: retry(max_retry=MAX_RETRIES)}  # fmt: skip
+    if problem := _foreign_sqlite(url):
+        raise DlzooError(problem)
     try:
         # pool_pre_ping: a worker that idled past the server's connection timeout reconnects instead of failing.
         engine = {"pool_pre_ping": True} if not url.startswith("sqlite") else None
@@ -63,6 +65,29 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RD
         raise DlzooError(f"Cannot open the study database {shown_url(url)}: {e}. Fix: check the URL "
                          "(postgresql://user:password@host:5432/dbname), that the server runs and that the "
                          "database exists (createdb dbname).") from None  # fmt: skip
+
+
+def _foreign_sqlite(url: str) -> str | None:
+    """An existing SQLite file that is not an Optuna study (another program's database, or not a database at all):
+    opening it as storage would add Optuna's tables to it. Read read-only, before anything is written."""
+    import sqlite3
+
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        tables, why = None, str(e)
+    if tables is None or (tables and "studies" not in tables):
+        what = f"a database of something else (tables: {', '.join(sorted(tables)[:5])})" if tables else \
+            f"not an SQLite database ({why})"  # fmt: skip
+        return (f"{path} is {what}, not an Optuna study; dlzoo tune would add its own tables to it. Fix: give the "
+                "search its own folder (--out <new folder>).")
+    return None
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -3,6 +3,7 @@ resuming after an interruption (a trial left RUNNING, a Ctrl-C), and bad search 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -224,3 +225,24 @@ def test_a_diverged_trial_fails_and_the_search_goes_on_unless_every_trial_fails_
     assert main(["tune", "search=doomed", *common, "--out", "doomed"]) == 2
     assert "3 trials in a row failed the same way" in capsys.readouterr().err
     assert len(trials_in(tmp_path / "doomed")) == 3
+
+
+@pytest.mark.parametrize("content", ["other program", "not a database"])
+def test_a_foreign_study_db_is_left_untouched(content: str, tmp_path: Path) -> None:
+    """`--resume --out` a folder whose study.db is another program's SQLite database, or no database: refused from
+    a read-only look, the file byte for byte as it was (Optuna would add its tables to it)."""
+    import sqlite3
+
+    from dlzoo.sweeps.tune.study import open_storage, sqlite_url
+
+    path = tmp_path / "study.db"
+    if content == "other program":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE invoices (id INTEGER)")
+            db.commit()
+    else:
+        path.write_bytes(b"just some bytes, not SQLite at all" * 40)
+    before = path.read_bytes()
+    with pytest.raises(DlzooError, match="not an Optuna study; dlzoo tune would add its own tables"):
+        open_storage(sqlite_url(tmp_path))
+    assert path.read_bytes() == before
