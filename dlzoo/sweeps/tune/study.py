@@ -85,8 +85,10 @@ def _foreign_sqlite(url: str) -> str | None:
     if tables is None or (tables and "studies" not in tables):
         what = f"a database of something else (tables: {', '.join(sorted(tables)[:5])})" if tables else \
             f"not an SQLite database ({why})"  # fmt: skip
-        return (f"{path} is {what}, not an Optuna study; dlzoo tune would add its own tables to it. Fix: give the "
-                "search its own folder (--out <new folder>).")
+        return (
+            f"{path} is {what}, not an Optuna study; dlzoo tune would add its own tables to it. Fix: give the "
+            "search its own folder (--out <new folder>)."
+        )
     return None
 
 
