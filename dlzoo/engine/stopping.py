@@ -59,7 +59,14 @@ def exit_status(e: BaseException) -> int:
         print_error(str(e))
         return 128 + e.signum
     if isinstance(e, KeyboardInterrupt):
-        print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
+        rank = int(os.environ.get("RANK", "0"))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # data-parallel ranks stop at once, together (no stop flag)
+            if rank == 0:
+                print_error("Interrupted: data-parallel ranks stop at once; checkpoints/last.pt is the last complete "
+                            "one (written every trainer.checkpoint.every epochs). A data-parallel run does not "
+                            "resume: continue from it in one process with trainer.resume=<run folder>.")  # fmt: skip
+        else:
+            print_error("Interrupted at once (second Ctrl-C); checkpoints on disk are the last complete ones.")
         return 130
     raise e
 
