@@ -94,3 +94,13 @@ def test_a_resume_removes_what_a_killed_write_left(saved: tuple[Path, dict], tmp
     keep.write_text("the user's")
     run(compose_and_validate([*XOR, "trainer.epochs=3", f"trainer.resume={folder}"]), folder)
     assert not stale.exists() and keep.exists() and (folder / "metrics.json").is_file()
+
+
+def test_checkpoints_and_metrics_have_the_permissions_of_every_other_file(saved: tuple[Path, dict]) -> None:
+    """Written through a temporary file (mkstemp makes it 0600), last.pt and metrics.json still get what the
+    umask gives the run's other files (train.log, events): one rule for the whole folder."""
+    folder = saved[0].parent.parent
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (saved[0], folder / "metrics.json", folder / "config.yaml")
+             if p.exists()}  # fmt: skip
+    events = next(folder.rglob("events.out.tfevents.*"))
+    assert set(modes.values()) == {events.stat().st_mode & 0o777}, (modes, oct(events.stat().st_mode))
