@@ -477,7 +477,26 @@ def test_fuzz_damaged_run_folders_for_report_eval_and_resume(fuzz_run: Path, dat
     before = {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")}
     assert _cli(["report", str(root)]) in (0, 2)
     assert _cli(["eval", f"ckpt={victim}"]) in (0, 2)
+    _ladder_reads(victim, root / "ladder")
     assert {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")} == before
+
+
+def _ladder_reads(run_folder: Path, out: Path) -> None:
+    """What `dlzoo ladder --resume --out` reads before it trains (is each run done?) and after (the table), over
+    the damaged run as a rung's seed: no exception but a DlzooError."""
+    import shutil
+
+    from dlzoo.errors import DlzooError
+    from dlzoo.sweeps.ladder import _done, plan
+    from dlzoo.sweeps.ladder_table import collect, rows
+
+    shutil.copytree(run_folder, out / "lab10_1_softmax" / "seed1", symlinks=True)
+    jobs = plan(["lab10_1_softmax"], 1, None, [], out)
+    try:
+        _done(jobs[0].folder)
+        rows(collect(jobs))
+    except DlzooError:
+        pass
 
 
 BLOCK = st.fixed_dictionaries(
