@@ -62,6 +62,13 @@ def test_every_page_is_in_the_site_navigation() -> None:
     assert not missing, f"pages mkdocs.yml's nav does not list: {missing}"
 
 
+def test_the_readmes_links_and_images_exist() -> None:
+    """The README is outside the docs site, so mkdocs' --strict does not check its links; this does."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    missing = [t for t in targets if not t.startswith("http") and not (ROOT / t).exists()]
+    assert targets and not missing, f"README links to missing files: {missing}"
+
+
 def test_the_technique_catalogue_is_generated_from_the_registries() -> None:
     spec = importlib.util.spec_from_file_location("docs_catalogue", ROOT / "scripts" / "docs_catalogue.py")
     assert spec and spec.loader
