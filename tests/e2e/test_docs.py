@@ -44,7 +44,6 @@ PLAIN = {"python3", ".", "source", "apt-get", "mkdocs", "jupyter", "export"}
 PLACEHOLDER = re.compile(r"<[^>]*>|^\.\.\.$|\[--")
 OWN_FLAGS = {"train": {"-m", "--multirun", "--config-dir", "--config-name", "--cfg", "--hydra-help", "--help"},
              "validate": {"--config-dir", "--help"}}  # fmt: skip
-TAKES_VALUE = {"--config-dir", "--config-name", "--cfg", "--out"}
 
 
 def all_commands() -> list[Command]:
