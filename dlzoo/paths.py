@@ -25,12 +25,24 @@ def conf_dir() -> Path:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once, at import (setting it is the only way to read it, and not thread-safe)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` to a fresh temporary file beside `path`, then rename it over `path`: a crash or a full disk
     mid-write leaves the previous file (or none), never half of one. The temporary name is unique, so two
     writers never share it, and it is removed when `write` fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file 0600; a checkpoint or metrics.json gets the permissions of every other file the run
+    # writes (0644 under the usual umask 022), so a shared results folder reads alike.
+    os.fchmod(fd, 0o666 & ~UMASK)
     os.close(fd)
     tmp = Path(name)
     try:

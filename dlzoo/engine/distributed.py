@@ -1,14 +1,17 @@
-"""Data-parallel training (DistributedDataParallel) over the processes torchrun starts: joining the group, one
-output folder for every rank, each rank's shard of every global batch, and sums across ranks. `Dist()` is the
-single process, where every method is the identity, so the one training loop serves both."""
+"""Data-parallel training (DistributedDataParallel) over the processes `dlzoo train trainer.devices=N` (or torchrun)
+starts: joining the group, one output folder for every rank, each rank's shard of every global batch, and sums
+across ranks. `Dist()` is the single process, where every method is the identity, so one training loop serves both."""
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +97,9 @@ def current() -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+RENDEZVOUS = "DLZOO_RENDEZVOUS"  # the file:// address the ranks `dlzoo train trainer.devices=N` starts meet at
+
+
 def launched() -> bool:
     """Whether torchrun started this process as one of several (it sets WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -111,7 +117,12 @@ def setup(argv: list[str]) -> list[str]:
             "trainer.devices > 1. Fix: run the sweep's jobs one after another, or sweep without DDP."
         )
     # Scalars always travel through gloo on CPU tensors; DDP's gradients use nccl when the model is on CUDA.
-    tdist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    if RENDEZVOUS in os.environ:  # started by `dlzoo train trainer.devices=N`: the ranks meet through a file
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        tdist.init_process_group(backend, init_method=os.environ[RENDEZVOUS], rank=rank, world_size=world)
+    else:  # torchrun (one machine or several): its env:// rendezvous
+        tdist.init_process_group(backend)
     atexit.register(tdist.destroy_process_group)
     chosen: list[Any] = [_run_dir(argv) if tdist.get_rank() == 0 else None]
     tdist.broadcast_object_list(chosen, src=0)
@@ -145,7 +156,7 @@ def check_supported(world: int, devices: int, ensemble_size: int, resume: str | 
     if devices > 1 and world == 1:
         raise DlzooError(
             f"trainer.devices={devices} needs {devices} processes, but this is a single one. Fix: start it with "
-            f"`dlzoo train trainer.devices={devices} ...` (which runs torchrun) or "
+            f"`dlzoo train trainer.devices={devices} ...` (which starts the processes) or "
             f"`torchrun --nproc_per_node={devices} -m dlzoo.train ...`."
         )
     if world > 1 and devices not in (1, world):
@@ -166,18 +177,63 @@ def check_supported(world: int, devices: int, ensemble_size: int, resume: str | 
 
 
 def spawn(args: list[str], devices: int) -> int:
-    """`dlzoo train trainer.devices=N ...`: run the same command as N torchrun processes on this machine."""
+    """`dlzoo train trainer.devices=N ...`: run the same command as N rank processes on this machine."""
     if any(a in ("-m", "--multirun") for a in args):
         from dlzoo.console import print_error
 
         print_error(f"trainer.devices={devices} trains one config at a time; drop -m (or trainer.devices for a sweep).")
         return 2
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}"]
-    # torchrun would set 1 thread per process and warn; share the cores instead (trainer.threads still wins).
+    # Share the cores between the ranks (trainer.threads still wins).
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = str(max(1, cores // devices))
-    env = {"OMP_NUM_THREADS": threads} | dict(os.environ)
-    return subprocess.run([*command, "-m", "dlzoo.train", *args], check=False, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="dlzoo-ddp-") as rendezvous:
+        env = {"OMP_NUM_THREADS": str(max(1, cores // devices))} | dict(os.environ) | local_group(devices, rendezvous)
+        command = [sys.executable, "-m", "dlzoo.train", *args]
+        ranks = [subprocess.Popen(command, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(devices)]
+        return supervise(ranks)
+
+
+def local_group(world: int, rendezvous: str) -> dict[str, str]:
+    """The environment of `world` ranks on this machine that listen on no network interface: they meet through a
+    file (torch's FileStore, not torchrun's TCP store, which listens on every interface), and gloo and NCCL
+    connect the ranks over loopback."""
+    env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+           RENDEZVOUS: f"file://{rendezvous}/store"}  # fmt: skip
+    loopback = next((n for n in ("lo", "lo0") if Path("/sys/class/net", n).exists()), None)
+    if loopback is not None:
+        env |= {"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback}
+    return env
+
+
+def supervise(ranks: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> int:
+    """Wait for the ranks as torchrun would: a SIGTERM or SIGHUP to this process is passed on to each (a Ctrl-C
+    reaches them all from the terminal already), and once one rank has failed, the others, which would wait for
+    it forever in their next all-reduce, are stopped after `grace_s`. Returns the first failure's exit status."""
+    import signal
+    import time
+
+    def forward(signum: int, frame: object) -> None:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    failed_at: float | None = None
+    try:
+        while any(rank.poll() is None for rank in ranks):
+            try:
+                time.sleep(0.1)
+            except KeyboardInterrupt:  # the ranks got the same Ctrl-C: they checkpoint and exit on their own
+                continue
+            codes = [rank.poll() for rank in ranks]
+            if failed_at is None and any(code not in (None, 0) for code in codes):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                forward(signal.SIGTERM, None)
+                failed_at = math.inf
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return next((rank.returncode for rank in ranks if rank.returncode != 0), 0)
 
 
 def requested_devices(args: list[str]) -> int:

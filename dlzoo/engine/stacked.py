@@ -189,15 +189,21 @@ class _StackLoop:
         self.net.write_back(active)
         loss, acc = (sums.loss / sums.seen).tolist(), (sums.correct.double() / sums.seen).tolist()
         lr = self.scheduler.get_last_lr()[0]
+        epoch_metrics = []
         for k in active:
             metrics = _end_epoch(self.state[k], self.members[k], self.data, self.cfg, epoch, self.step, loss[k],
                                  acc[k], lr)  # fmt: skip
-            if metrics is not None and self.io.best is not None:
-                save_best(self.io.best[k], self.members[k], epoch, metrics)
+            if metrics is not None:
+                epoch_metrics.append(metrics)
+                if self.io.best is not None:
+                    save_best(self.io.best[k], self.members[k], epoch, metrics)
         finished = epoch == t.epochs or (t.max_steps is not None and self.step >= t.max_steps)
         finished = finished or not self.active()
         if finished or epoch % t.checkpoint.every == 0 or self.io.stop_requested:
             self.save(epoch)
+        if self.io.on_epoch_end is not None and epoch_metrics:
+            self.io.on_epoch_end(epoch, {key: sum(m[key] for m in epoch_metrics) / len(epoch_metrics)
+                                         for key in epoch_metrics[0]})  # fmt: skip
         if self.io.stop_requested and not finished:
             raise _interrupted(self.io)
         return finished

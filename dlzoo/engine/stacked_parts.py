@@ -5,7 +5,7 @@ probes recorded for each member as its standalone loop records them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,8 @@ class StackIO:
     stop: StopFlag | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # saved beside the state (the config)
     best: list[Checkpointing] | None = None  # each member's best-epoch checkpoints (trainer.checkpoint.top_k)
+    # After each epoch, with the mean over the members still training of each epoch metric (what tune reports).
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None
 
     @property
     def stop_requested(self) -> bool:

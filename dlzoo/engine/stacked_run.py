@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,11 @@ def train_stacked(
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
     started: float | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[tuple[torch.nn.Module, dict[str, Any] | None]]:
     """Train the stack; returns each member's model and metrics (None for a member that diverged). Each member's
-    wall_time_s is its share of the stack's (from `started`, the run's start, to the end of training, over K)."""
+    wall_time_s is its share of the stack's (from `started`, the run's start, to the end of training, over K).
+    `on_epoch_end(epoch, metrics)` gets each epoch metric's mean over the members still training."""
     started = time.perf_counter() if started is None else started
     t, k_all, where = cfg.trainer, cfg.trainer.stack, folders(cfg, out_dir)
     seeds = [s for s, _ in where]
@@ -165,7 +168,7 @@ def train_stacked(
         checkpoint = out_dir / "checkpoints" / STACK_FILE if t.checkpoint.enabled else None
         best = [_best(cfg, config, meta, folder, resume, k) for k, ((_, folder), meta) in
                 enumerate(zip(where, metas, strict=True))] if checkpoint is not None else None  # fmt: skip
-        io = StackIO(checkpoint, resume, stop, {"config": config}, best)
+        io = StackIO(checkpoint, resume, stop, {"config": config}, best, on_epoch_end)
         results = fit_stacked(models, generators, seeds, trackers, data, cfg, io)
         share = {"wall_time_s": (time.perf_counter() - started) / k_all}
         bad = diverged(results)
@@ -192,6 +195,9 @@ def _best(
     return best
 
 
+SCORES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+
 def summary(cfg: DictConfig, members: list[tuple[torch.nn.Module, dict[str, Any] | None]]) -> dict[str, Any]:
     """The stack's own metrics.json for seeds: the test accuracy's mean and sample std over the healthy seeds."""
     seeds = [cfg.trainer.seed + k for k in range(len(members))]
@@ -205,8 +211,11 @@ def summary(cfg: DictConfig, members: list[tuple[torch.nn.Module, dict[str, Any]
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
     first = good[0][1]
-    return {"test_acc": mean, "test_acc_std": std, "stack": len(members), "seeds": seeds,
-            "member_test_acc": [m["test_acc"] if m else None for _, m in members],
+    # Each score as a standalone run names it (the mean over the healthy seeds: what `dlzoo tune --seeds` optimizes),
+    # and every seed's own value beside it.
+    scores = {key: sum(m[key] for _, m in good) / len(good) for key in SCORES}
+    each = {f"member_{key}": [m[key] if m else None for _, m in members] for key in SCORES}
+    return scores | each | {"test_acc_std": std, "stack": len(members), "seeds": seeds,
             "diverged_seeds": [s for s, (_, m) in zip(seeds, members, strict=True) if m is None],
             "steps": first["steps"], "epochs": first["epochs"], "train_time_s": first["train_time_s"],
             "train_samples_per_s": first["train_samples_per_s"] * len(members)}  # fmt: skip

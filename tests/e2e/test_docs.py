@@ -40,7 +40,7 @@ MARKERS = {m.split(":")[0] for m in PYPROJECT["tool"]["pytest"]["ini_options"]["
 # Packages a page may tell a user to install beside dlzoo's own extras.
 OTHER_PACKAGES = {"torch", "torchvision", "jupyterlab", "tensorflow-cpu", "keras", "mkdocs", "mkdocs-material"}
 # Programs whose lines are checked only for existing files: the shell's own, and tools with nothing of ours to check.
-PLAIN = {"python3", ".", "source", "apt-get", "mkdocs", "jupyter", "export"}
+PLAIN = {"python3", ".", "source", "apt-get", "mkdocs", "jupyter", "export", "sudo", "createdb"}
 PLACEHOLDER = re.compile(r"<[^>]*>|^\.\.\.$|\[--")
 OWN_FLAGS = {"train": {"-m", "--multirun", "--config-dir", "--config-name", "--cfg", "--hydra-help", "--help"},
              "validate": {"--config-dir", "--help"}}  # fmt: skip
@@ -256,7 +256,8 @@ class _Planned(Exception):
 
 def check_study(verb: str, rest: list[str], written: list[str]) -> str | None:
     """ladder, transfer and tune through their own argument parsing and planning, stopped before any training."""
-    from dlzoo.sweeps import ladder, transfer_study, tune
+    from dlzoo.sweeps import ladder, transfer_study
+    from dlzoo.sweeps.tune import command as tune
 
     out = rest[rest.index("--out") + 1] if "--out" in rest else f"outputs/{verb}"
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
@@ -302,7 +303,7 @@ BUDGET = {
 }  # fmt: skip
 # Lines that need what a test machine lacks: a SLURM cluster, GPUs, more processes than 2 cores carry.
 NOT_RUN = ("hydra/launcher=slurm_example", "gpu_per_job", "trainer.devices=4", "--nproc_per_node=4",
-           "--device cuda", "trainer.compile=true")  # fmt: skip
+           "--device cuda", "trainer.compile=true", "postgresql")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -4,9 +4,11 @@ matches the single-process run, writes one run folder, and refuses what DDP does
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,8 +99,22 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
     ddp_cwd = tmp_path / "ddp"
     ddp_cwd.mkdir()
     # No hydra.run.dir: the ranks must agree on the ${now:...}-named folder that rank 0 picks.
-    ddp = dlzoo("train", *common, "trainer.devices=2", cwd=ddp_cwd)
+    before, seen, done = _listening(), set(), threading.Event()
+
+    def watch() -> None:  # every socket that listens while the ranks run
+        while not done.wait(0.1):
+            seen.update(_listening())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        ddp = dlzoo("train", *common, "trainer.devices=2", cwd=ddp_cwd)
+    finally:
+        done.set()
+        watcher.join()
     assert ddp.returncode == 0, ddp.stderr
+    exposed = {a for a in seen - before if not a.startswith(("127.", "::1"))}
+    assert not exposed, f"the ranks listened beyond loopback: {exposed}"
     assert ddp.stdout.count("final metrics") == 1  # ranks > 0 print nothing
 
     runs = list((ddp_cwd / "outputs" / "runs").iterdir())
@@ -117,6 +133,22 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
     assert math.isclose(two["test_loss"], one["test_loss"], rel_tol=1e-3)
     state = torch.load(runs[0] / "checkpoints" / "last.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in state["model"])  # plain weights: eval/predict load them
+
+
+def _listening() -> set[str]:
+    """The local addresses of this machine's listening TCP sockets (from /proc/net/tcp and tcp6), e.g.
+    '127.0.0.1:5432', '0.0.0.0:29400' or '::1:80'."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:] if Path(table).exists() else []:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            host, port = fields[1].split(":")
+            raw = bytes.fromhex(host)  # 32-bit words in the host's (little-endian) byte order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(f"{ipaddress.ip_address(raw)}:{int(port, 16)}")
+    return found
 
 
 def test_unsupported_combinations_are_refused(tmp_path: Path) -> None:

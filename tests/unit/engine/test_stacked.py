@@ -291,3 +291,21 @@ def test_ensemble_stack_on_refuses_a_model_it_cannot_stack() -> None:
         DlzooError, match=r"ensemble\.stack=on trains the 3 members as one batched model; its model has a"
     ):
         compose_and_validate(["ensemble.size=3", "ensemble.stack=on", "model=resnet_small"])
+
+
+@pytest.mark.parametrize("extra", [["trainer.stack=2"], ["ensemble.size=2", "ensemble.stack=on"]])
+def test_a_stack_reports_each_epoch_and_a_standalone_runs_scores(extra: list[str], toy_root: Path,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    """What `dlzoo tune` reads: a stack calls on_epoch_end once per epoch with its members' mean, and (for seeds)
+    returns the standalone run's score names as the seeds' means, each seed's own value beside them."""
+    seen: list[tuple[int, dict[str, float]]] = []
+    metrics = run(compose_and_validate([*BASE, f"data.root={toy_root}", *extra]), tmp_path, None,
+                  lambda epoch, m: seen.append((epoch, m)))  # fmt: skip
+    assert [e for e, _ in seen] == [1, 2] and 0.0 <= seen[-1][1]["val/acc"] <= 1.0
+    folders = sorted(p for p in tmp_path.iterdir() if (p / "checkpoints").is_dir())
+    last = [load_checkpoint(f / "checkpoints" / "last.pt")["history"][-1]["val/acc"] for f in folders]
+    assert seen[-1][1]["val/acc"] == pytest.approx(sum(last) / 2)
+    if "trainer.stack=2" in extra:
+        assert metrics["val_acc"] == pytest.approx(sum(metrics["member_val_acc"]) / 2)
+        assert metrics["member_val_acc"] == pytest.approx(last)
+    assert {"val_acc", "val_loss", "test_acc", "test_loss"} <= set(metrics)
