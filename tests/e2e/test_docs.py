@@ -294,9 +294,8 @@ def _raise() -> None:
 # Slow tier: the same lines, run. Appended to each verb's words: seconds instead of minutes.
 BUDGET = {
     "train": ["debug=fast", "trainer.threads=1", "trainer.max_loss=null", "pretrain.epochs=1",
-              "pretrain.unlabeled=false", "data.train_subset=500"],
-    "ladder": ["--seeds", "1", "--epochs", "1", "--rungs", "lab10_1_softmax,lab10_3_xavier", "debug=fast",
-               "trainer.threads=1"],
+              "pretrain.unlabeled=false"],
+    "ladder": ["--seeds", "1", "--epochs", "1", "debug=fast", "trainer.threads=1"],
     "transfer": ["--seeds", "1", "trainer.epochs=2", "trainer.max_steps=10", "transfer.freeze_epochs=1",
                  "trainer.threads=1", "data.val_size=500"],
     "tune": ["--trials", "2", "debug=fast", "trainer.threads=1"],
@@ -324,9 +323,11 @@ def test_every_training_command_of_the_page_runs(page: Path, tmp_path: Path, mni
         if words[0] != "dlzoo" or any(n in command.text for n in NOT_RUN) or {"--help", "--cfg"} & set(words):
             continue
         budget = BUDGET.get(words[1], [])
-        if "--rung-seeds" in words:  # the budget's --rungs and --seeds replace a full ladder's per-rung seeds
+        if "--rung-seeds" in words:  # the budget's --seeds replaces a full ladder's per-rung seeds
             at = words.index("--rung-seeds")
             del words[at : at + 2]
+        if words[1] == "ladder" and "--rungs" not in words and "--resume" not in words:
+            budget = [*budget, "--rungs", "lab10_4_deep,lab10_5_dropout"]  # two MLP rungs the pages compare
         if words[1] == "tune" and "--resume" in words:
             budget = ["--trials", "3"]
         proc = subprocess.run([*DLZOO, *words[1:], *budget], cwd=tmp_path, env=env, capture_output=True, text=True,
