@@ -1,5 +1,5 @@
-"""`dlzoo train|validate|ls`. `train` hands its arguments untouched to the @hydra.main function, so overrides,
-`-m` multirun, `--cfg job` and `--help` behave as in any Hydra app."""
+"""`dlzoo <verb>`: the table of verbs, their short usage, and the one error boundary. `train` hands its arguments
+untouched to the @hydra.main function, so overrides, `-m` multirun and `--cfg job` behave as in any Hydra app."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dlzoo.registry import closest
 
 __all__ = ["compose_and_validate", "config_groups", "main", "precheck"]  # what scripts and tests import from here
 
-USAGE = """usage: dlzoo <command> [args]
+USAGE = """usage: dlzoo <command> [args]          dlzoo <command> --help: that command's usage;  dlzoo --version
 
 commands:
   train [overrides...]      train one config, or a sweep with -m (Hydra overrides, e.g. model=mlp_dropout)
@@ -31,11 +31,63 @@ commands:
   transfer [--seeds 5] [--out DIR] [overrides...]   Géron's transfer learning: model_A, model_B, model_B_on_A per seed
 
 examples:
-  dlzoo train model=mlp_dropout data=fashion_mnist data.root=/usr/share/datasets/fashion-mnist
+  dlzoo train model=mlp_dropout data=fashion_mnist
   dlzoo train -m model=softmax,mlp,mlp_xavier,mlp_deep,mlp_dropout
   dlzoo train debug=fast
   dlzoo train trainer.devices=2   (data parallel: 2 processes; -m hydra/launcher=parallel for jobs side by side)
+
+data: MNIST and Fashion-MNIST download on first use; offline, set data.root=<folder> (or $DLZOO_DATA) to the
+folder holding the four IDX files.
 """
+
+# `dlzoo <verb> --help` for the verbs whose arguments are Hydra overrides (the others' usage comes from argparse).
+# `train` leads with this instead of Hydra's whole config dump; `--cfg job` still prints the composed config.
+VERB_USAGE = {
+    "train": """usage: dlzoo train [-m] [--config-dir DIR] [overrides...]
+
+Train one config, or with -m one run per combination (a Hydra multirun). Overrides pick a config from a
+group (model=mlp_xavier, experiment=lab10_5_dropout) or set a key (trainer.epochs=5, model.activation=elu).
+
+examples:
+  dlzoo train model=mlp_dropout                       lecture lab 10-5 on MNIST
+  dlzoo train experiment=lab10_7_bn trainer.epochs=5  a lecture rung, shorter
+  dlzoo train -m model.activation=relu,elu,selu       a sweep, ending with its comparison
+  dlzoo train debug=fast                              a seconds-long smoke run
+  dlzoo train trainer.resume=auto                     continue the last unfinished run of this config
+
+the config:
+  dlzoo ls                    the config groups and every registry's names (dlzoo ls activation: one registry)
+  dlzoo train --cfg job       print the composed config instead of training (add overrides to see their effect)
+  dlzoo validate [overrides]  compose and check a config without training
+  dlzoo train --hydra-help    Hydra's own flags (--multirun, --cfg, --config-dir, --info, ...)
+""",
+    "validate": """usage: dlzoo validate [--config-dir DIR] [overrides...]
+
+Compose the config `dlzoo train` would run with these overrides, check every name and range, and print it
+(with any warnings); a problem is one paragraph and exit 2. Nothing is trained and no folder is made.
+
+example:
+  dlzoo validate experiment=lab10_7_bn optim.lr=0.01
+""",
+    "eval": """usage: dlzoo eval ckpt=<run folder|.pt> [overrides...]
+
+Score a checkpoint on its dataset's validation and test splits; writes eval-<checkpoint>.json beside it.
+A run folder means its checkpoints/last.pt; an ensemble's folder scores the ensemble and its members.
+Overrides apply to the run's own config (eval.mc_samples=20 for MC dropout, data.root=<folder>).
+
+example:
+  dlzoo eval ckpt=outputs/runs/first eval.mc_samples=20
+""",
+    "predict": """usage: dlzoo predict ckpt=<run folder|.pt> input=<a.png,b.npy,...> [format=json] [overrides...]
+
+Class and probabilities for new images: image files (greyscale, resized to 28x28; MNIST digits are white on
+black) or .npy arrays of shape (28, 28), (N, 28, 28) or (N, 784). A table, or one JSON line per image with
+format=json.
+
+example:
+  dlzoo predict ckpt=outputs/runs/first input=digit.png
+""",
+}
 
 
 def _train(rest: list[str]) -> int:
@@ -199,6 +251,11 @@ def _validate(args: list[str]) -> int:
     return 0
 
 
+def _asks_help(args: list[str]) -> bool:
+    """`-h`/`--help` as a word of its own, before any `--`; an override's value (`name=--help`) is not a flag."""
+    return any(a in ("-h", "--help") for a in args)
+
+
 VERBS: dict[str, Callable[[list[str]], int]] = {
     "train": _train,
     "validate": _validate,
@@ -220,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    if argv[0] in ("-V", "--version"):
+        from dlzoo import __version__
+
+        print(f"dlzoo {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
+    if command in VERB_USAGE and _asks_help(rest):
+        print(VERB_USAGE[command])
+        return 0
     from dlzoo.console import print_error
 
     if command not in VERBS:

@@ -243,8 +243,9 @@ def _missing_message(spec: DatasetSpec, searched: list[Path], why: str) -> str:
         f"No local copy of {spec.name} was found and {why}.{incomplete} "
         f"Searched: {', '.join(str(r) for r in searched)} "
         f"(each also as <folder>/{{{','.join(spec.folder_names)}}} and <folder>/{spec.torchvision_class}/raw). "
-        f"Fix: point data.root (or $DLZOO_DATA) at a folder holding the four IDX files ({files}), or connect "
-        f"to the internet and keep data.download=true.{debian}"
+        f"Fix: point data.root (or $DLZOO_DATA) at a folder holding {spec.name}'s four IDX files ({files}), "
+        f"e.g. `data.root=~/data/{spec.folder_names[0]}`, or connect to the internet and keep "
+        f"data.download=true.{debian}"
     )
 
 
@@ -253,10 +254,12 @@ def locate(name: str, root: str | None = None, download: bool = True) -> Path:
     allowed and nothing local is found."""
     spec = DATASETS.get(name)
     if root and not Path(root).expanduser().is_dir():
+        files = ", ".join(f + "[.gz]" for f in IDX_FILES.values())
         raise DlzooError(
             f"data.root={root!r} does not exist (resolved from {Path.cwd()}). Fix: give the folder that holds "
-            f"the four {spec.name} IDX files, e.g. `data.root=/usr/share/datasets/fashion-mnist`, or drop "
-            "data.root to use $DLZOO_DATA, the cache or a download."
+            f"{spec.name}'s four IDX files ({files}), e.g. `data.root=~/data/{spec.folder_names[0]}`; or drop "
+            f"data.root: dlzoo then looks in $DLZOO_DATA, {default_cache()} and /usr/share/datasets, and "
+            "downloads the files when online."
         )
     roots = candidate_roots(root)
     folder = find_local(spec, roots)

@@ -62,6 +62,19 @@ def test_missing_root_names_the_folder_and_the_fix(tmp_path: Path) -> None:
         locate("mnist", str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_each_data_error_gives_an_example_of_its_own_dataset(tmp_path: Path, name: str) -> None:
+    """An MNIST error once gave a Fashion-MNIST folder as its example, and a missing data.root the same path."""
+    (tmp_path / "empty").mkdir()
+    folder = DATASETS.get(name).folder_names[0]
+    for root, download in ((str(tmp_path / "nowhere"), True), (str(tmp_path / "empty"), False)):
+        with pytest.raises(DlzooError) as info:
+            locate(name, root, download=download)
+        message = str(info.value)
+        assert f"data.root=~/data/{folder}`" in message and "train-images-idx3-ubyte" in message
+        assert name == "fashion_mnist" or "fashion" not in message.lower()
+
+
 def test_offline_without_a_copy_lists_the_folders_searched(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DlzooError) as info:
