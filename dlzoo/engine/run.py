@@ -30,10 +30,10 @@ from dlzoo.engine.folders import (
     write_json,
 )
 from dlzoo.engine.hparams import chosen_columns, run_hparams
-from dlzoo.engine.loop import FitOptions, fit, resolve_device
+from dlzoo.engine.loop import fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
-from dlzoo.engine.state import histogram_every, step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, resume_command
+from dlzoo.engine.state import step_counts
+from dlzoo.engine.stopping import Interrupted, StopFlag, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -43,7 +43,6 @@ from dlzoo.engine.transfer import build_freeze_schedule
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
-from dlzoo.optim.regularize import build_regularizer
 
 OnEpochEnd = Callable[[int, dict[str, float]], None]
 
@@ -257,7 +256,7 @@ def _train_member(
     on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
     meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
-    opts = _fit_options(
+    opts = member.fit_options(
         cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end, total_steps
     )
     purge_step = resume["step"] + 1 if resume else None
@@ -316,37 +315,3 @@ def _setup_checkpointing(
     if resume is not None:
         checkpointing.adopt_best(resume["history"])
     return checkpointing
-
-
-def _fit_options(
-    cfg: DictConfig,
-    seed: int,
-    checkpointing: Checkpointing | None,
-    stop: StopFlag | None,
-    on_epoch_end: OnEpochEnd | None,
-    total_steps: int,
-) -> FitOptions:
-    """The trainer section as the loop's options (`total_steps`: the run's, which sets the histograms' interval)."""
-    t, es = cfg.trainer, cfg.trainer.early_stop
-    dist = distributed.current()
-    return FitOptions(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        seed=seed,
-        max_steps=t.max_steps,
-        eval_batch_size=t.eval_batch_size,
-        log_every_n_steps=t.log_every_n_steps,
-        layer_stats=t.layer_stats and dist.main,
-        histogram_every_n_steps=histogram_every(t.histogram_every_n_steps, total_steps),
-        regularizer=build_regularizer(cfg.reg),
-        early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
-        restore_best=es.restore_best,
-        checkpointing=checkpointing,
-        stop=stop,
-        max_loss=t.max_loss,
-        on_epoch_end=on_epoch_end,
-        precision=t.precision,
-        dist=dist,
-        compile_mode=t.compile_mode if t.compile else None,
-        warn=print_warning,
-    )

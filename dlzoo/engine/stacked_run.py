@@ -28,14 +28,16 @@ from dlzoo.engine import member
 from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
 from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
 from dlzoo.engine.hparams import chosen_columns
+from dlzoo.engine.loop import fit
 from dlzoo.engine.resuming import Member, Plan, member_folder
-from dlzoo.engine.stacked import StackIO, diverged, fit_stacked
-from dlzoo.engine.state import FitResult, step_counts
-from dlzoo.engine.stopping import StopFlag
-from dlzoo.engine.tracking import RunTracker, summary_markdown
+from dlzoo.engine.state import FitResult, MemberState, step_counts
+from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.tracking import RunTracker, Tracker, summary_markdown
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
+from dlzoo.models.stacked import StackedNet
 from dlzoo.models.summary import Summary
+from dlzoo.optim import build_optimizer, build_scheduler
 
 STACK_FILE = "stack.pt"
 # On a CPU, K models trained as one stack measured faster than one after another only for small MLPs (lab 10-3's
@@ -168,10 +170,10 @@ def train_stacked(
         checkpoint = out_dir / "checkpoints" / STACK_FILE if t.checkpoint.enabled else None
         best = [_best(cfg, config, meta, folder, resume, k) for k, ((_, folder), meta) in
                 enumerate(zip(where, metas, strict=True))] if checkpoint is not None else None  # fmt: skip
-        io = StackIO(checkpoint, resume, stop, {"config": config}, best, on_epoch_end)
-        results = fit_stacked(models, generators, seeds, trackers, data, cfg, io)
+        results = fit_stack(models, generators, seeds, trackers, data, cfg, checkpoint, resume, stop,
+                            {"config": config}, best, on_epoch_end)  # fmt: skip
         share = {"wall_time_s": (time.perf_counter() - started) / k_all}
-        bad = diverged(results)
+        bad = [k for k, r in enumerate(results) if not math.isfinite(r.train_loss)]
         members = [
             (model, None if k in bad else _finish_member(cfg, config, hparams, data, folder, model, *parts, share))
             for k, ((_, folder), model, *parts) in enumerate(zip(where, models, results, trackers, summaries, metas,
@@ -182,6 +184,54 @@ def train_stacked(
                       "trainer.max_loss; they are frozen where it happened and write no metrics.json); the other "
                       "members' results stand. Fix for them: a lower optim.lr or reg.clip_norm.")  # fmt: skip
     return members
+
+
+def fit_stack(
+    models: list[torch.nn.Module],
+    generators: list[torch.Generator],
+    seeds: list[int],
+    trackers: list[Tracker],
+    data: Splits,
+    cfg: DictConfig,
+    checkpoint: Path | None = None,
+    resume: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+    extra: dict[str, Any] | None = None,
+    best: list[Checkpointing] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[FitResult]:
+    """Train the K `models` (each built, seeded and initialized as its standalone run builds it; `generators[k]`
+    holds the global random stream that run would continue with) as one StackedNet through engine.loop.fit.
+
+    Args:
+        models, generators, seeds, trackers: each member's model, random stream, seed and run tracker.
+        data: the splits, on the device.
+        cfg: the composed config.
+        checkpoint: where stack.pt goes (None: no checkpoints).
+        resume: a stack.pt's contents to continue from.
+        stop: the run's stop flag.
+        extra: saved in stack.pt beside the state (the config).
+        best: each member's best-epoch checkpoints.
+        on_epoch_end: called after each epoch with the mean over the members still training.
+
+    Returns:
+        Each member's FitResult (NaN losses for one that diverged)."""
+    t, es = cfg.trainer, cfg.trainer.early_stop
+    per_epoch, total = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
+    nhwc = t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in models[0].modules())  # as setup_model
+    net = StackedNet(models, generators, nhwc)
+    optimizer = build_optimizer(cfg.optim, net.parameters())
+    scheduler = build_scheduler(cfg.sched, optimizer, per_epoch, total)
+    device = data.x_train.device
+    members = [MemberState(torch.Generator(device=device).manual_seed(s), tracker,
+                           EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
+                           best[k] if best is not None else None)
+               for k, (s, tracker) in enumerate(zip(seeds, trackers, strict=True))]  # fmt: skip
+    ck = None if checkpoint is None else Checkpointing(checkpoint.parent, t.checkpoint.every, 0, extra=extra or {},
+                                                        file=checkpoint.name)  # fmt: skip
+    opts = member.fit_options(cfg, seeds[0], ck, stop, on_epoch_end, total)
+    opts.early_stopping, opts.members = None, members
+    return fit(net, data, optimizer, scheduler, trackers[0], opts, resume)
 
 
 def _best(

@@ -16,7 +16,7 @@ from dlzoo.data.datasets import load_splits
 from dlzoo.engine.folders import load_checkpoint
 from dlzoo.engine.loop import seed_everything
 from dlzoo.engine.run import run
-from dlzoo.engine.stacked import StackIO, fit_stacked
+from dlzoo.engine.stacked_run import fit_stack
 from dlzoo.engine.stopping import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
@@ -158,23 +158,15 @@ def test_a_stacked_run_resumes_bit_identically(preset: str, stop_at: int, toy_ro
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
     seeds = [1, 2]
     models, gens = _members(cfg, data, seeds)
-    full = fit_stacked(models, gens, seeds, [_Quiet(), _Quiet()], data, cfg)
+    full = fit_stack(models, gens, seeds, [_Quiet(), _Quiet()], data, cfg)
     stop, ck = StopFlag(), tmp_path / "stack.pt"
     first, gens1 = _members(cfg, data, seeds)
     with pytest.raises(Interrupted):
-        fit_stacked(
-            first,
-            gens1,
-            seeds,
-            [_Quiet(stop, stop_at), _Quiet()],
-            data,
-            cfg,
-            StackIO(ck, stop=stop, extra={"config": {}}),
-        )
+        fit_stack(first, gens1, seeds, [_Quiet(stop, stop_at), _Quiet()], data, cfg, ck, stop=stop,
+                  extra={"config": {}})  # fmt: skip
     again, gens2 = _members(cfg, data, seeds)
     torch.manual_seed(1234)
-    resumed = fit_stacked(again, gens2, seeds, [_Quiet(), _Quiet()], data, cfg,
-                          StackIO(ck, resume=load_checkpoint(ck)))  # fmt: skip
+    resumed = fit_stack(again, gens2, seeds, [_Quiet(), _Quiet()], data, cfg, resume=load_checkpoint(ck))
     for whole, part, a, b in zip(full, resumed, models, again, strict=True):
         assert part.history == whole.history and part.steps == whole.steps == 30
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -186,12 +178,12 @@ def test_a_diverging_member_does_not_touch_the_others(toy_root: Path) -> None:
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
     seeds = [1, 2, 3]
     healthy, gens = _members(cfg, data, seeds)
-    clean = fit_stacked(healthy, gens, seeds, [_Quiet() for _ in seeds], data, cfg)
+    clean = fit_stack(healthy, gens, seeds, [_Quiet() for _ in seeds], data, cfg)
     models, gens = _members(cfg, data, seeds)
     with torch.no_grad():
         next(models[1].parameters()).fill_(float("nan"))
     trackers = [_Quiet() for _ in seeds]
-    results = fit_stacked(models, gens, seeds, trackers, data, cfg)
+    results = fit_stack(models, gens, seeds, trackers, data, cfg)
     assert [r.train_loss != r.train_loss for r in results] == [False, True, False]  # only member 1 is NaN
     assert trackers[1].losses == [] and len(trackers[0].losses) == 20  # its curve stops; the others' do not
     for k in (0, 2):
