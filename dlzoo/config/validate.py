@@ -171,8 +171,7 @@ def _stackable(cfg: DictConfig) -> list[str]:
     except DlzooError:
         return []  # the model's own problem is reported on its own
     problem = stacked.why_not(model)
-    return [] if problem is None else [f"its model has {problem}, which cannot be stacked yet (dense, conv, pool, "
-                                       "batch norm, dropout and element-wise activation layers can)."]  # fmt: skip
+    return [] if problem is None else [f"its model has {problem}, which cannot be stacked."]
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

@@ -33,6 +33,17 @@ def why_not(model: nn.Module) -> str | None:
     return None
 
 
+def _nhwc(t: Tensor) -> Tensor:
+    """(K, B, C, H, W) laid out as (B, H, W, K, C) (a kernel's (K, O, I, h, w) as (K, O, h, w, I)), so that the
+    grouped convolution's (B, K*C, H, W) view of it is channels_last without a copy."""
+    # Copied into fresh memory rather than .contiguous(), which keeps a size-1 dim's stride (a 1-channel kernel's),
+    # and the convolution reads the layout from the strides.
+    k, a, b, h, w = t.shape
+    if t.requires_grad:  # a kernel
+        return t.new_empty(k, a, h, w, b).permute(0, 1, 4, 2, 3).copy_(t)
+    return t.new_empty(a, h, w, k, b).permute(3, 0, 4, 1, 2).copy_(t)
+
+
 class _Masked(nn.Module):
     """A dropout layer whose keep-mask comes from outside: vmap can only draw random numbers from one stream for
     all members, but each member must draw from its own, as its standalone run does (see StackedNet._masks)."""
@@ -70,6 +81,8 @@ class StackedNet:
         self.transposed = {n for n in params if n in linear}
         self.params = {n: p.detach().transpose(1, 2).contiguous().requires_grad_() if n in self.transposed else p
                        for n, p in params.items()}  # fmt: skip
+        if nhwc:  # each member's kernels channels_last, so vmap's grouped convolution runs the members' NHWC kernels
+            self.params = {n: _nhwc(p).detach().requires_grad_() if p.dim() == 5 else p for n, p in self.params.items()}
         self.feed: list[Any] = []
         self.base = copy.deepcopy(members[0]).to("meta")  # the members' forward; its tensors come from params
         self.dropouts: list[_Masked] = []
@@ -136,6 +149,7 @@ class StackedNet:
         vmap's batched tensors, and the per-layer statistics must be each member's own."""
         masks = self._masks(x)
         if probe is None:
+            x = _nhwc(x) if self.nhwc and x.dim() == 5 else x
             view = {n: p.transpose(1, 2) if n in self.transposed else p for n, p in self.params.items()}
             return vmap(self._forward)(view, self.buffers, masks, x)
         outs = []
