@@ -15,11 +15,11 @@ import statistics
 from pathlib import Path
 
 import torch
+from dlzoo.engine.stacked import fit_stacked
 
 from dlzoo.config.compose import compose_and_validate
 from dlzoo.data.datasets import load_splits
 from dlzoo.engine.loop import FitOptions, fit, seed_everything
-from dlzoo.engine.stacked import fit_stacked
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:1000]))
         if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.member.setup_model)
+            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.one_model.setup_model)
         return model
 
     def one_after_another() -> float:

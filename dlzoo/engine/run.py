@@ -20,7 +20,7 @@ from dlzoo.config.validate import validate, warnings
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed, member, resuming, stacked_run
+from dlzoo.engine import distributed, one_model, resuming, stacked_run
 from dlzoo.engine.checkpoint import Checkpointing
 from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
@@ -97,7 +97,7 @@ def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
 def _run_in(
     cfg: DictConfig,
     out_dir: Path,
-    starts: list[resuming.Member],
+    starts: list[resuming.Start],
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
     started: float,
@@ -110,7 +110,7 @@ def _run_in(
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    hparams = run_hparams(config, choices, member.overrides())
+    hparams = run_hparams(config, choices, one_model.overrides())
 
     if t.stack > 1:
         members = stacked_run.train_stacked(
@@ -127,7 +127,7 @@ def _run_in(
         write_json(out_dir / "metrics.json", metrics)
     print_final(metrics, out_dir)
     if isinstance(fell := metrics.get("collapsed"), dict):
-        print_warning(member.collapse_warning(fell, fell["checkpoints"]))
+        print_warning(one_model.collapse_warning(fell, fell["checkpoints"]))
     return metrics
 
 
@@ -138,7 +138,7 @@ def _members(
     data: Splits,
     device: torch.device,
     out_dir: Path,
-    starts: list[resuming.Member],
+    starts: list[resuming.Start],
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
 ) -> dict[str, Any]:
@@ -224,8 +224,8 @@ def _ensemble(
         tracker.log_test(step, {"acc": ensemble_acc, "member_mean_acc": metrics["member_test_acc_mean"]})
         tracker.log_val(step, metrics["val_acc"], metrics["val_loss"])
         if t.figures:
-            member.log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
+            one_model.log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, one_model.overrides()))
     return metrics | {k: v for k, v in first.items() if k in ("seed", "device", "torch", "git_commit")}
 
 
@@ -246,7 +246,7 @@ def _train_member(
     dist = distributed.current()
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
-    model, reused, summary = member.setup_model(cfg, hparams, data, device, seed, resume)
+    model, reused, summary = one_model.setup_model(cfg, hparams, data, device, seed, resume)
     steps_per_epoch, total_steps = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
         torch.manual_seed(seed + dist.rank)
@@ -256,7 +256,7 @@ def _train_member(
     on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
     meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
-    opts = member.fit_options(
+    opts = one_model.fit_options(
         cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end, total_steps
     )
     purge_step = resume["step"] + 1 if resume else None
@@ -270,27 +270,27 @@ def _train_member(
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
-        metrics = member.test_scores(cfg, model, data, result, tracker)
-        if (fell := member.collapse(result.history, data.num_classes)) is not None:
+        metrics = one_model.test_scores(cfg, model, data, result, tracker)
+        if (fell := one_model.collapse(result.history, data.num_classes)) is not None:
             kept = sorted(str(p) for p in (out_dir / "checkpoints").glob("best-epoch*.pt"))
             metrics["collapsed"] = fell | {"checkpoints": kept}
             if dist.main and cfg.ensemble.size > 1:  # a single run says so under its final table
-                print_warning(member.collapse_warning(fell, kept))
+                print_warning(one_model.collapse_warning(fell, kept))
         metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        title = f"{member.model_name(cfg, hparams)}, seed {seed}"
+        title = f"{one_model.model_name(cfg, hparams)}, seed {seed}"
         if dist.main:
-            member.log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
+            one_model.log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
         if dist.main and t.figures:
-            member.log_pictures(tracker, cfg, [model], data, result.steps, title)
+            one_model.log_pictures(tracker, cfg, [model], data, result.steps, title)
             for tag, image in tracker.depth_figures(title).items():
                 tracker.log_image(tag, image, result.steps)
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, one_model.overrides()))
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
 
 
-def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Member) -> torch.nn.Module:
+def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Start) -> torch.nn.Module:
     """A member that finished before the ensemble was interrupted, with the weights it ended with (its best
     epoch's, when early stopping restored them)."""
     assert start.checkpoint is not None

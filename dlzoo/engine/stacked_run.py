@@ -24,12 +24,12 @@ from dlzoo.console import console, print_warning, redirect_file_logs, say
 from dlzoo.data.build import num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import Splits
-from dlzoo.engine import member
+from dlzoo.engine import one_model
 from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
 from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
 from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.loop import fit
-from dlzoo.engine.resuming import Member, Plan, member_folder
+from dlzoo.engine.resuming import Plan, Start, member_folder
 from dlzoo.engine.state import FitResult, MemberState, step_counts
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
 from dlzoo.engine.tracking import RunTracker, Tracker, summary_markdown
@@ -85,7 +85,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     run's own folder; a finished one is kept)."""
     value = cfg.trainer.resume
     if value is None:
-        return Plan(out_dir, [Member()])
+        return Plan(out_dir, [Start()])
     folder = out_dir if value == "auto" else Path(value).expanduser()
     path = folder / "checkpoints" / STACK_FILE
     if not path.is_file():
@@ -95,7 +95,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
                 "it at the folder printed when the stacked run stopped, or use auto."
             )
         console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
-        return Plan(out_dir, [Member()])
+        return Plan(out_dir, [Start()])
     state = load_checkpoint(path)
     saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
     if saved != (cfg.trainer.stack, cfg.trainer.seed):
@@ -113,7 +113,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     redirect_file_logs(folder / "train.log")
     where = "mid-epoch" if state["partial"] is not None else f"after epoch {state['epoch']}"
     say(f"resuming the stacked run {folder} {where} (step {state['step']})")
-    return Plan(folder, [Member(checkpoint=state)])
+    return Plan(folder, [Start(checkpoint=state)])
 
 
 def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
@@ -152,7 +152,7 @@ def train_stacked(
     with ExitStack() as stack:
         for k, (seed, folder) in enumerate(where):
             # Each member's setup is its standalone run's, in the same order, so its random stream is too.
-            model, _, summary = member.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
+            model, _, summary = one_model.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
             tracker = stack.enter_context(
                 RunTracker(folder, t.epochs, t.progress and k == 0, purge, label=f"seed {seed}  ", total_steps=total)
             )
@@ -229,7 +229,7 @@ def fit_stack(
                for k, (s, tracker) in enumerate(zip(seeds, trackers, strict=True))]  # fmt: skip
     ck = None if checkpoint is None else Checkpointing(checkpoint.parent, t.checkpoint.every, 0, extra=extra or {},
                                                         file=checkpoint.name)  # fmt: skip
-    opts = member.fit_options(cfg, seeds[0], ck, stop, on_epoch_end, total)
+    opts = one_model.fit_options(cfg, seeds[0], ck, stop, on_epoch_end, total)
     opts.early_stopping, opts.members = None, members
     return fit(net, data, optimizer, scheduler, trackers[0], opts, resume)
 
@@ -291,17 +291,17 @@ def _finish_member(
     if not ensemble:
         own["trainer"] |= {"seed": seed, "stack": 1}
     metrics = (
-        member.test_scores(cfg, model, data, result, tracker)
+        one_model.test_scores(cfg, model, data, result, tracker)
         | {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
         | extra
     )
-    member.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
-    title = f"{member.model_name(cfg, hparams)}, seed {seed}"
+    one_model.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
+    title = f"{one_model.model_name(cfg, hparams)}, seed {seed}"
     if cfg.trainer.figures:
-        member.log_pictures(tracker, cfg, [model], data, result.steps, title)
+        one_model.log_pictures(tracker, cfg, [model], data, result.steps, title)
         for tag, image in tracker.depth_figures(title).items():
             tracker.log_image(tag, image, result.steps)
-    seeded = [o for o in member.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
+    seeded = [o for o in one_model.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
     tracker.log_hparams(hparams | {"trainer.seed": seed}, cfg.trainer.hparams_experiment,
                         chosen_columns(hparams, seeded))  # fmt: skip
     if cfg.trainer.checkpoint.enabled:

@@ -49,7 +49,8 @@ PRESETS = {
     # 1e-4 after the second, 1e-3 after the fourth). Two steps run both paths: the probed one and the vmapped one.
     "residual": ["model=resnet_small", "trainer.max_steps=2"],
     "branches": ["model=inception_small", "trainer.max_steps=8"],
-    "prelu": ["model.activation=prelu"],
+    "prelu": ["model.activation=prelu"],  # a parametric activation: one more stacked parameter, nothing to write
+    "bf16": ["trainer.precision=bf16"],  # autocast around the vmapped forward, as around the standalone one
     "early_stopping": [
         "trainer.epochs=6",
         "trainer.early_stop.patience=1",
@@ -230,8 +231,9 @@ def test_the_lecture_presets_can_be_stacked(preset: str) -> None:
         (["model=lstm_rows"], "LSTM layers"),
         (["model.activation=rrelu"], "RReLU layers \\(they draw random slopes from the global stream"),
         (["ensemble.size=3"], "stack the whole ensemble, trainer.stack=3"),
-        (["sched=plateau"], "sched=plateau reads each member's val loss"),
-        (["trainer.precision=bf16"], "fp32 eager only"),
+        (["sched=plateau"], "one optimizer steps every member with one learning rate"),
+        (["trainer.precision=fp16"], "fp16's loss scaler skips every member's step"),
+        (["trainer.compile=true"], "torch.compile is not wired into the stack's vmapped forward"),
         (["trainer.stack=0"], "trainer.stack=0 is out of range"),
     ],
 )
