@@ -232,7 +232,7 @@ def test_the_lecture_presets_can_be_stacked(preset: str) -> None:
         (["model.activation=rrelu"], "RReLU layers \\(they draw random slopes from the global stream"),
         (["ensemble.size=3"], "stack the whole ensemble, trainer.stack=3"),
         (["sched=plateau"], "one optimizer steps every member with one learning rate"),
-        (["trainer.precision=fp16"], "fp16's loss scaler skips every member's step"),
+        (["trainer.precision=fp16", "trainer.device=cuda"], "fp16's loss scaler skips every member's step"),
         (["trainer.compile=true"], "torch.compile is not wired into the stack's vmapped forward"),
         (["trainer.stack=0"], "trainer.stack=0 is out of range"),
     ],
