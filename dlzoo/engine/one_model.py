@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,12 +20,11 @@ from dlzoo.engine import distributed
 from dlzoo.engine.checkpoint import Checkpointing, best_epoch
 from dlzoo.engine.evaluation import mc_evaluate, predict_probs
 from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
+from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.loop import seed_everything
 from dlzoo.engine.state import FitOptions, FitResult, histogram_every
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import (
-    print_summary,
-)
+from dlzoo.engine.tracking import print_summary, summary_markdown
 from dlzoo.engine.transfer import build_reuse
 from dlzoo.models import build_model
 from dlzoo.models.summary import Summary, summarize
@@ -93,6 +93,41 @@ def test_scores(
         )
         metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
         tracker.log_test(result.steps, {"mc_acc": mc_acc, "mc_entropy": mc_entropy})
+    return metrics
+
+
+def finish(
+    tracker: Any,
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    model: torch.nn.Module,
+    result: FitResult,
+    summary: Summary,
+    meta: dict[str, Any],
+    folder: Path,
+    chosen: list[str],
+    main: bool = True,
+) -> dict[str, Any]:
+    """A trained model's end, the same for a single run, an ensemble's member and a stacked member: test scores,
+    a collapse to chance noted, the text tab, test-time images and the HParams row (`chosen`: the overrides that
+    pick its columns). Returns its metrics; `main`: this process writes (rank 0)."""
+    metrics = test_scores(cfg, model, data, result, tracker)
+    if (fell := collapse(result.history, data.num_classes)) is not None:
+        kept = sorted(str(p) for p in (folder / "checkpoints").glob("best-epoch*.pt"))
+        metrics["collapsed"] = fell | {"checkpoints": kept}
+        if main and cfg.ensemble.size > 1:  # a single run says so under its final table
+            print_warning(collapse_warning(fell, kept))
+    metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
+    title = f"{model_name(cfg, hparams)}, seed {meta['seed']}"
+    if main:
+        log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
+    if main and cfg.trainer.figures:
+        log_pictures(tracker, cfg, [model], data, result.steps, title)
+        for tag, image in tracker.depth_figures(title).items():
+            tracker.log_image(tag, image, result.steps)
+    tracker.log_hparams(hparams, cfg.trainer.hparams_experiment, chosen_columns(hparams, chosen))
     return metrics
 
 

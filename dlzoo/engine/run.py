@@ -37,7 +37,6 @@ from dlzoo.engine.stopping import Interrupted, StopFlag, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
-    summary_markdown,
 )
 from dlzoo.engine.transfer import build_freeze_schedule
 from dlzoo.errors import DlzooError
@@ -270,21 +269,8 @@ def _train_member(
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
-        metrics = one_model.test_scores(cfg, model, data, result, tracker)
-        if (fell := one_model.collapse(result.history, data.num_classes)) is not None:
-            kept = sorted(str(p) for p in (out_dir / "checkpoints").glob("best-epoch*.pt"))
-            metrics["collapsed"] = fell | {"checkpoints": kept}
-            if dist.main and cfg.ensemble.size > 1:  # a single run says so under its final table
-                print_warning(one_model.collapse_warning(fell, kept))
-        metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        title = f"{one_model.model_name(cfg, hparams)}, seed {seed}"
-        if dist.main:
-            one_model.log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
-        if dist.main and t.figures:
-            one_model.log_pictures(tracker, cfg, [model], data, result.steps, title)
-            for tag, image in tracker.depth_figures(title).items():
-                tracker.log_image(tag, image, result.steps)
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, one_model.overrides()))
+        metrics = one_model.finish(tracker, cfg, config, hparams, data, model, result, summary, meta, out_dir,
+                                   one_model.overrides(), dist.main)  # fmt: skip
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics

@@ -27,12 +27,11 @@ from dlzoo.data.splits import Splits
 from dlzoo.engine import one_model
 from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
 from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
-from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.loop import fit
 from dlzoo.engine.resuming import Plan, Start, member_folder
 from dlzoo.engine.state import FitResult, MemberState, step_counts
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import RunTracker, Tracker, summary_markdown
+from dlzoo.engine.tracking import RunTracker, Tracker
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.stacked import StackedNet
@@ -201,21 +200,9 @@ def fit_stack(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[FitResult]:
     """Train the K `models` (each built, seeded and initialized as its standalone run builds it; `generators[k]`
-    holds the global random stream that run would continue with) as one StackedNet through engine.loop.fit.
-
-    Args:
-        models, generators, seeds, trackers: each member's model, random stream, seed and run tracker.
-        data: the splits, on the device.
-        cfg: the composed config.
-        checkpoint: where stack.pt goes (None: no checkpoints).
-        resume: a stack.pt's contents to continue from.
-        stop: the run's stop flag.
-        extra: saved in stack.pt beside the state (the config).
-        best: each member's best-epoch checkpoints.
-        on_epoch_end: called after each epoch with the mean over the members still training.
-
-    Returns:
-        Each member's FitResult (NaN losses for one that diverged)."""
+    holds the global random stream that run would continue with) as one StackedNet through engine.loop.fit, with
+    stack.pt at `checkpoint` (`extra` saved in it), each member's `best` checkpoints, and `on_epoch_end` given the
+    mean over the members still training. Returns each member's FitResult (NaN losses for one that diverged)."""
     t, es = cfg.trainer, cfg.trainer.early_stop
     per_epoch, total = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     nhwc = t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in models[0].modules())  # as setup_model
@@ -290,20 +277,9 @@ def _finish_member(
     own = copy.deepcopy(config)
     if not ensemble:
         own["trainer"] |= {"seed": seed, "stack": 1}
-    metrics = (
-        one_model.test_scores(cfg, model, data, result, tracker)
-        | {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        | extra
-    )
-    one_model.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
-    title = f"{one_model.model_name(cfg, hparams)}, seed {seed}"
-    if cfg.trainer.figures:
-        one_model.log_pictures(tracker, cfg, [model], data, result.steps, title)
-        for tag, image in tracker.depth_figures(title).items():
-            tracker.log_image(tag, image, result.steps)
     seeded = [o for o in one_model.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
-    tracker.log_hparams(hparams | {"trainer.seed": seed}, cfg.trainer.hparams_experiment,
-                        chosen_columns(hparams, seeded))  # fmt: skip
+    metrics = one_model.finish(tracker, cfg, own, hparams | {"trainer.seed": seed}, data, model, result, summary,
+                               meta, folder, seeded) | extra  # fmt: skip
     if cfg.trainer.checkpoint.enabled:
         weights = result.last_state or model.state_dict()  # last.pt holds the last epoch, as a standalone run's
         save_checkpoint(folder / "checkpoints" / "last.pt", {"model": weights, "epoch": result.epochs,
