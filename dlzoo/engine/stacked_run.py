@@ -1,8 +1,9 @@
 """A `trainer.stack=K` run, assembled: K members built as their standalone runs build them, trained in one pass
-(dlzoo.engine.stacked), each written to its own folder as its standalone run writes it. Seeds seed..seed+K-1 go to
-<run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's own config, so `dlzoo
-report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to <run>/member<i>/ as an
-ensemble's members do, and run.py combines them. The stack's own state is <run>/checkpoints/stack.pt."""
+(engine.loop.fit on a models.stacked.StackedNet), each written to its own folder as its standalone run writes it.
+Seeds seed..seed+K-1 go to <run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's
+own config, so `dlzoo report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to
+<run>/member<i>/ as an ensemble's members do, and run.py combines them. The stack's own state is
+<run>/checkpoints/stack.pt."""
 
 from __future__ import annotations
 
