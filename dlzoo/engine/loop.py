@@ -66,7 +66,7 @@ def fit(
     tracker: Tracker,
     opts: FitOptions,
     resume: dict[str, Any] | None = None,
-) -> Any:
+) -> FitResult | list[FitResult]:
     """Train `model` on `data.x_train` with softmax cross-entropy, validating after every epoch.
 
     `resume` is a checkpoint dict from last.pt (a stack's: stack.pt): training continues exactly where it stopped
