@@ -89,7 +89,9 @@ def print_final(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key not in ENVIRONMENT and not isinstance(value, dict):  # a dict's details are said apart (a warning)
+        # A dict's details are said apart (a warning); None is a score that does not apply (an ensemble's vote has no
+        # test loss), which metrics.json keeps and the table leaves out.
+        if key not in ENVIRONMENT and not isinstance(value, dict) and value is not None:
             table.add_row(key, format_value(key, value))
     console.print(table)
     shown = {k: metrics[k] for k in ENVIRONMENT if metrics.get(k) not in (None, "")}

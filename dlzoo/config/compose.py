@@ -5,6 +5,7 @@ every job of a sweep before Hydra makes any folder (`precheck`)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,12 @@ def explain(e: BaseException, config_dirs: list[str] | None = None) -> str:
         return _unknown_key(m.group(1))
     if m := re.search(r"Error merging override (\S+)", text):
         return bad_value(m.group(1), cause)
+    if m := re.search(r"Environment variable '([^']+)' not found", text + cause):
+        var = m.group(1)
+        return (
+            f"The config reads the environment variable {var} (${{oc.env:{var}}}), which is not set. Fix: "
+            f"export {var}=<value> first, or give the interpolation a default: ${{oc.env:{var},<default>}}."
+        )
     if "launcher" in text.lower() and "could not load" in text.lower():
         return text.split("\n")[0] + " Fix: pip install 'dlzoo[launchers]' (Hydra's joblib and submitit launchers)."
     return " ".join(text.split()) + " (see `dlzoo ls` for the groups and names)"
@@ -182,17 +189,41 @@ def _unknown_key(dotted: str) -> str:
     )
 
 
-def launcher_problem(overrides: list[str]) -> str | None:
-    """A launcher from an optional extra that is not installed, named before Hydra fails on it."""
+def launcher_problem(overrides: list[str], config_dirs: Sequence[str] = ()) -> str | None:
+    """A launcher that does not exist, or one from an optional extra that is not installed, named before Hydra
+    fails on it. A user's own hydra/launcher/<name>.yaml in a --config-dir counts as existing."""
     for override in overrides:
         if override.split("=", 1)[0].lstrip("+") == "hydra/launcher":
             name = override.split("=", 1)[1]
+            own = any((Path(d) / "hydra" / "launcher" / f"{name}.yaml").is_file() for d in config_dirs)
+            if name not in LAUNCHER_PLUGINS and name != "basic" and not own:
+                choices = ["basic", *LAUNCHER_PLUGINS]
+                hint = closest(name, choices)
+                return (f"Unknown hydra/launcher {name!r}; choices: {', '.join(choices)}." +
+                        (f" Did you mean {hint}?" if hint else "") + " Fix: hydra/launcher=parallel for jobs side by "
+                        "side on this machine, hydra/launcher=submitit_slurm for a cluster, or drop it.")  # fmt: skip
             module, extra = LAUNCHER_PLUGINS.get(name, (None, None))
             if module and not _importable(module):
                 return (
                     f"hydra/launcher={name} needs Hydra's launcher plugins, which are not installed. "
                     f"Fix: pip install 'dlzoo[{extra}]' (or drop hydra/launcher=... to run the jobs one by one)."
                 )
+    return None
+
+
+def unparsable(overrides: list[str]) -> str | None:
+    """An override Hydra's grammar cannot read (hydra.* ones included, which compose never sees), said with the
+    quoting that fixes it rather than as a lexer error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in overrides:
+        try:
+            OverridesParser.create().parse_overrides([override])
+        except HydraException as e:
+            key, _, value = override.partition("=")
+            return (f"Cannot read the override {override!r}: {' '.join(str(e).split())[:200]} Fix: quote the value "
+                    f"for Hydra inside quotes for the shell, e.g. '{key}=\"{value}\"' (letters outside A-Z, digits, "
+                    "and characters such as spaces, commas or brackets need Hydra's quotes).")  # fmt: skip
     return None
 
 
@@ -266,7 +297,7 @@ def precheck(args: list[str]) -> str | None:
         return problem
     if any(a.split("=")[0] in SKIP_PRECHECK for a in args):
         return None
-    if problem := launcher_problem(parsed_args.overrides):
+    if problem := launcher_problem(parsed_args.overrides, parsed_args.config_dirs) or unparsable(parsed_args.overrides):
         return problem
     overrides = [a for a in parsed_args.overrides
                  if a.startswith("hydra.searchpath=") or not a.startswith(("hydra.", "hydra/", "+hydra"))]  # fmt: skip

@@ -90,7 +90,7 @@ def validate(cfg: DictConfig) -> None:
     problems += _head_problems(cfg) if not problems else []
     problems += pretrain_problems(cfg)
     if not problems and (big := _too_big(cfg.model, math.prod(DATASETS.get(cfg.data.name).shape),
-                                         num_classes(cfg.data))):  # fmt: skip
+                                         num_classes(cfg.data), cfg.trainer.stack)):  # fmt: skip
         problems.append(big)
     if not problems and cfg.model.arch != "mlp":
         problems += _dry_build(cfg)
@@ -113,7 +113,12 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
     c.check("batch_size", t.batch_size >= 1, ">= 1")
     c.check("eval_batch_size", t.eval_batch_size >= 1, ">= 1")
     c.check("max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null")
-    c.check("stack", t.stack >= 1, ">= 1 (the number of seeds trained as one batched model)")
+    c.check(
+        "stack",
+        1 <= t.stack <= MAX_STACK,
+        f"between 1 and {MAX_STACK} (the seeds trained as one batched model, "
+        "each writing its own run folder and TensorBoard log; run more seeds as a sweep: -m trainer.seed=...)",
+    )
     c.check("threads", t.threads is None or t.threads >= 1, ">= 1 or null")
     c.check("log_every_n_steps", t.log_every_n_steps >= 1, ">= 1")
     c.check(
@@ -221,18 +226,21 @@ def _dry_build(cfg: DictConfig) -> list[str]:
 
 MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights, before gradients and optimizer state: no lesson comes near
 MAX_WIDTH = 1_000_000  # units or channels of one layer
+MAX_STACK = 256  # each stacked seed has its own run folder, TensorBoard writer thread and open event file
 
 
-def _too_big(m: DictConfig, inputs: int, classes: int) -> str | None:
+def _too_big(m: DictConfig, inputs: int, classes: int, stack: int = 1) -> str | None:
     """A model too big to allocate, said before its weights would be (an MLP counted exactly, a block list by
-    its widths), rather than a process that swaps or is killed."""
+    its widths, times trainer.stack copies), rather than a process that swaps or is killed."""
     if m.arch == "mlp" and all(isinstance(h, int) for h in m.hidden):
         widths = [inputs, *m.hidden, classes]
         pieces = m.act_args.maxout_k if m.activation == "maxout" and isinstance(m.act_args.maxout_k, int) else 1
-        params = sum(a * b for a, b in itertools.pairwise(widths)) * max(pieces, 1)
+        params = sum(a * b for a, b in itertools.pairwise(widths)) * max(pieces, 1) * stack
         if params > MAX_PARAMS:
-            return (f"model.hidden={list(m.hidden)} (activation {m.activation}) makes {params:,} weights, more than "
-                    f"{MAX_PARAMS:,} ({MAX_PARAMS * 4 / 1e9:.0f} GB as float32). Fix: narrower layers.")  # fmt: skip
+            times = f" x trainer.stack={stack}" if stack > 1 else ""
+            return (f"model.hidden={list(m.hidden)} (activation {m.activation}){times} makes {params:,} weights, more "
+                    f"than {MAX_PARAMS:,} ({MAX_PARAMS * 4 / 1e9:.0f} GB as float32). Fix: narrower layers"
+                    f"{' or fewer stacked seeds' if stack > 1 else ''}.")  # fmt: skip
     sizes = [b.get(k) for b in (m.get("blocks") or []) if isinstance(b, DictConfig) for k in ("out", "kernel")]
     if any(isinstance(v, int) and v > MAX_WIDTH for v in sizes):
         return f"model.blocks: a layer of {max(v for v in sizes if isinstance(v, int)):,} units or channels (the " \

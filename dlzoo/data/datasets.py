@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -109,31 +110,44 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
     return _read_idx(path, expect_magic, stat.st_size, stat.st_mtime_ns)
 
 
+MAX_IDX_BYTES = 2**31  # 2 GB of pixels; MNIST's training images are 47 MB
+
+
 @functools.lru_cache(maxsize=8)  # the four files of two datasets
 def _read_idx(path: Path, expect_magic: int, size: int, mtime_ns: int) -> np.ndarray:
+    # The header is read first and the body only up to the size it promises (plus one byte, to tell padding): a
+    # crafted header or a gzip bomb is refused before its bytes are allocated.
+    kind = "images" if expect_magic == _IMAGES_MAGIC else "labels"
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+            start = f.read(4)
+            magic = int.from_bytes(start, "big") if len(start) == 4 else -1
+            if magic != expect_magic:
+                raise DlzooError(
+                    f"{path} is not an IDX {kind} file: its magic number is {magic}, expected {expect_magic}. "
+                    "Check that the four files are not swapped or damaged, and replace this one with a fresh copy."
+                )
+            head = f.read(4 * start[3])
+            dims = [int.from_bytes(head[4 * i : 4 * i + 4], "big") for i in range(len(head) // 4)]
+            promised = math.prod(dims)
+            if len(dims) != start[3] or promised > MAX_IDX_BYTES:
+                raise DlzooError(
+                    f"{path} has a damaged IDX header: it promises {dims} values ({promised:,} bytes; at most "
+                    f"{MAX_IDX_BYTES:,} are read). Replace it with a fresh copy."
+                )
+            raw = f.read(promised + 1)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: a corrupt deflate stream inside
         raise DlzooError(
             f"Cannot read {path}: {e}. The file is corrupt or truncated; replace it with a fresh copy "
             "(or delete it and let dlzoo download it again)."
         ) from None
-    kind = "images" if expect_magic == _IMAGES_MAGIC else "labels"
-    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
-    if magic != expect_magic:
+    if len(raw) != promised:
+        more = "more" if len(raw) > promised else f"only {len(raw):,}"
         raise DlzooError(
-            f"{path} is not an IDX {kind} file: its magic number is {magic}, expected {expect_magic}. "
-            "Check that the four files are not swapped or damaged, and replace this one with a fresh copy."
+            f"{path} is truncated or padded: its header promises {dims} values ({promised:,} bytes after the "
+            f"header) but the file holds {more}. Replace it with a fresh copy."
         )
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    header = 4 + 4 * ndim
-    if len(raw) != header + int(np.prod(dims)):
-        raise DlzooError(
-            f"{path} is truncated or padded: its header promises {dims} values ({header + int(np.prod(dims))} "
-            f"bytes) but the file holds {len(raw)} bytes. Replace it with a fresh copy."
-        )
-    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    array = np.frombuffer(raw, dtype=np.uint8).reshape(dims)
     array.flags.writeable = False  # shared by every caller through the cache
     return array
 

@@ -73,6 +73,27 @@ def rng_state(order: torch.Generator | None = None) -> dict[str, Any]:
     return state
 
 
+def restorable_problem(resume: dict[str, Any], model: torch.nn.Module) -> str | None:
+    """What in a checkpoint (from another dlzoo version, or edited) cannot be restored into `model` and this
+    process, said before training starts rather than as a RuntimeError from load_state_dict or set_rng_state."""
+    ours = model.state_dict()
+    saved = resume.get("model")
+    if not isinstance(saved, dict) or set(saved) != set(ours):
+        names = sorted(set(saved or {}) ^ set(ours))[:4]
+        return f"its weights name other layers than this model's ({', '.join(names)})"
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}" for k, v in saved.items()
+              if not isinstance(v, torch.Tensor) or v.shape != ours[k].shape]  # fmt: skip
+    if shapes:
+        return "its weights have other shapes than this model's (" + "; ".join(shapes[:3]) + ")"
+    rng = resume.get("rng")
+    torch_rng = rng.get("torch") if isinstance(rng, dict) else None
+    if not isinstance(torch_rng, torch.Tensor) or torch_rng.shape != torch.get_rng_state().shape:
+        return "its random-number state is not the one this torch keeps"
+    if not all(k in rng for k in ("numpy", "python")):
+        return "its random-number state lacks numpy's or Python's stream"
+    return None
+
+
 def set_rng_state(state: dict[str, Any], order: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
@@ -109,6 +130,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         kept = f" The previous {path.name} is intact." if path.exists() else ""
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         run = path.parent.parent
+        if not (path.parent / "last.pt").is_file():  # the first write of the run: nothing to resume from
+            raise DlzooError(
+                f"Could not write the checkpoint {path}: {why}. The run had no checkpoint yet. Fix: free disk space "
+                "and run the same command again, or give it hydra.run.dir=<folder> on another disk."
+            ) from None
         raise DlzooError(
             f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space and resume in place with "
             f"`dlzoo train <same overrides> trainer.resume={run}`, or continue in a folder on another disk with "

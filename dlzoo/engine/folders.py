@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,15 +55,41 @@ def run_of(file: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with a clear error for a missing, truncated or foreign file."""
+SECTIONS = ("model", "data", "trainer", "optim")  # what every reader of a checkpoint's config relies on
+
+
+def _unpacked_size_problem(path: Path) -> str | None:
+    """torch.save stores each tensor uncompressed in a zip archive, so what a checkpoint unpacks to is about its
+    size on disk. A compressed record (a zip bomb: megabytes that unpack to gigabytes) or records larger than the
+    file are refused from the archive's directory, before anything is unpacked."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return None  # torch's legacy format, or not an archive at all: torch.load's own checks apply
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"its archive is damaged ({e})"
+    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
+        return "it holds compressed records, which torch.save never writes (a small file could unpack to gigabytes)"
+    if sum(r.file_size for r in records) > path.stat().st_size:
+        return "its records claim more bytes than the file holds"
+    return None
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with a clear error for a missing, truncated or foreign file; `mmap` maps the tensors from the
+    file instead of reading them (for a look at the config)."""
     if not path.is_file():
         raise DlzooError(f"No checkpoint at {path}. Fix: give a run folder with checkpoints/last.pt or a .pt file.")
+    if problem := _unpacked_size_problem(path):
+        raise DlzooError(f"Refused to load {path}: {problem}. Fix: use a checkpoint written by dlzoo (torch.save).")
     try:
         # weights_only: a .pt is a pickle, and a foreign one could run code as it loads. Only the types dlzoo
         # itself saves are allowed (tensors, containers, numpy RNG state, torch's version string).
         with torch.serialization.safe_globals(_safe_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise DlzooError(
             f"Refused to load {path}: it holds objects a dlzoo checkpoint never does, and loading them could run "
@@ -76,6 +103,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise DlzooError(f"{path} is not a dlzoo checkpoint (no model weights and config inside).")
+    if missing := [k for k in SECTIONS if not isinstance(state["config"].get(k), dict)]:
+        meta = state.get("meta")
+        version = meta.get("dlzoo", "an unknown version") if isinstance(meta, dict) else "an unknown version"
+        raise DlzooError(
+            f"{path} was written by dlzoo {version}, whose config has no {', '.join(missing)} section: this dlzoo "
+            f"({__version__}) cannot read it. Fix: use it with the dlzoo version that wrote it, or retrain."
+        )
     state["config"] = inert(state["config"])  # a shared file's ${oc.env:...} never reads this machine's secrets
     return state
 
@@ -115,6 +149,24 @@ def in_use_message(folder: Path, holder: str) -> str:
 _HELD: set[Path] = set()  # the folders this process holds the lock of: taking one again is a no-op
 
 
+MIN_FREE = 1 << 20  # bytes: below a MiB even Hydra's .hydra/ files and the first TensorBoard events may not fit
+NAME_MAX = 255  # bytes in one folder name: ext4, xfs, btrfs, tmpfs, APFS and NTFS alike
+PSEUDO = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
+          "bpf", "pstore", "fusectl", "mqueue", "hugetlbfs", "efivarfs", "binfmt_misc"}  # fmt: skip
+
+
+def _pseudo_file_system(path: Path) -> str | None:
+    """The kernel file system `path` lies on (/proc, /sys, /dev), where creating a folder fails or means nothing;
+    None for storage, or where the mount table cannot be read (not Linux)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    best = max((m for m in mounts if len(m) == 2 and path.is_relative_to(m[0].replace("\\040", " "))),
+               key=lambda m: len(m[0]), default=None)  # fmt: skip
+    return f"{best[0]} ({best[1]})" if best is not None and best[1] in PSEUDO else None
+
+
 def output_problem(args: list[str]) -> str | None:
     """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
     existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
@@ -125,8 +177,21 @@ def output_problem(args: list[str]) -> str | None:
     )
     target = next((a.split("=", 1)[1] for a in args for k in keys if a.startswith(k)), "outputs")
     path = Path(target.split("$", 1)[0] or ".").expanduser().absolute()
+    if long := [p for p in path.parts if len(p.encode()) > NAME_MAX]:
+        return (f"Cannot create the output folder {target}: the name {long[0][:40]}... is {len(long[0].encode())} "
+                f"bytes, and a file system allows {NAME_MAX} per folder name. Fix: a shorter hydra.run.dir "
+                "(hydra.sweep.dir for -m).")  # fmt: skip
     while not path.exists() and path != path.parent:
         path = path.parent
+    if (kind := _pseudo_file_system(path)) is not None:
+        return (
+            f"Cannot create the output folder {target}: {path} is on {kind}, a kernel interface rather than "
+            "storage. Fix: choose a folder on a disk with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
+        )
+    if path.is_dir() and (free := shutil.disk_usage(path).free) < MIN_FREE:
+        return (f"Cannot start a run in {target}: the disk holding {path} is full ({free // 1024} KiB free; Hydra "
+                "writes the run's .hydra/ config before dlzoo starts). Fix: free disk space, or choose a folder on "
+                "another disk with hydra.run.dir=<folder> (hydra.sweep.dir for -m).")  # fmt: skip
     if path.is_dir() and os.access(path, os.W_OK):
         named = any(a.startswith(keys) for a in args)
         if named and path == Path(target).expanduser().absolute():  # Hydra writes .hydra/, train.log there first
@@ -242,12 +307,29 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
         run = path.parent.parent
         if run == out_dir or (run / "metrics.json").is_file():
             continue
-        try:
-            if identity(load_checkpoint(path)["config"]) == wanted:
-                return path
-        except DlzooError:
-            continue
+        if same_config(path, wanted):
+            return path
     return None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """The half-written files (.<name>.<random>.tmp, from atomic_write) a killed process left in `folder` and its
+    checkpoints/: only called under the run's lock, when no other process can be writing them."""
+    stale = [p for d in (folder, folder / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp")
+             if p.is_file() and not p.is_symlink()]  # fmt: skip
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def same_config(path: Path, wanted: dict[str, Any]) -> bool:
+    """Whether the checkpoint at `path` (another run's, found by trainer.resume=auto) is of the config whose
+    identity is `wanted`. Its tensors are mapped, not read: scanning siblings costs their configs, not their weights;
+    a damaged or foreign sibling is simply not the one."""
+    try:
+        return identity(load_checkpoint(path, mmap=True)["config"]) == wanted
+    except DlzooError:
+        return False
 
 
 def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:

@@ -39,7 +39,9 @@ def parse_args(args: list[str], required: tuple[str, ...]) -> tuple[dict[str, li
             overrides.append(arg)
     for key in required:
         if key not in own:
-            raise DlzooError(f"{key}=... is required. Example: dlzoo predict ckpt=outputs/runs/<run> input=digit.png")
+            example = "dlzoo predict ckpt=outputs/runs/<run> input=digit.png" if "input" in required else \
+                "dlzoo eval ckpt=outputs/runs/<run>"  # fmt: skip
+            raise DlzooError(f"{key}=... is required. Example: {example}")
     return own, overrides
 
 
@@ -48,7 +50,13 @@ def apply_overrides(saved: dict[str, Any], overrides: list[str]) -> DictConfig:
     section by the group's YAML, as in `dlzoo train`; `key=value` then sets single keys."""
     groups = [o for o in overrides if o.split("=", 1)[0] in config_groups()]
     keys = [o for o in overrides if o not in groups]
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    except OmegaConfBaseException as e:  # a key or type this version does not know: another version wrote it
+        raise DlzooError(
+            f"The checkpoint's config does not fit this dlzoo version: {' '.join(str(e).split())[:300]}. Fix: use "
+            "the checkpoint with the dlzoo version that wrote it (its metrics.json names it), or retrain."
+        ) from None
     if groups:
         composed = compose_config(groups)
         for override in groups:

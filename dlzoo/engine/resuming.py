@@ -22,6 +22,7 @@ from dlzoo.engine.folders import (
     load_checkpoint,
     resumable_file,
     run_of,
+    same_config,
 )
 from dlzoo.engine.pretraining import is_pretraining
 from dlzoo.errors import DlzooError
@@ -135,7 +136,7 @@ def _find_ensemble(value: str, out_dir: Path, cfg: DictConfig) -> Path | None:
     siblings = [p for p in out_dir.parent.iterdir() if p != out_dir and started(p)] if out_dir.parent.is_dir() else []
     for folder in sorted(siblings, key=lambda p: p.stat().st_mtime, reverse=True):
         path = resumable_file(folder / "member0")
-        if path is not None and identity(load_checkpoint(path)["config"]) == wanted:
+        if path is not None and same_config(path, wanted):
             return folder
     return None
 

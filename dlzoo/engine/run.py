@@ -21,11 +21,12 @@ from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
 from dlzoo.engine import distributed, one_model, resuming, stacked_run
-from dlzoo.engine.checkpoint import Checkpointing
+from dlzoo.engine.checkpoint import Checkpointing, restorable_problem
 from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
     check_writable,
     metadata,
+    remove_stale_temporaries,
     run_lock,
     write_json,
 )
@@ -33,7 +34,7 @@ from dlzoo.engine.hparams import chosen_columns, run_hparams
 from dlzoo.engine.loop import fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
 from dlzoo.engine.state import step_counts
-from dlzoo.engine.stopping import Interrupted, StopFlag, resume_command
+from dlzoo.engine.stopping import Interrupted, StopFlag, full_disk, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
@@ -78,7 +79,15 @@ def run(
     # One process per run folder: a second would mix its files with this one's (metrics of one seed, last.pt
     # of another). Ranks > 0 of a DDP run write nothing.
     with run_lock(out_dir) if dist.main else nullcontext():
-        return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
+        if dist.main and (stale := remove_stale_temporaries(out_dir)):
+            console.print(f"removed {len(stale)} half-written file(s) a stopped process left: "
+                          f"{', '.join(p.name for p in stale[:3])}")  # fmt: skip
+        try:
+            return _run_in(cfg, out_dir, resumed.members, stop, on_epoch_end, started)
+        except OSError as e:
+            if (full := full_disk(e, out_dir)) is None:
+                raise
+            raise full from None
 
 
 def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
@@ -246,6 +255,13 @@ def _train_member(
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
     model, reused, summary = one_model.setup_model(cfg, hparams, data, device, seed, resume)
+    if resume is not None and (problem := restorable_problem(resume, model)) is not None:
+        version = resume.get("meta", {}).get("dlzoo", "an unknown version")
+        raise DlzooError(
+            f"Cannot resume from {t.resume}: {problem}. The checkpoint was written by dlzoo {version} or edited since. "
+            "Fix: resume with the overrides and dlzoo version it was trained with, or start a new run (drop "
+            "trainer.resume)."
+        )
     steps_per_epoch, total_steps = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     if dist.rank > 0:  # independent dropout masks per rank; the weights themselves come from rank 0 (DDP)
         torch.manual_seed(seed + dist.rank)

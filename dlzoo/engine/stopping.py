@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import shlex
@@ -75,6 +76,31 @@ def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
         overrides = list(HydraConfig.get().overrides.task)
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"]
     return shlex.join(["dlzoo", "train", *kept, f"trainer.resume={folder}"])
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; over the user's quota
+
+
+def full_disk(e: BaseException, folder: Path) -> DlzooError | None:
+    """A full disk met anywhere in a run (TensorBoard events, figures, metrics.json; the checkpoint write says it
+    itself) as one paragraph: what stays written and the command that continues; None for other errors."""
+    while e is not None and not (isinstance(e, OSError) and e.errno in FULL):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]  # a writer's close can raise on top of it
+    if e is None:
+        return None
+    what = f" (writing {e.filename})" if getattr(e, "filename", None) else ""
+    resume = resume_command(folder)
+    if not (folder / "checkpoints" / "last.pt").is_file():  # nothing to continue from: the same command again
+        again = shlex.join(shlex.split(resume)[:-1]) if "<" not in resume else "the same command"
+        return DlzooError(f"The disk holding {folder} is full: {e.strerror}{what}. The run stopped before its first "
+                          f"checkpoint. Fix: free disk space and run `{again}` again (or give it "
+                          "hydra.run.dir=<folder> on another disk).")  # fmt: skip
+    return DlzooError(
+        f"The disk holding {folder} is full: {e.strerror}{what}. The run stopped; its last checkpoint "
+        f"{folder / 'checkpoints' / 'last.pt'} and everything written before stay as they were. Fix: free disk space "
+        f"and continue with `{resume}`, or on another disk with `{resume} hydra.run.dir=<new-folder>` (the run so "
+        "far is copied there)."
+    )
 
 
 class StopFlag:

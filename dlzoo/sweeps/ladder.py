@@ -6,10 +6,13 @@ one `trainer.stack=N` run in <out>/<rung>/, which writes the same <rung>/seed<k>
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -156,11 +159,38 @@ def run_job(job: Job, resume: bool) -> int:
     command = [sys.executable, "-m", "dlzoo.train", *overrides, f"hydra.run.dir={job.folder}"]
     with (job.folder / "ladder.log").open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.add(proc)
         try:
             return proc.wait()
         except KeyboardInterrupt:
             proc.wait()  # the same Ctrl-C reached the run, which now writes its checkpoint
             raise
+        finally:
+            RUNNING.discard(proc)
+
+
+RUNNING: set[subprocess.Popen[bytes]] = set()  # the runs training now (worker threads add and remove them)
+
+
+@contextmanager
+def forward_termination() -> Iterator[list[int]]:
+    """A Ctrl-C reaches every run (one process group); a SIGTERM or SIGHUP sent to the ladder alone (a job
+    scheduler, `kill`) would leave its runs training on as orphans. Forward it to each running run, which then
+    checkpoints and exits, and stop starting new ones, as Ctrl-C does. Yields the signal received, if any."""
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for proc in list(RUNNING):
+            proc.send_signal(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
@@ -278,13 +308,14 @@ def ladder_command(argv: list[str]) -> int:
     if stacked:
         console.print(f"stacked (trainer.stack, --stack {args.stack}): {', '.join(stacked)}: each rung's seeds, or "
                       "each ensemble's members, train as one batched model")  # fmt: skip
-    try:
-        run_all(todo, args.jobs, args.resume)
-    except KeyboardInterrupt:
-        hint = (
-            f"The interrupted runs checkpointed. Continue with: dlzoo ladder <the same arguments> --resume --out {out}"
-        )
-        raise Interrupted(None, signal.SIGINT, hint) from None
+    with forward_termination() as received:
+        try:
+            run_all(todo, args.jobs, args.resume)
+        except KeyboardInterrupt:
+            extra = [] if "--resume" in argv else ["--resume"]
+            extra += [] if any(a == "--out" or a.startswith("--out=") for a in argv) else ["--out", str(out)]
+            hint = f"The interrupted runs checkpointed. Continue with: {shlex.join(['dlzoo', 'ladder', *argv, *extra])}"
+            raise Interrupted(None, received[0] if received else signal.SIGINT, hint) from None
 
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)

@@ -116,12 +116,15 @@ def write_report(out: Path, rows: list[dict[str, Any]], command: str, recipe: di
         return f"{mean * scale:.4f}" + (f" ± {std * scale:.4f}" if math.isfinite(std) else " (1 seed)")
 
     seeds = ", ".join(str(r["seed"]) for r in rows)
+    frozen = recipe["freeze_epochs"]
+    schedule = (f"frozen for all {recipe['epochs']} epochs" if frozen >= recipe["epochs"] else
+                f"frozen for {frozen} epochs, then lr {recipe['unfreeze_lr'] or recipe['lr']:g}")  # fmt: skip
     lines = [
         "# Transfer learning on Fashion-MNIST (Géron ch. 11.2)",
         "",
         f"{len(rows)} seeds ({seeds}), mean ± sample std; device {rows[0]['device']}. Every model: "
         f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']:g}; model_B_on_A's copied "
-        f"layers frozen for {recipe['freeze_epochs']} epochs, then lr {recipe['unfreeze_lr'] or recipe['lr']:g}.",
+        f"layers {schedule}.",
         f"Command: `{command}`",
         "",
         "| model | task | test accuracy | per seed |",

@@ -220,3 +220,54 @@ def test_ctrl_c_in_a_parallel_sweep_lets_every_running_job_write_its_checkpoint(
         assert Path(path).stat().st_mtime >= signalled - 0.1 and load_checkpoint(Path(path))["step"] > 0
     assert stdout.count("not started: the sweep was stopped") == 2  # the queued jobs
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_mlp_dropout", "1_mlp_dropout"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 4 MiB tmpfs (root and mount(8) needed; skipped loudly elsewhere)."""
+    import shutil
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+                                                       str(folder)], capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("SKIPPED: cannot mount a tmpfs here (needs root and mount(8)); the full-disk test did not run")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+# No checkpoint before the disk fills (the fast tier); a checkpoint each epoch (the slow tier: which write meets the
+# full disk first, events or checkpoint, varies).
+@pytest.mark.parametrize("every", [pytest.param(1, marks=pytest.mark.slow), 1_000_000])
+def test_a_disk_that_fills_mid_run_ends_in_one_paragraph_and_the_printed_fix_works(
+    every: int, small_disk: Path, tmp_path: Path
+) -> None:
+    """The disk fills while TensorBoard events, train.log and checkpoints are being written: exit 2, the error
+    and no traceback (none from logging or the event writer's thread either), nothing already written lost, and
+    once space is freed the command the message prints finishes the run."""
+    run_dir = small_disk / "run"
+    args = ["train", "experiment=xor_deep_relu", "trainer.epochs=100000", f"trainer.checkpoint.every={every}",
+            "trainer.threads=1", "trainer.figures=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = _start(args, tmp_path)
+    deadline = time.monotonic() + 120
+    while not (run_dir / ("checkpoints/last.pt" if every == 1 else "val")).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.05)
+    filler = small_disk / "filler"
+    with filler.open("wb") as f, pytest.raises(OSError):  # fill every byte left
+        while True:
+            f.write(bytes(1 << 16))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr and stderr.startswith("error: ") and "Fix:" in stderr, stderr
+    if every == 1:
+        assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] >= 1
+    filler.unlink()
+    command = re.findall(r"`(dlzoo train [^`]+)`", " ".join(stderr.split()))[0]
+    fixed = [a.replace("trainer.epochs=100000", "trainer.epochs=3") for a in shlex.split(command)[2:]]
+    if "<same overrides>" in command:  # the checkpoint write's own message, outside Hydra's knowledge
+        fixed = [*args[1:-1], fixed[-1]]
+    again = dlzoo("train", *[a.replace("trainer.epochs=100000", "trainer.epochs=3") for a in fixed], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr

@@ -331,7 +331,7 @@ def test_a_config_that_would_run_code_is_refused_before_hydra_loads_it(payload: 
 
 
 def test_best_yaml_holds_only_dlzoos_own_keys() -> None:
-    from dlzoo.sweeps.tune_report import own_keys
+    from dlzoo.sweeps.tune.report import own_keys
 
     trial = {"model": {"hidden": [8]}, "optim": {"lr": 0.1}, "search": {"n_trials": 2},
              "hydra": {"callbacks": {"x": {"_target_": "builtins.open"}}}, "extra": 1}  # fmt: skip

@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from dlzoo.cli import config_groups
+from dlzoo.cli import config_groups, precheck
 from dlzoo.config.validate import register_configs, validate
+from dlzoo.engine.folders import output_problem
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -165,3 +166,34 @@ def test_selu_warnings_name_what_breaks_self_normalization() -> None:
         assert expected in text
     assert warnings(compose_train(["experiment=selu_self_normalizing"])) == []
     assert warnings(compose_train()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trainer.stack=100000"], "must be between 1 and 256"),
+        (["trainer.stack=200", "model.hidden=[4096,4096]"], "x trainer.stack=200 makes 4,005,888,000 weights"),
+        (["optim.lr=${oc.env:DLZOO_TEST_UNSET}"], "export DLZOO_TEST_UNSET=<value> first"),
+        (["hydra/launcher=nope"], "Unknown hydra/launcher 'nope'"),
+        (["-m", "hydra/launcher=paralel", "trainer.seed=1,2"], "Did you mean parallel?"),
+        (["hydra.run.dir=/tmp/ünï"], """'hydra.run.dir="/tmp/ünï"'"""),
+    ],
+)
+def test_what_hydra_would_fail_on_is_said_before_it_starts(args: list[str], expected: str) -> None:
+    """Sizes, unset environment variables, unknown launchers and unquoted characters: one paragraph with the
+    fix from dlzoo's precheck (exit 2), where Hydra or the allocator would give a traceback (exit 1) or a kill."""
+    problem = precheck(args)
+    assert problem is not None and expected in problem
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [("/proc/dlzoo_run", "(proc), a kernel interface"), ("/sys/dlzoo_run", "(sysfs), a kernel interface"),
+     ("outputs/" + "a" * 300, "is 300 bytes, and a file system allows 255")],
+)  # fmt: skip
+def test_an_output_folder_that_cannot_exist_is_refused_before_hydra_makes_it(folder: str, expected: str) -> None:
+    if folder.startswith("/") and not Path(folder).parent.is_dir():
+        pytest.skip(f"no {Path(folder).parent} on this machine")
+    problem = output_problem([f"hydra.run.dir={folder}"])
+    assert problem is not None and expected in problem
+    assert output_problem(["hydra.run.dir=outputs/fine"]) is None

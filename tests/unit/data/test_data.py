@@ -99,6 +99,17 @@ def test_size_mismatch_with_header_is_reported(tmp_path: Path) -> None:
         read_idx(path, 2051)
 
 
+@pytest.mark.parametrize("dims", [(2**31, 2**31, 4), (2**16, 2**16, 2**16)])
+def test_a_crafted_idx_header_is_refused_before_its_size_is_allocated(dims: tuple[int, ...], tmp_path: Path) -> None:
+    """[2^31, 2^31, 4] overflows int64 to 0 in np.prod; [2^16]^3 promises 256 TB: both are refused from the
+    header, the body never read."""
+    path = tmp_path / "crafted.gz"
+    header = (2051).to_bytes(4, "big")[:3] + bytes([3]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    path.write_bytes(gzip.compress(header + bytes(100)))
+    with pytest.raises(DlzooError, match="damaged IDX header"):
+        read_idx(path, 2051)
+
+
 def test_image_label_count_mismatch_is_reported(tmp_path: Path) -> None:
     root = make_idx_folder(tmp_path / "mismatch")
     write_idx(root / "t10k-labels-idx1-ubyte", np.zeros(7, dtype=np.uint8), 2049)

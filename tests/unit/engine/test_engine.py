@@ -324,10 +324,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path: 
 def test_a_real_checkpoint_loads_with_only_the_allowed_types(toy: Splits, tmp_path: Path) -> None:
     from dlzoo.engine.folders import load_checkpoint
 
-    ck = Checkpointing(tmp_path, extra={"config": {"a": 1}, "meta": {"torch": torch.__version__}})
+    config = {"model": {"a": 1}, "data": {}, "trainer": {}, "optim": {}}
+    ck = Checkpointing(tmp_path, extra={"config": config, "meta": {"torch": torch.__version__}})
     train(toy, epochs=1, checkpointing=ck)
     state = load_checkpoint(ck.last)
-    assert state["epoch"] == 1 and state["config"] == {"a": 1} and "rng" in state
+    assert state["epoch"] == 1 and state["config"] == config and "rng" in state
 
 
 @pytest.fixture

@@ -172,3 +172,14 @@ def test_bad_transfer_command_input_exits_2_without_traceback(tmp_path: Path) ->
     proc = dlzoo("transfer", "--seeds", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--seeds 0 must be a count" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(1, "layers frozen for all 1 epochs."),
+                                                  (6, "layers frozen for 4 epochs, then lr 0.001.")])  # fmt: skip
+def test_the_report_says_the_freeze_schedule_the_runs_had(epochs: int, expected: str, tmp_path: Path) -> None:
+    from dlzoo.sweeps.transfer_study import write_report
+
+    rows = [{"seed": 1, "model_A": 0.9, "model_B": 0.9, "model_B_on_A": 0.95, "device": "cpu"}]
+    recipe = {"epochs": epochs, "batch_size": 20, "lr": 0.01, "freeze_epochs": 4, "unfreeze_lr": 0.001}
+    write_report(tmp_path, rows, "dlzoo transfer", recipe)
+    assert expected in (tmp_path / "report.md").read_text()

@@ -23,6 +23,9 @@ from dlzoo.pretrain.layerwise import PretrainArgs, fold_normalization, pretrain_
 from dlzoo.pretrain.rbm import RBM, cd_gradient, train_rbm
 from tests.helpers import FAST, dlzoo
 
+# A checkpoint's config as load_checkpoint requires it: the sections every reader relies on.
+CONFIG = {"model": {}, "data": {}, "trainer": {}, "optim": {}}
+
 
 def _all_states(n: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=torch.float64)
@@ -193,7 +196,7 @@ def test_a_stop_in_pretraining_is_prompt_and_resumes_exactly(
 
     def model_and_checkpoints(folder: str) -> tuple[torch.nn.Module, Checkpointing]:
         torch.manual_seed(0)
-        return MLP(784, 10, [12, 8], dropout=0.2), Checkpointing(tmp_path / folder, extra={"config": {}})
+        return MLP(784, 10, [12, 8], dropout=0.2), Checkpointing(tmp_path / folder, extra={"config": CONFIG})
 
     whole, ck = model_and_checkpoints("whole")
     pretrain(cfg, whole, data, _StopAt(StopFlag(), None), 0, ck, StopFlag())

@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from scipy.stats import ttest_ind
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 from dlzoo.sweeps.ladder import RUNGS, ladder_command
-from tests.helpers import FAST, dlzoo
+from tests.helpers import DLZOO, FAST, dlzoo
 
 
 def _rows(out: Path) -> dict[str, dict[str, str]]:
@@ -197,3 +200,34 @@ def test_lecture_figures_are_the_ones_quoted_in_the_experiment_configs() -> None
         text = (conf_dir() / "experiment" / f"{rung}.yaml").read_text()
         quoted = re.search(r"Lecture accuracy ([0-9.]+)", text)
         assert quoted is not None and float(quoted.group(1).rstrip(".")) == figure, rung
+
+
+@pytest.mark.slow  # a ladder and its run started and stopped: too long for the fast tier
+def test_a_sigterm_to_the_ladder_stops_its_runs_too(mnist_root: Path, tmp_path: Path) -> None:
+    """A job scheduler's SIGTERM reaches only the ladder's own process: its running run gets it forwarded,
+    checkpoints and exits (no orphan trains on), and the ladder exits 143 with the command that continues it."""
+    out = tmp_path / "ladder"
+    proc = subprocess.Popen([*DLZOO, "ladder", "--rungs", "lab10_1_softmax", "--seeds", "1", "--epochs", "1000",
+                             "--out", str(out), f"data.root={mnist_root}", "data.train_subset=500",
+                             "trainer.threads=1", "trainer.checkpoint.every=1", "trainer.figures=false"],
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    last = out / "lab10_1_softmax" / "seed1" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    orphans = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(out / "lab10_1_softmax"))]
+    assert orphans == [], [_cmdline(p) for p in orphans]
+    flat = " ".join(stderr.split())
+    assert f"--out {out}" in flat and flat.endswith("--resume"), flat
+    assert "stopping" in (out / "lab10_1_softmax" / "seed1" / "ladder.log").read_text()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # the process ended while the listing was read
+        return ""

@@ -3,6 +3,7 @@ resuming after an interruption (a trial left RUNNING, a Ctrl-C), and bad search 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -15,30 +16,22 @@ import torch
 from omegaconf import OmegaConf
 
 from dlzoo.cli import compose_and_validate, config_groups, main
-from dlzoo.data.datasets import read_idx
 from dlzoo.errors import DlzooError
-from dlzoo.sweeps.search import check_search, override_value
-from tests.conftest import write_idx
+from dlzoo.sweeps.tune.search import check_search, override_value
 from tests.helpers import DLZOO, dlzoo
 
 FAST = ["trainer.threads=1"]  # conf/search/smoke.yaml already makes each trial a 1,000-image, 4-epoch run
 
 
-@pytest.fixture(scope="session")
-def fmnist_slice(fmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 2,000 train and 1,000 test images of the real Fashion-MNIST: smoke.yaml's trials use 1,500 of
-    them, and each trial reads a few hundred kilobytes instead of the whole 55 MB."""
-    folder = tmp_path_factory.mktemp("fmnist_slice")
-    for split, n in (("train", 2000), ("t10k", 1000)):
-        for kind, magic in (("images-idx3", 2051), ("labels-idx1", 2049)):
-            array = read_idx(fmnist_root / f"{split}-{kind}-ubyte.gz", magic)[:n]
-            write_idx(folder / f"{split}-{kind}-ubyte", array, magic, compress=False)
-    return folder
+def study_in(out: Path) -> optuna.Study:
+    """The one study of a search folder's SQLite file (named after the search)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def trials_in(out: Path) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-    return optuna.load_study(study_name="dlzoo", storage=storage).get_trials()
+    return study_in(out).get_trials()
 
 
 def status(out: Path, number: int) -> dict:
@@ -84,8 +77,7 @@ def test_resume_keeps_finished_trials_and_reruns_an_interrupted_one(
     before = {t.number: (t.state, t.params, t.value) for t in trials_in(out)}
     assert len(before) == 3
     # A search killed mid-trial leaves that trial RUNNING in the database.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-    killed = optuna.load_study(study_name="dlzoo", storage=storage).ask()
+    killed = study_in(out).ask()
     killed.suggest_float("optim.lr", 1e-6, 1e-1, log=True)
     killed.suggest_categorical("model.activation", ["relu", "tanh"])
 
@@ -233,3 +225,24 @@ def test_a_diverged_trial_fails_and_the_search_goes_on_unless_every_trial_fails_
     assert main(["tune", "search=doomed", *common, "--out", "doomed"]) == 2
     assert "3 trials in a row failed the same way" in capsys.readouterr().err
     assert len(trials_in(tmp_path / "doomed")) == 3
+
+
+@pytest.mark.parametrize("content", ["other program", "not a database"])
+def test_a_foreign_study_db_is_left_untouched(content: str, tmp_path: Path) -> None:
+    """`--resume --out` a folder whose study.db is another program's SQLite database, or no database: refused from
+    a read-only look, the file byte for byte as it was (Optuna would add its tables to it)."""
+    import sqlite3
+
+    from dlzoo.sweeps.tune.study import open_storage, sqlite_url
+
+    path = tmp_path / "study.db"
+    if content == "other program":
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE invoices (id INTEGER)")
+            db.commit()
+    else:
+        path.write_bytes(b"just some bytes, not SQLite at all" * 40)
+    before = path.read_bytes()
+    with pytest.raises(DlzooError, match="not an Optuna study; dlzoo tune would add its own tables"):
+        open_storage(sqlite_url(tmp_path))
+    assert path.read_bytes() == before

@@ -190,8 +190,6 @@ def check_search(search: DictConfig, base: DictConfig, groups: dict[str, list[st
                                 f"choices: {', '.join(groups[key])}.")  # fmt: skip
     if base.data.val_size < 1:
         problems.append("data.val_size=0 leaves nothing to tune on; keep a validation split (e.g. 5000).")
-    if base.ensemble.size != 1:
-        problems.append("ensemble.size must be 1 in a search: tune one model, then ensemble the best config.")
     if base.trainer.resume is not None:
         problems.append("trainer.resume must be null in a search: each trial is a fresh run in its own folder.")
     if problems:
