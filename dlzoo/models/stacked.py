@@ -33,13 +33,13 @@ def why_not(model: nn.Module) -> str | None:
     return None
 
 
-def _nhwc(t: Tensor) -> Tensor:
+def _nhwc(t: Tensor, kernel: bool = False) -> Tensor:
     """(K, B, C, H, W) laid out as (B, H, W, K, C) (a kernel's (K, O, I, h, w) as (K, O, h, w, I)), so that the
     grouped convolution's (B, K*C, H, W) view of it is channels_last without a copy."""
     # Copied into fresh memory rather than .contiguous(), which keeps a size-1 dim's stride (a 1-channel kernel's),
     # and the convolution reads the layout from the strides.
     k, a, b, h, w = t.shape
-    if t.requires_grad:  # a kernel
+    if kernel:
         return t.new_empty(k, a, h, w, b).permute(0, 1, 4, 2, 3).copy_(t)
     return t.new_empty(a, h, w, k, b).permute(3, 0, 4, 1, 2).copy_(t)
 
@@ -82,7 +82,7 @@ class StackedNet:
         self.params = {n: p.detach().transpose(1, 2).contiguous().requires_grad_() if n in self.transposed else p
                        for n, p in params.items()}  # fmt: skip
         if nhwc:  # each member's kernels channels_last, so vmap's grouped convolution runs the members' NHWC kernels
-            self.params = {n: _nhwc(p).detach().requires_grad_() if p.dim() == 5 else p for n, p in self.params.items()}
+            self.params |= {n: _nhwc(p.detach(), True).requires_grad_() for n, p in self.params.items() if p.dim() == 5}
         self.feed: list[Any] = []
         self.base = copy.deepcopy(members[0]).to("meta")  # the members' forward; its tensors come from params
         self.dropouts: list[_Masked] = []
