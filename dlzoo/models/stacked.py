@@ -1,6 +1,6 @@
 """K networks of one architecture as one (`trainer.stack=K`), stacked as PyTorch's "Model ensembling" tutorial does:
 `torch.func.stack_module_state` gives every parameter and buffer a leading dimension of size K, and `torch.vmap`
-over `functional_call` runs the members' own forward on them (a Linear becomes one bmm, a conv one grouped conv,
+runs the members' own forward on them (functional_call's swap, done directly) (a Linear becomes one bmm, a conv one grouped conv,
 batch norm keeps each member's running statistics). One optimizer step over the stacked tensors is K element-wise
 optimizer steps. Hand-written here only what vmap cannot do: each member's dropout masks and the per-layer probes."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state, vmap
 
 from dlzoo.models.norm_dropout import _SELU_SATURATION, AlphaDropout, Dropout, is_dropout
 
@@ -92,6 +92,10 @@ class StackedNet:
                 masked = _Masked(module.p, type(module) is AlphaDropout, self.feed)
                 setattr(self.base.get_submodule(parent), child, masked)
                 self.dropouts.append(masked)
+        # Where each stacked tensor goes in `base`: its module's _parameters or _buffers dict, by the tensor's name.
+        self.slots = [(self.base.get_submodule(n.rpartition(".")[0])._parameters, n.rpartition(".")[2])
+                      for n in self.params] + [(self.base.get_submodule(n.rpartition(".")[0])._buffers,
+                                                n.rpartition(".")[2]) for n in self.buffers]  # fmt: skip
         self.draws: dict[tuple[int, ...], list[tuple[tuple[int, ...], float]]] = {}
 
     def parameters(self) -> list[Tensor]:
@@ -139,9 +143,19 @@ class StackedNet:
             masks.append(keep.permute(0, 1, 4, 2, 3) if nhwc else keep)
         return masks
 
-    def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], masks: list[Tensor], x: Tensor) -> Tensor:
+    def _forward(self, tensors: tuple[Tensor, ...], masks: list[Tensor], x: Tensor) -> Tensor:
+        """`base` run on `tensors` (its parameters, then its buffers, in `slots` order). functional_call does this
+        too, at a cost per call that a small MLP's step notices; dlzoo's nets tie no weights, which is what its
+        extra work is for."""
         self.feed[:] = masks
-        return functional_call(self.base, (params, buffers), (x,))
+        own = [slot[name] for slot, name in self.slots]
+        for (slot, name), t in zip(self.slots, tensors, strict=True):
+            slot[name] = t
+        try:
+            return self.base(x)
+        finally:
+            for (slot, name), t in zip(self.slots, own, strict=True):
+                slot[name] = t
 
     def __call__(self, x: Tensor, probe: Callable[[int], AbstractContextManager[Any]] | None = None) -> Tensor:
         """(K, B, ...) inputs, member k's batch in row k -> (K, B, classes) logits. With `probe` (member k's
@@ -150,13 +164,13 @@ class StackedNet:
         masks = self._masks(x)
         if probe is None:
             x = _nhwc(x) if self.nhwc and x.dim() == 5 else x
-            view = {n: p.transpose(1, 2) if n in self.transposed else p for n, p in self.params.items()}
-            return vmap(self._forward)(view, self.buffers, masks, x)
+            view = [p.transpose(1, 2) if n in self.transposed else p for n, p in self.params.items()]
+            return vmap(self._forward)((*view, *self.buffers.values()), masks, x)
         outs = []
         for k in range(len(self.members)):
             with probe(k):
-                buffers = {n: b[k] for n, b in self.buffers.items()}  # views: batch norm updates the stack in place
-                outs.append(self._forward(self.member_params(k), buffers, [m[k] for m in masks], x[k]))
+                own = (*self.member_params(k).values(), *(b[k] for b in self.buffers.values()))  # views: batch norm
+                outs.append(self._forward(own, [m[k] for m in masks], x[k]))  # updates the stack in place
         return torch.stack(outs)
 
     @torch.no_grad()

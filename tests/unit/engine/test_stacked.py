@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.datasets import load_splits
@@ -171,7 +172,7 @@ def test_a_stacked_run_resumes_bit_identically(preset: str, stop_at: int, toy_ro
     first, gens1 = _members(cfg, data, seeds)
     with pytest.raises(Interrupted):
         fit_stack(first, gens1, seeds, [_Quiet(stop, stop_at), _Quiet()], data, cfg, ck, stop=stop,
-                  extra={"config": {}})  # fmt: skip
+                  extra={"config": OmegaConf.to_container(cfg, resolve=True)})  # fmt: skip
     again, gens2 = _members(cfg, data, seeds)
     torch.manual_seed(1234)
     resumed = fit_stack(again, gens2, seeds, [_Quiet(), _Quiet()], data, cfg, resume=load_checkpoint(ck))
