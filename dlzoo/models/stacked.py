@@ -1,6 +1,6 @@
 """K networks of one architecture as one (`trainer.stack=K`), stacked as PyTorch's "Model ensembling" tutorial does:
 `torch.func.stack_module_state` gives every parameter and buffer a leading dimension of size K, and `torch.vmap`
-runs the members' own forward on them (functional_call's swap, done directly) (a Linear becomes one bmm, a conv one grouped conv,
+runs the members' own forward on them, as functional_call would (a Linear becomes one bmm, a conv one grouped conv,
 batch norm keeps each member's running statistics). One optimizer step over the stacked tensors is K element-wise
 optimizer steps. Hand-written here only what vmap cannot do: each member's dropout masks and the per-layer probes."""
 
