@@ -77,7 +77,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
         assert err <= rtol, f"{name}: relative error {err:.2e} > {rtol:.0e}"
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "residual" else p for p in PRESETS])
 def test_each_stacked_member_matches_its_standalone_run(preset: str, toy_root: Path, tmp_path: Path) -> None:
     overrides = [*BASE, f"data.root={toy_root}", *PRESETS[preset]]
     stack = run(compose_and_validate([*overrides, "trainer.stack=3"]), tmp_path / "stack")
