@@ -39,6 +39,8 @@ class Regularizer:
     def clip_(self, model: nn.Module | Any) -> None:
         """Between backward and step: clip by value, then by global norm (Keras clipvalue / clipnorm); a stack's
         norm is each member's own, over its slice of every gradient."""
+        if self.clip_value is None and self.clip_norm is None:
+            return
         params = list(model.parameters())
         if self.clip_value is not None:
             nn.utils.clip_grad_value_(params, self.clip_value)
