@@ -1,7 +1,8 @@
 """What `trainer.stack=K` buys: K seeds of lab 10-5 (784-512x4-10 ReLU, dropout 0.3, Adam 1e-3, batch 100) on
 MNIST trained one after another (K engine.fit calls) against the same K trained as one stacked model
-(engine.stacked.fit_stacked), in interleaved rounds. Both time the training steps only (FitResult.train_time_s:
-no validation, no logging), so the ratio is the step's. Run through `python scripts/bench.py --stack K`.
+(engine.stacked_run.fit_stack, through the same engine.loop.fit), in interleaved rounds. Both time the training
+steps only (FitResult.train_time_s: no validation, no logging), so the ratio is the step's. Run through
+`python scripts/bench.py --stack K`.
 
     python scripts/bench.py --stack 5 --data ../shared/data --steps 200 --repeats 5
 """
@@ -19,7 +20,7 @@ import torch
 from dlzoo.config.compose import compose_and_validate
 from dlzoo.data.datasets import load_splits
 from dlzoo.engine.loop import FitOptions, fit, seed_everything
-from dlzoo.engine.stacked import fit_stacked
+from dlzoo.engine.stacked_run import fit_stack
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:1000]))
         if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.member.setup_model)
+            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.one_model.setup_model)
         return model
 
     def one_after_another() -> float:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             models.append(build(seed).train())
             generators.append(torch.Generator().manual_seed(seed))
-        return fit_stacked(models, generators, seeds, [Quiet()] * len(seeds), data, cfg)[0].train_time_s  # type: ignore[list-item]
+        return fit_stack(models, generators, seeds, [Quiet()] * len(seeds), data, cfg)[0].train_time_s  # type: ignore[list-item]
 
     one_after_another(), stacked()  # warm-up: allocator, kernels
     times: dict[str, list[float]] = {"one_after_another": [], "stacked": []}

@@ -146,7 +146,7 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
 
 def stack_problems(cfg: DictConfig, k: int | None = None) -> list[str]:
     """What `k` (default trainer.stack; ensemble.stack=on asks for the ensemble's size) models stacked as one
-    (dlzoo.engine.stacked) cannot train as k separate runs would, each with the fix."""
+    (dlzoo.models.stacked, trained by dlzoo.engine.loop) cannot train as k separate runs would, each with the fix."""
     t, size = cfg.trainer, cfg.ensemble.size
     k = k or (size if t.stack == 1 and size > 1 and cfg.ensemble.stack == "on" else t.stack)
     if k == 1:
@@ -156,8 +156,13 @@ def stack_problems(cfg: DictConfig, k: int | None = None) -> list[str]:
     rules = [
         (size in (1, k), f"ensemble.size={size}: stack the whole ensemble, trainer.stack={size}"),
         (t.devices == 1, "one process only; trainer.devices=1"),
-        (t.precision == "fp32" and not t.compile, "fp32 eager only; trainer.precision=fp32 trainer.compile=false"),
-        (cfg.sched.name != "plateau", "sched=plateau reads each member's val loss; a step or epoch schedule"),
+        (t.precision != "fp16", "fp16's loss scaler skips every member's step when one member's gradients "
+         "overflow; trainer.precision=bf16 (no scaler) or fp32"),
+        (not t.compile, "torch.compile is not wired into the stack's vmapped forward (and on a CPU a compiled "
+         "forward measured no faster); trainer.compile=false"),
+        (cfg.sched.name != "plateau", "one optimizer steps every member with one learning rate, and sched=plateau "
+         "would lower it on a mean of the members' val losses instead of each member's own; a step or epoch "
+         "schedule"),
         (cfg.pretrain.method == "none" and cfg.transfer.ckpt is None, "no pretraining or transfer with it yet"),
     ]  # fmt: skip
     problems = [f"{why}; {rule}." for ok, rule in rules if not ok]
@@ -176,8 +181,7 @@ def _stackable(cfg: DictConfig) -> list[str]:
     except DlzooError:
         return []  # the model's own problem is reported on its own
     problem = stacked.why_not(model)
-    return [] if problem is None else [f"its model has {problem}, which cannot be stacked yet (dense, conv, pool, "
-                                       "batch norm, dropout and element-wise activation layers can)."]  # fmt: skip
+    return [] if problem is None else [f"its model has {problem}, which cannot be stacked."]
 
 
 def _cross_problems(cfg: DictConfig) -> list[str]:

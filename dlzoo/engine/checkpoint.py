@@ -26,6 +26,7 @@ class Checkpointing:
         top_k: keep the k best epochs' weights by `monitor`; 0 keeps none.
         monitor: val/loss (lower is better) or val/acc (higher is better).
         extra: stored in every checkpoint (the resolved config, run metadata).
+        file: the resumable file's name (a stack of members writes stack.pt beside its members' folders).
     """
 
     folder: Path
@@ -34,10 +35,11 @@ class Checkpointing:
     monitor: str = "val/loss"
     extra: dict[str, Any] = field(default_factory=dict)
     best: list[tuple[float, Path]] = field(default_factory=list)  # (signed metric, file), best first
+    file: str = "last.pt"
 
     @property
     def last(self) -> Path:
-        return self.folder / "last.pt"
+        return self.folder / self.file
 
     def best_path(self, epoch: int) -> Path:
         return self.folder / f"best-epoch{epoch:03d}.pt"

@@ -29,7 +29,7 @@ from dlzoo.errors import DlzooError
 
 
 @dataclass
-class Member:
+class Start:
     """One model's starting point: a checkpoint to continue (None: train from scratch), or `finished`: its
     metrics.json and its final weights' checkpoint, kept as they are."""
 
@@ -43,7 +43,7 @@ class Plan:
     that had already finished in this folder, so there is nothing to train."""
 
     folder: Path
-    members: list[Member] = field(default_factory=list)
+    members: list[Start] = field(default_factory=list)
     done: dict[str, Any] | None = None
 
 
@@ -54,7 +54,7 @@ def member_folder(folder: Path, index: int, size: int) -> Path:
 def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     """Resolve trainer.resume for a run whose fresh folder would be `out_dir`."""
     value, size = cfg.trainer.resume, cfg.ensemble.size
-    fresh = Plan(out_dir, [Member() for _ in range(size)])
+    fresh = Plan(out_dir, [Start() for _ in range(size)])
     if value is None:
         return fresh
     if value == "auto" and (done := _finished(out_dir, cfg)) is not None:
@@ -82,11 +82,11 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     return Plan(out_dir, members)
 
 
-def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: int) -> Member:
+def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: int) -> Start:
     if size > 1 and (folder / "metrics.json").is_file() and path is not None:
-        return Member(finished=json.loads((folder / "metrics.json").read_text()), checkpoint=load_checkpoint(path))
+        return Start(finished=json.loads((folder / "metrics.json").read_text()), checkpoint=load_checkpoint(path))
     if path is None:
-        return Member()  # an ensemble member that had not started
+        return Start()  # an ensemble member that had not started
     state = load_checkpoint(path)
     for change in check_compatible(state["config"], cfg):
         print_warning(f"resuming with a changed setting: {change}")
@@ -94,7 +94,7 @@ def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: 
         raise DlzooError(f"{path} holds weights only (a best-*.pt); resume from checkpoints/last.pt.")
     where = "in pretraining" if is_pretraining(state) else f"after epoch {state['epoch']}, step {state['step']}"
     say(f"resuming {folder} {where}" + (f" (ensemble member {index + 1}/{size})" if size > 1 else ""))
-    return Member(checkpoint=state)
+    return Start(checkpoint=state)
 
 
 def _finished(out_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from dlzoo.config.validate import validate, warnings
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed, member, resuming, stacked_run
+from dlzoo.engine import distributed, one_model, resuming, stacked_run
 from dlzoo.engine.checkpoint import Checkpointing, restorable_problem
 from dlzoo.engine.evaluation import evaluate_ensemble
 from dlzoo.engine.folders import (
@@ -31,20 +31,18 @@ from dlzoo.engine.folders import (
     write_json,
 )
 from dlzoo.engine.hparams import chosen_columns, run_hparams
-from dlzoo.engine.loop import FitOptions, fit, resolve_device
+from dlzoo.engine.loop import fit, resolve_device
 from dlzoo.engine.pretraining import is_pretraining, pretrain
-from dlzoo.engine.state import histogram_every, step_counts
-from dlzoo.engine.stopping import EarlyStopping, Interrupted, StopFlag, full_disk, resume_command
+from dlzoo.engine.state import step_counts
+from dlzoo.engine.stopping import Interrupted, StopFlag, full_disk, resume_command
 from dlzoo.engine.tracking import (
     RunTracker,
     SilentTracker,
-    summary_markdown,
 )
 from dlzoo.engine.transfer import build_freeze_schedule
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
-from dlzoo.optim.regularize import build_regularizer
 
 OnEpochEnd = Callable[[int, dict[str, float]], None]
 
@@ -107,7 +105,7 @@ def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
 def _run_in(
     cfg: DictConfig,
     out_dir: Path,
-    starts: list[resuming.Member],
+    starts: list[resuming.Start],
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
     started: float,
@@ -120,7 +118,7 @@ def _run_in(
     data = build_splits(cfg.data, device)
     config = OmegaConf.to_container(cfg, resolve=True)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    hparams = run_hparams(config, choices, member.overrides())
+    hparams = run_hparams(config, choices, one_model.overrides())
 
     if t.stack > 1:
         members = stacked_run.train_stacked(
@@ -137,7 +135,7 @@ def _run_in(
         write_json(out_dir / "metrics.json", metrics)
     print_final(metrics, out_dir)
     if isinstance(fell := metrics.get("collapsed"), dict):
-        print_warning(member.collapse_warning(fell, fell["checkpoints"]))
+        print_warning(one_model.collapse_warning(fell, fell["checkpoints"]))
     return metrics
 
 
@@ -148,7 +146,7 @@ def _members(
     data: Splits,
     device: torch.device,
     out_dir: Path,
-    starts: list[resuming.Member],
+    starts: list[resuming.Start],
     stop: StopFlag | None,
     on_epoch_end: OnEpochEnd | None,
 ) -> dict[str, Any]:
@@ -234,8 +232,8 @@ def _ensemble(
         tracker.log_test(step, {"acc": ensemble_acc, "member_mean_acc": metrics["member_test_acc_mean"]})
         tracker.log_val(step, metrics["val_acc"], metrics["val_loss"])
         if t.figures:
-            member.log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
+            one_model.log_pictures(tracker, cfg, [m for m, _ in members], data, step, f"ensemble of {size}")
+        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, one_model.overrides()))
     return metrics | {k: v for k, v in first.items() if k in ("seed", "device", "torch", "git_commit")}
 
 
@@ -256,7 +254,7 @@ def _train_member(
     dist = distributed.current()
     pretrained = resume if resume is not None and is_pretraining(resume) else None
     resume = None if pretrained is not None else resume  # what fine-tuning continues from
-    model, reused, summary = member.setup_model(cfg, hparams, data, device, seed, resume)
+    model, reused, summary = one_model.setup_model(cfg, hparams, data, device, seed, resume)
     if resume is not None and (problem := restorable_problem(resume, model)) is not None:
         version = resume.get("meta", {}).get("dlzoo", "an unknown version")
         raise DlzooError(
@@ -273,7 +271,7 @@ def _train_member(
     on_epoch_end = build_freeze_schedule(cfg.transfer, model, reused, scheduler, epochs_done, then=on_epoch_end)
     meta = metadata(seed, device)
     meta["data_mean"], meta["data_std"] = data.mean, data.std  # what `dlzoo predict` must apply to new images
-    opts = _fit_options(
+    opts = one_model.fit_options(
         cfg, seed, _setup_checkpointing(cfg, config, meta, out_dir, resume), stop, on_epoch_end, total_steps
     )
     purge_step = resume["step"] + 1 if resume else None
@@ -287,27 +285,14 @@ def _train_member(
         if resume is None:  # a resumed run's checkpoint already holds the pretrained, fine-tuned weights
             pretrain(cfg, model, data, tracker, seed, opts.checkpointing, stop, pretrained)
         result = fit(model, data, optimizer, scheduler, tracker, opts, resume)
-        metrics = member.test_scores(cfg, model, data, result, tracker)
-        if (fell := member.collapse(result.history, data.num_classes)) is not None:
-            kept = sorted(str(p) for p in (out_dir / "checkpoints").glob("best-epoch*.pt"))
-            metrics["collapsed"] = fell | {"checkpoints": kept}
-            if dist.main and cfg.ensemble.size > 1:  # a single run says so under its final table
-                print_warning(member.collapse_warning(fell, kept))
-        metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        title = f"{member.model_name(cfg, hparams)}, seed {seed}"
-        if dist.main:
-            member.log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
-        if dist.main and t.figures:
-            member.log_pictures(tracker, cfg, [model], data, result.steps, title)
-            for tag, image in tracker.depth_figures(title).items():
-                tracker.log_image(tag, image, result.steps)
-        tracker.log_hparams(hparams, t.hparams_experiment, chosen_columns(hparams, member.overrides()))
+        metrics = one_model.finish(tracker, cfg, config, hparams, data, model, result, summary, meta, out_dir,
+                                   one_model.overrides(), dist.main)  # fmt: skip
     if cfg.ensemble.size > 1:
         write_json(out_dir / "metrics.json", metrics)
     return model, metrics
 
 
-def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Member) -> torch.nn.Module:
+def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Start) -> torch.nn.Module:
     """A member that finished before the ensemble was interrupted, with the weights it ended with (its best
     epoch's, when early stopping restored them)."""
     assert start.checkpoint is not None
@@ -332,37 +317,3 @@ def _setup_checkpointing(
     if resume is not None:
         checkpointing.adopt_best(resume["history"])
     return checkpointing
-
-
-def _fit_options(
-    cfg: DictConfig,
-    seed: int,
-    checkpointing: Checkpointing | None,
-    stop: StopFlag | None,
-    on_epoch_end: OnEpochEnd | None,
-    total_steps: int,
-) -> FitOptions:
-    """The trainer section as the loop's options (`total_steps`: the run's, which sets the histograms' interval)."""
-    t, es = cfg.trainer, cfg.trainer.early_stop
-    dist = distributed.current()
-    return FitOptions(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        seed=seed,
-        max_steps=t.max_steps,
-        eval_batch_size=t.eval_batch_size,
-        log_every_n_steps=t.log_every_n_steps,
-        layer_stats=t.layer_stats and dist.main,
-        histogram_every_n_steps=histogram_every(t.histogram_every_n_steps, total_steps),
-        regularizer=build_regularizer(cfg.reg),
-        early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
-        restore_best=es.restore_best,
-        checkpointing=checkpointing,
-        stop=stop,
-        max_loss=t.max_loss,
-        on_epoch_end=on_epoch_end,
-        precision=t.precision,
-        dist=dist,
-        compile_mode=t.compile_mode if t.compile else None,
-        warn=print_warning,
-    )

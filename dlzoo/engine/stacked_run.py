@@ -1,8 +1,9 @@
 """A `trainer.stack=K` run, assembled: K members built as their standalone runs build them, trained in one pass
-(dlzoo.engine.stacked), each written to its own folder as its standalone run writes it. Seeds seed..seed+K-1 go to
-<run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's own config, so `dlzoo
-report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to <run>/member<i>/ as an
-ensemble's members do, and run.py combines them. The stack's own state is <run>/checkpoints/stack.pt."""
+(engine.loop.fit on a models.stacked.StackedNet), each written to its own folder as its standalone run writes it.
+Seeds seed..seed+K-1 go to <run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's
+own config, so `dlzoo report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to
+<run>/member<i>/ as an ensemble's members do, and run.py combines them. The stack's own state is
+<run>/checkpoints/stack.pt."""
 
 from __future__ import annotations
 
@@ -24,18 +25,19 @@ from dlzoo.console import console, print_warning, redirect_file_logs, say
 from dlzoo.data.build import num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import Splits
-from dlzoo.engine import member
+from dlzoo.engine import one_model
 from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
 from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
-from dlzoo.engine.hparams import chosen_columns
-from dlzoo.engine.resuming import Member, Plan, member_folder
-from dlzoo.engine.stacked import StackIO, diverged, fit_stacked
-from dlzoo.engine.state import FitResult, step_counts
-from dlzoo.engine.stopping import StopFlag
-from dlzoo.engine.tracking import RunTracker, summary_markdown
+from dlzoo.engine.loop import fit
+from dlzoo.engine.resuming import Plan, Start, member_folder
+from dlzoo.engine.state import FitResult, MemberState, step_counts
+from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.tracking import RunTracker, Tracker
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
+from dlzoo.models.stacked import StackedNet
 from dlzoo.models.summary import Summary
+from dlzoo.optim import build_optimizer, build_scheduler
 
 STACK_FILE = "stack.pt"
 # On a CPU, K models trained as one stack measured faster than one after another only for small MLPs (lab 10-3's
@@ -83,7 +85,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     run's own folder; a finished one is kept)."""
     value = cfg.trainer.resume
     if value is None:
-        return Plan(out_dir, [Member()])
+        return Plan(out_dir, [Start()])
     folder = out_dir if value == "auto" else Path(value).expanduser()
     path = folder / "checkpoints" / STACK_FILE
     if not path.is_file():
@@ -93,7 +95,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
                 "it at the folder printed when the stacked run stopped, or use auto."
             )
         console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
-        return Plan(out_dir, [Member()])
+        return Plan(out_dir, [Start()])
     state = load_checkpoint(path)
     saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
     if saved != (cfg.trainer.stack, cfg.trainer.seed):
@@ -111,7 +113,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     redirect_file_logs(folder / "train.log")
     where = "mid-epoch" if state["partial"] is not None else f"after epoch {state['epoch']}"
     say(f"resuming the stacked run {folder} {where} (step {state['step']})")
-    return Plan(folder, [Member(checkpoint=state)])
+    return Plan(folder, [Start(checkpoint=state)])
 
 
 def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
@@ -150,7 +152,7 @@ def train_stacked(
     with ExitStack() as stack:
         for k, (seed, folder) in enumerate(where):
             # Each member's setup is its standalone run's, in the same order, so its random stream is too.
-            model, _, summary = member.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
+            model, _, summary = one_model.setup_model(cfg, hparams, data, device, seed, None, quiet=k > 0)
             tracker = stack.enter_context(
                 RunTracker(folder, t.epochs, t.progress and k == 0, purge, label=f"seed {seed}  ", total_steps=total)
             )
@@ -168,10 +170,10 @@ def train_stacked(
         checkpoint = out_dir / "checkpoints" / STACK_FILE if t.checkpoint.enabled else None
         best = [_best(cfg, config, meta, folder, resume, k) for k, ((_, folder), meta) in
                 enumerate(zip(where, metas, strict=True))] if checkpoint is not None else None  # fmt: skip
-        io = StackIO(checkpoint, resume, stop, {"config": config}, best, on_epoch_end)
-        results = fit_stacked(models, generators, seeds, trackers, data, cfg, io)
+        results = fit_stack(models, generators, seeds, trackers, data, cfg, checkpoint, resume, stop,
+                            {"config": config}, best, on_epoch_end)  # fmt: skip
         share = {"wall_time_s": (time.perf_counter() - started) / k_all}
-        bad = diverged(results)
+        bad = [k for k, r in enumerate(results) if not math.isfinite(r.train_loss)]
         members = [
             (model, None if k in bad else _finish_member(cfg, config, hparams, data, folder, model, *parts, share))
             for k, ((_, folder), model, *parts) in enumerate(zip(where, models, results, trackers, summaries, metas,
@@ -182,6 +184,42 @@ def train_stacked(
                       "trainer.max_loss; they are frozen where it happened and write no metrics.json); the other "
                       "members' results stand. Fix for them: a lower optim.lr or reg.clip_norm.")  # fmt: skip
     return members
+
+
+def fit_stack(
+    models: list[torch.nn.Module],
+    generators: list[torch.Generator],
+    seeds: list[int],
+    trackers: list[Tracker],
+    data: Splits,
+    cfg: DictConfig,
+    checkpoint: Path | None = None,
+    resume: dict[str, Any] | None = None,
+    stop: StopFlag | None = None,
+    extra: dict[str, Any] | None = None,
+    best: list[Checkpointing] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[FitResult]:
+    """Train the K `models` (each built, seeded and initialized as its standalone run builds it; `generators[k]`
+    holds the global random stream that run would continue with) as one StackedNet through engine.loop.fit, with
+    stack.pt at `checkpoint` (`extra` saved in it), each member's `best` checkpoints, and `on_epoch_end` given the
+    mean over the members still training. Returns each member's FitResult (NaN losses for one that diverged)."""
+    t, es = cfg.trainer, cfg.trainer.early_stop
+    per_epoch, total = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
+    nhwc = t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in models[0].modules())  # as setup_model
+    net = StackedNet(models, generators, nhwc)
+    optimizer = build_optimizer(cfg.optim, net.parameters())
+    scheduler = build_scheduler(cfg.sched, optimizer, per_epoch, total)
+    device = data.x_train.device
+    members = [MemberState(torch.Generator(device=device).manual_seed(s), tracker,
+                           EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
+                           best[k] if best is not None else None)
+               for k, (s, tracker) in enumerate(zip(seeds, trackers, strict=True))]  # fmt: skip
+    ck = None if checkpoint is None else Checkpointing(checkpoint.parent, t.checkpoint.every, 0, extra=extra or {},
+                                                        file=checkpoint.name)  # fmt: skip
+    opts = one_model.fit_options(cfg, seeds[0], ck, stop, on_epoch_end, total)
+    opts.early_stopping, opts.members = None, members
+    return fit(net, data, optimizer, scheduler, trackers[0], opts, resume)
 
 
 def _best(
@@ -240,20 +278,9 @@ def _finish_member(
     own = copy.deepcopy(config)
     if not ensemble:
         own["trainer"] |= {"seed": seed, "stack": 1}
-    metrics = (
-        member.test_scores(cfg, model, data, result, tracker)
-        | {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
-        | extra
-    )
-    member.log_texts(tracker, cfg, own, metrics, summary_markdown(summary))
-    title = f"{member.model_name(cfg, hparams)}, seed {seed}"
-    if cfg.trainer.figures:
-        member.log_pictures(tracker, cfg, [model], data, result.steps, title)
-        for tag, image in tracker.depth_figures(title).items():
-            tracker.log_image(tag, image, result.steps)
-    seeded = [o for o in member.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
-    tracker.log_hparams(hparams | {"trainer.seed": seed}, cfg.trainer.hparams_experiment,
-                        chosen_columns(hparams, seeded))  # fmt: skip
+    seeded = [o for o in one_model.overrides() if not o.startswith(("trainer.stack=", "trainer.seed="))]
+    metrics = one_model.finish(tracker, cfg, own, hparams | {"trainer.seed": seed}, data, model, result, summary,
+                               meta, folder, seeded) | extra  # fmt: skip
     if cfg.trainer.checkpoint.enabled:
         weights = result.last_state or model.state_dict()  # last.pt holds the last epoch, as a standalone run's
         save_checkpoint(folder / "checkpoints" / "last.pt", {"model": weights, "epoch": result.epochs,

@@ -1,5 +1,5 @@
-"""What `fit` takes and keeps: its options (FitOptions), the state a checkpoint saves (TrainState), one epoch's
-running sums (EpochSums) and what it returns (FitResult)."""
+"""What `fit` takes and keeps: its options (FitOptions), the state a checkpoint saves (TrainState, and each stacked
+member's MemberState), one epoch's running sums (EpochSums) and what it returns (FitResult)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import Tensor
 from dlzoo.engine.checkpoint import Checkpointing
 from dlzoo.engine.distributed import Dist
 from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.tracking import Tracker
 from dlzoo.optim.regularize import Regularizer
 
 
@@ -43,6 +44,9 @@ class FitOptions:
         compile_mode: a torch.compile mode for the training forward (None: eager). Steps that record layer
             statistics run eagerly, because their forward hooks would break the compiled graph.
         warn: where a non-fatal problem is reported (a compile that fell back to eager).
+        members: for a stack of K members (the model a dlzoo.models.stacked.StackedNet), each member's own state:
+            its batch order, run folder's tracker, early stopping and best-epoch checkpoints. `seed`, the tracker
+            and `early_stopping` given to fit then go unused: each member has its own.
     """
 
     epochs: int
@@ -64,6 +68,7 @@ class FitOptions:
     dist: Dist = field(default_factory=Dist)
     compile_mode: str | None = None
     warn: Callable[[str], None] = print
+    members: list[MemberState] | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -87,8 +92,45 @@ class TrainState:
 
 
 @dataclass
+class MemberState:
+    """One member of a stack: what its standalone run's TrainState and options hold for it alone. A member that
+    diverges (a NaN, infinite or above-max_loss loss) or stops early is frozen where it was; the others train on."""
+
+    order: torch.Generator  # the batch order, seeded as the standalone run's
+    tracker: Tracker
+    early: EarlyStopping | None = None
+    best: Checkpointing | None = None  # its best-epoch checkpoints (trainer.checkpoint.top_k)
+    history: list[dict[str, float]] = field(default_factory=list)
+    diverged_at: int | None = None  # the step its loss went bad: from there on it is frozen and not plotted
+    stopped: bool = False  # early stopping ended its training
+    steps: int = 0  # its own last step (a frozen member's is earlier than the others')
+    last_finite_loss: float = float("nan")
+
+    @property
+    def active(self) -> bool:
+        return self.diverged_at is None and not self.stopped
+
+    def state_dict(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {"order": self.order.get_state(), "history": self.history, "diverged_at": self.diverged_at,
+                "stopped": self.stopped, "steps": self.steps, "last_finite_loss": self.last_finite_loss,
+                "early": self.early.state_dict() if self.early is not None else None,
+                "frozen": None if self.active else model.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], model: torch.nn.Module) -> None:
+        self.order.set_state(state["order"])
+        self.history = list(state["history"])
+        self.diverged_at, self.stopped, self.steps = state["diverged_at"], state["stopped"], state["steps"]
+        self.last_finite_loss = state["last_finite_loss"]
+        if self.early is not None and state["early"] is not None:
+            self.early.load_state_dict(state["early"])
+        if state["frozen"] is not None:
+            model.load_state_dict(state["frozen"])
+
+
+@dataclass
 class EpochSums:
-    """One epoch's batch order and running sums, kept on the device until the epoch ends."""
+    """One epoch's batch order and running sums, kept on the device until the epoch ends (a stack's: one row,
+    or one entry, per member)."""
 
     perm: Tensor
     start: int

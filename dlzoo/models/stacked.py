@@ -1,326 +1,191 @@
-"""K networks of one architecture as one batched network (`trainer.stack=K`): every parameter stacked along a new
-leading dimension of size K, so one optimizer step over the stacked tensors is K element-wise optimizer steps.
-
-Two layouts carry the K members' activations without copying them apart:
-- flat, (K, B, F): a Linear layer is one batched matmul (baddbmm) over the members;
-- image, (B, K*C, H, W): member k owns channels k*C..(k+1)*C, so a convolution is one grouped convolution
-  (groups=K), batch norm is one batch norm over K*C channels (per-channel statistics are per-member statistics),
-  and pooling and element-wise activations run on it as they are.
-Dropout draws member k's mask from member k's own generator, with the shape its standalone layer draws."""
+"""K networks of one architecture as one (`trainer.stack=K`), stacked as PyTorch's "Model ensembling" tutorial does:
+`torch.func.stack_module_state` gives every parameter and buffer a leading dimension of size K, and `torch.vmap`
+runs the members' own forward on them, as functional_call would (a Linear becomes one bmm, a conv one grouped conv,
+batch norm keeps each member's running statistics). One optimizer step over the stacked tensors is K element-wise
+optimizer steps. Hand-written here only what vmap cannot do: each member's dropout masks and the per-layer probes."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import copy
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import stack_module_state, vmap
 
-from dlzoo.models.activations import Maxout, activation_spec
-from dlzoo.models.mlp import MLP
-from dlzoo.models.norm_dropout import _SELU_SATURATION, AlphaDropout, Dropout
-
-# Parameter-free modules that act element by element (or per channel, for the pools) and draw no random numbers.
-_ELEMENTWISE = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Softplus,
-                nn.Identity)  # fmt: skip
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+from dlzoo.models.norm_dropout import _SELU_SATURATION, AlphaDropout, Dropout, is_dropout
 
 
-def to_image(x: Tensor) -> Tensor:
-    """(K, B, C, H, W) member inputs -> (B, K*C, H, W); image-layout tensors pass through."""
-    return x.transpose(0, 1).flatten(1, 2) if x.dim() == 5 else x
+def why_not(model: nn.Module) -> str | None:
+    """None when `model` can be stacked, else what stops it (for config validation), with the reason."""
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            return f"{type(module).__name__} layers (torch.vmap has no batching rule for the fused recurrent kernel)"
+        if isinstance(module, nn.RReLU):
+            return "RReLU layers (they draw random slopes from the global stream, not from each member's)"
+        if is_dropout(module) and type(module) not in (Dropout, AlphaDropout):
+            return f"{type(module).__name__} layers (only dlzoo's dropouts draw their masks from each member's stream)"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and \
+                module.momentum is None:  # fmt: skip
+            return "batch norm with a cumulative average (its factor reads the batch count on the host)"
+    return None
 
 
-def to_flat(x: Tensor, k: int) -> Tensor:
-    """Any layout -> (K, B, F), each member's features in its standalone Flatten's order (C, H, W)."""
-    if x.dim() == 4:  # image layout
-        return x.unflatten(1, (k, -1)).flatten(2).transpose(0, 1)
-    return x.flatten(2)
+def _nhwc(t: Tensor, kernel: bool = False) -> Tensor:
+    """(K, B, C, H, W) laid out as (B, H, W, K, C) (a kernel's (K, O, I, h, w) as (K, O, h, w, I)), so that the
+    grouped convolution's (B, K*C, H, W) view of it is channels_last without a copy."""
+    # Copied into fresh memory rather than .contiguous(), which keeps a size-1 dim's stride (a 1-channel kernel's),
+    # and the convolution reads the layout from the strides.
+    k, a, b, h, w = t.shape
+    if kernel:
+        return t.new_empty(k, a, h, w, b).permute(0, 1, 4, 2, 3).copy_(t)
+    return t.new_empty(a, h, w, k, b).permute(3, 0, 4, 1, 2).copy_(t)
 
 
-class _Op(ABC):
-    """One layer of the stacked net: its stacked parameters (leading dim K) and the members' own."""
+class _Masked(nn.Module):
+    """A dropout layer whose keep-mask comes from outside: vmap can only draw random numbers from one stream for
+    all members, but each member must draw from its own, as its standalone run does (see StackedNet._masks)."""
 
-    def __init__(self) -> None:
-        self.params: list[Tensor] = []
-        # Weight matrices and kernels (what reg.l1/l2/max_norm act on), each with the dims that hold one unit's
-        # incoming weights (the standalone regularizer's `flatten(1)` of one member's tensor).
-        self.weights: list[tuple[Tensor, tuple[int, ...]]] = []
-        # (stacked, the members' parameters, stored transposed): what write_back and write_grads copy.
-        self.pairs: list[tuple[Tensor, list[Tensor], bool]] = []
-
-    @abstractmethod
-    def __call__(self, x: Tensor) -> Tensor: ...
-
-    def own(self, stacked: Tensor | None, members: list[Tensor | None], transposed: bool = False) -> None:
-        if stacked is not None:
-            self.params.append(stacked)
-            self.pairs.append((stacked, members, transposed))  # type: ignore[arg-type]
-
-    def write_back(self, k: int) -> None:
-        """Copy member k's slice into its module."""
-        for stacked, members, transposed in self.pairs:
-            members[k].copy_(stacked[k].t() if transposed else stacked[k])
-
-    def write_grads(self, k: int) -> None:
-        """Member k's gradients as its module's .grad (for the per-layer probes)."""
-        for stacked, members, transposed in self.pairs:
-            g = stacked.grad
-            members[k].grad = None if g is None else (g[k].t() if transposed else g[k]).clone()
-
-
-def _stack(tensors: list[Tensor], grad: bool = True) -> Tensor:
-    return torch.stack([t.detach() for t in tensors]).contiguous().requires_grad_(grad)
-
-
-class _Linear(_Op):
-    def __init__(self, layers: list[nn.Linear]) -> None:
+    def __init__(self, p: float, alpha: bool, feed: list[Any]) -> None:
         super().__init__()
-        self.layers = layers
-        # (K, in, out): the batched matmul then reads both operands contiguously, forward and backward.
-        self.w = _stack([lin.weight.t() for lin in layers])
-        self.b = _stack([lin.bias for lin in layers]) if layers[0].bias is not None else None
-        self.own(self.w, [lin.weight for lin in layers], transposed=True)
-        self.own(self.b, [lin.bias for lin in layers])
-        self.weights = [(self.w, (1,))]  # a unit's incoming weights: one column of (in, out)
+        self.p, self.alpha, self.feed = p, alpha, feed
 
-    def __call__(self, x: Tensor) -> Tensor:
-        x = to_flat(x, len(self.layers)) if x.dim() != 3 else x
-        return torch.bmm(x, self.w) if self.b is None else torch.baddbmm(self.b.unsqueeze(1), x, self.w)
-
-
-class _Conv(_Op):
-    def __init__(self, convs: list[nn.Conv2d], nhwc: bool) -> None:
-        super().__init__()
-        c = self.conv = convs[0]
-        self.convs, self.nhwc = convs, nhwc
-        self.w = _stack([m.weight for m in convs])  # (K, out, in / groups, kh, kw)
-        self.b = _stack([m.bias for m in convs]) if c.bias is not None else None
-        self.own(self.w, [m.weight for m in convs])
-        self.own(self.b, [m.bias for m in convs])
-        self.weights = [(self.w, (2, 3, 4))]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        c, k = self.conv, len(self.convs)
-        b = self.b.flatten() if self.b is not None else None
-        x, w = to_image(x), self.w.flatten(0, 1)
-        if self.nhwc:  # oneDNN's grouped convolution is far faster on NHWC, as the members' own convolutions are
-            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups * k)
-
-
-class _BatchNorm(_Op):
-    """Training-mode batch norm over the members' K*C channels; running statistics per member channel."""
-
-    def __init__(self, norms: list[nn.modules.batchnorm._BatchNorm]) -> None:
-        super().__init__()
-        self.norms, n = norms, norms[0]
-        self.momentum, self.eps = n.momentum, n.eps
-        self.w = _stack([m.weight for m in norms]) if n.affine else None
-        self.b = _stack([m.bias for m in norms]) if n.affine else None
-        self.own(self.w, [m.weight for m in norms])
-        self.own(self.b, [m.bias for m in norms])
-        self.running_mean = torch.cat([m.running_mean for m in norms]).clone()
-        self.running_var = torch.cat([m.running_var for m in norms]).clone()
-        self.batches = int(n.num_batches_tracked)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        self.batches += 1
-        w = self.w.flatten() if self.w is not None else None
-        b = self.b.flatten() if self.b is not None else None
-        flat = x.dim() == 3
-        if flat:  # (K, B, F) -> (B, K*F): the members' features as channels
-            k = x.shape[0]
-            x = x.transpose(0, 1).flatten(1)
-        y = F.batch_norm(to_image(x), self.running_mean, self.running_var, w, b, True, self.momentum, self.eps)
-        return y.unflatten(1, (k, -1)).transpose(0, 1) if flat else y
-
-    def write_back(self, k: int) -> None:
-        super().write_back(k)
-        n, c = self.norms[k], self.norms[k].num_features
-        n.running_mean.copy_(self.running_mean[k * c : (k + 1) * c])
-        n.running_var.copy_(self.running_var[k * c : (k + 1) * c])
-        n.num_batches_tracked.fill_(self.batches)
-
-
-class _Dropout(_Op):
-    """Member k's mask from member k's generator, drawn as its standalone Dropout draws it on the CPU (on CUDA that
-    layer uses torch's fused kernel, so there the masks are independent of the standalone run's, not equal)."""
-
-    def __init__(
-        self, module: nn.Module, generators: list[torch.Generator], training: Callable[[], bool], nhwc: bool
-    ) -> None:
-        super().__init__()
-        self.p, self.alpha = module.p, isinstance(module, nn.AlphaDropout)
-        self.generators, self.training, self.nhwc = generators, training, nhwc
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if not self.training() or self.p == 0:
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0:
             return x
-        image = x.dim() == 4
-        k = len(self.generators)
-        if image:
-            # A channels_last member's activations are NHWC, and its rand_like fills them in that memory order.
-            b, c, h, w = x.shape[0], x.shape[1] // k, x.shape[2], x.shape[3]
-            shape = (b, h, w, c) if self.nhwc else (b, c, h, w)
-            draws = [torch.rand(shape, generator=g, device=x.device) for g in self.generators]
-            if self.nhwc:  # (B, H, W, K, C) in memory, seen as (B, K*C, H, W): channels_last, like x
-                keep = torch.stack(draws, dim=3).flatten(3, 4).permute(0, 3, 1, 2)
-            else:
-                keep = torch.stack(draws, dim=1).flatten(1, 2)
-        else:
-            keep = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) for g in self.generators])
-        keep = keep >= self.p
+        if self.p == 1 and not self.alpha:  # as Dropout: no mask drawn
+            return x * 0
+        if not self.feed or not isinstance(self.feed[0], Tensor):  # the shape pass: what this layer would draw
+            self.feed.append((tuple(x.shape), self.p))
+            return x
+        keep = self.feed.pop(0)
         if not self.alpha:
             return x * keep * (1.0 / (1.0 - self.p))
         a = ((1 - self.p) * (1 + self.p * _SELU_SATURATION**2)) ** -0.5
         return torch.where(keep, x, _SELU_SATURATION) * a - a * _SELU_SATURATION * self.p
 
 
-class _Stateless(_Op):
-    def __init__(self, modules: list[nn.Module]) -> None:
-        super().__init__()
-        self.module, self.modules = modules[0], modules
-
-    def probe(self, x: Tensor) -> None:
-        """Run each member's own activation module on its slice of the input `x`, so that the hooks of
-        dlzoo.engine.probes.activation_stats on that member record its statistics (the output is dropped)."""
-        if activation_spec(self.module) is None:
-            return
-        k_all = len(self.modules)
-        with torch.no_grad():
-            for k, module in enumerate(self.modules):
-                if x.dim() == 4:  # image layout: member k's channels
-                    c = x.shape[1] // k_all
-                    module(x[:, k * c : (k + 1) * c])
-                else:
-                    module(x[k])
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if isinstance(self.module, _POOLS):
-            return self.module.forward(to_image(x))
-        if isinstance(self.module, Maxout):  # over the last (feature) dim, not dim 1
-            return x.unflatten(-1, (x.shape[-1] // self.module.k, self.module.k)).amax(-1)
-        return self.module.forward(x)  # not __call__: member 0's probe hooks must see member 0's slice only
-
-
-class _Flatten(_Op):
-    def __init__(self, k: int) -> None:
-        super().__init__()
-        self.k = k
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return to_flat(x, self.k)
-
-
-def _chain(model: nn.Module) -> list[nn.Module]:
-    """The model's layers in forward order, when its forward is a plain chain of them (Sequential containers,
-    or the MLP whose forward is its Sequential); else ValueError naming what breaks the chain."""
-    if isinstance(model, MLP):
-        return _chain(model.layers)
-    if isinstance(model, nn.Sequential):
-        return [leaf for child in model for leaf in _chain(child)]
-    if list(model.children()):
-        raise ValueError(f"a {type(model).__name__} block (not a plain chain of layers)")
-    return [model]
-
-
-def why_not(model: nn.Module) -> str | None:
-    """None when `model` can be stacked, else what stops it (for config validation)."""
-    try:
-        for module in _chain(model):
-            _kind(module)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def _kind(module: nn.Module) -> str:
-    if type(module) in (nn.Linear, nn.Conv2d):
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-            raise ValueError(f"a conv with padding_mode={module.padding_mode}")
-        return "linear" if type(module) is nn.Linear else "conv"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if not module.track_running_stats or module.momentum is None:
-            raise ValueError("batch norm without running statistics or with a cumulative average")
-        return "norm"
-    if type(module) in (Dropout, AlphaDropout):
-        return "dropout"
-    if isinstance(module, nn.Flatten):
-        return "flatten"
-    if type(module) in _ELEMENTWISE or isinstance(module, (*_POOLS, Maxout)):
-        return "stateless"
-    raise ValueError(f"{type(module).__name__} layers")
-
-
 class StackedNet:
-    """K models of one architecture (the `members`, each built and initialized as its standalone run builds it)
-    as one batched model; `generators[k]` is member k's random stream (its dropout masks); `nhwc`: the members
-    run channels_last, so their dropout masks fill NHWC memory order."""
+    """The K `members` (each built and initialized as its standalone run builds it) as one batched model;
+    `generators[k]` is member k's random stream (its dropout masks); `nhwc`: the members run channels_last, so their
+    dropout masks fill NHWC memory order. `params` and `buffers` hold the stacked tensors by the members' own names."""
 
     def __init__(self, members: list[nn.Module], generators: list[torch.Generator], nhwc: bool = False) -> None:
-        self.members, self.generators, self.training = members, generators, True
-        chains = [_chain(m) for m in members]
-        k = len(members)
-        self.ops: list[_Op] = []
-        for i, module in enumerate(chains[0]):
-            layers = [chain[i] for chain in chains]
-            kind = _kind(module)
-            if kind == "linear":
-                self.ops.append(_Linear(layers))  # type: ignore[arg-type]
-            elif kind == "conv":
-                self.ops.append(_Conv(layers, nhwc))  # type: ignore[arg-type]
-            elif kind == "norm":
-                self.ops.append(_BatchNorm(layers))  # type: ignore[arg-type]
-            elif kind == "dropout":
-                self.ops.append(_Dropout(module, generators, lambda: self.training, nhwc))
-            elif kind == "flatten":
-                self.ops.append(_Flatten(k))
-            else:
-                self.ops.append(_Stateless(layers))
+        self.members, self.generators, self.nhwc = members, generators, nhwc
+        params, self.buffers = stack_module_state(members)
+        # A Linear weight is stored (K, in, out) and handed to the members' forward transposed: the batched matmul
+        # then reads both operands contiguously, forward and backward, where (K, out, in) costs a copy per step.
+        linear = {f"{n}.weight" for n, m in members[0].named_modules() if isinstance(m, nn.Linear)}
+        self.transposed = {n for n in params if n in linear}
+        self.params = {n: p.detach().transpose(1, 2).contiguous().requires_grad_() if n in self.transposed else p
+                       for n, p in params.items()}  # fmt: skip
+        if nhwc:  # each member's kernels channels_last, so vmap's grouped convolution runs the members' NHWC kernels
+            self.params |= {n: _nhwc(p.detach(), True).requires_grad_() for n, p in self.params.items() if p.dim() == 5}
+        self.feed: list[Any] = []
+        self.base = copy.deepcopy(members[0]).to("meta")  # the members' forward; its tensors come from params
+        self.dropouts: list[_Masked] = []
+        for name, module in list(self.base.named_modules()):
+            if type(module) in (Dropout, AlphaDropout):
+                parent, _, child = name.rpartition(".")
+                masked = _Masked(module.p, type(module) is AlphaDropout, self.feed)
+                setattr(self.base.get_submodule(parent), child, masked)
+                self.dropouts.append(masked)
+        # Where each stacked tensor goes in `base`: its module's _parameters or _buffers dict, by the tensor's name.
+        self.slots = [(self.base.get_submodule(n.rpartition(".")[0])._parameters, n.rpartition(".")[2])
+                      for n in self.params] + [(self.base.get_submodule(n.rpartition(".")[0])._buffers,
+                                                n.rpartition(".")[2]) for n in self.buffers]  # fmt: skip
+        self.draws: dict[tuple[int, ...], list[tuple[tuple[int, ...], float]]] = {}
 
     def parameters(self) -> list[Tensor]:
-        return [p for op in self.ops for p in op.params]
+        return list(self.params.values())
 
     def weights(self) -> list[tuple[Tensor, tuple[int, ...]]]:
-        return [w for op in self.ops for w in op.weights]
+        """The weight matrices and kernels (what reg.l1/l2/max_norm act on), each with the dims that hold one
+        unit's incoming weights in one member's slice (the standalone rules' `flatten(1)`)."""
+        return [(p, (1,) if n in self.transposed else tuple(range(2, p.dim())))
+                for n, p in self.params.items() if n.endswith("weight") and p.dim() > 2]  # fmt: skip
 
-    def state_dict(self) -> dict[str, Any]:
-        """The parameters and the batch norms' running statistics, as a checkpoint holds them."""
-        norms = [op for op in self.ops if isinstance(op, _BatchNorm)]
-        return {"params": [p.detach().clone() for p in self.parameters()],
-                "norms": [(op.running_mean.clone(), op.running_var.clone(), op.batches) for op in norms]}  # fmt: skip
+    def member_params(self, k: int) -> dict[str, Tensor]:
+        """Member k's parameters as its module names and shapes them: views into the stacked tensors."""
+        return {n: p[k].t() if n in self.transposed else p[k] for n, p in self.params.items()}
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        """The stacked parameters and buffers by name, as stack.pt holds them."""
+        return {"params": {n: p.detach().clone() for n, p in self.params.items()},
+                "buffers": {n: b.clone() for n, b in self.buffers.items()}}  # fmt: skip
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for p, saved in zip(self.parameters(), state["params"], strict=True):
-            p.copy_(saved)
-        norms = [op for op in self.ops if isinstance(op, _BatchNorm)]
-        for op, (mean, var, batches) in zip(norms, state["norms"], strict=True):
-            op.running_mean.copy_(mean)
-            op.running_var.copy_(var)
-            op.batches = batches
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        for group, saved in ((self.params, state["params"]), (self.buffers, state["buffers"])):
+            for n, t in group.items():
+                t.copy_(saved[n])
 
-    def __call__(self, x: Tensor, probe: bool = False) -> Tensor:
-        """(K, B, ...) inputs, member k's batch in row k -> (K, B, classes) logits. With `probe`, each member's
-        activation layers also see their own inputs (see _Stateless.probe)."""
-        for op in self.ops:
-            if probe and isinstance(op, _Stateless):
-                op.probe(x)
-            x = op(x)
-        return to_flat(x, len(self.members)) if x.dim() != 3 else x
+    def _masks(self, x: Tensor) -> list[Tensor]:
+        """Each dropout layer's (K, ...) keep-masks for the member inputs `x`: member k's drawn from its own
+        generator with the shape (and, channels_last, the memory order) its standalone layer draws, so on the CPU
+        the masks are its standalone run's (on CUDA that layer uses torch's fused kernel: independent masks)."""
+        if not self.dropouts:
+            return []
+        draws = self.draws.get(tuple(x.shape))
+        if draws is None:  # one pass on the meta device: no compute, just each dropout's input shape, in order
+            self.feed.clear()
+            with torch.no_grad():
+                self.base(torch.empty(x.shape[1:], device="meta"))
+            draws = self.draws[tuple(x.shape)] = list(self.feed)
+            self.feed.clear()
+        masks = []
+        for shape, p in draws:
+            nhwc = self.nhwc and len(shape) == 4
+            draw = (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
+            keep = torch.stack([torch.rand(draw, generator=g, device=x.device) for g in self.generators]) >= p
+            masks.append(keep.permute(0, 1, 4, 2, 3) if nhwc else keep)
+        return masks
+
+    def _forward(self, tensors: tuple[Tensor, ...], masks: list[Tensor], x: Tensor) -> Tensor:
+        """`base` run on `tensors` (its parameters, then its buffers, in `slots` order). functional_call does this
+        too, at a cost per call that a small MLP's step notices; dlzoo's nets tie no weights, which is what its
+        extra work is for."""
+        self.feed[:] = masks
+        own = [slot[name] for slot, name in self.slots]
+        for (slot, name), t in zip(self.slots, tensors, strict=True):
+            slot[name] = t
+        try:
+            return self.base(x)
+        finally:
+            for (slot, name), t in zip(self.slots, own, strict=True):
+                slot[name] = t
+
+    def __call__(self, x: Tensor, probe: Callable[[int], AbstractContextManager[Any]] | None = None) -> Tensor:
+        """(K, B, ...) inputs, member k's batch in row k -> (K, B, classes) logits. With `probe` (member k's
+        context, e.g. activation hooks on `base`), the members run one by one instead: forward hooks cannot read
+        vmap's batched tensors, and the per-layer statistics must be each member's own."""
+        masks = self._masks(x)
+        if probe is None:
+            x = _nhwc(x) if self.nhwc and x.dim() == 5 else x
+            view = [p.transpose(1, 2) if n in self.transposed else p for n, p in self.params.items()]
+            return vmap(self._forward)((*view, *self.buffers.values()), masks, x)
+        outs = []
+        for k in range(len(self.members)):
+            with probe(k):
+                own = (*self.member_params(k).values(), *(b[k] for b in self.buffers.values()))  # views: batch norm
+                outs.append(self._forward(own, [m[k] for m in masks], x[k]))  # updates the stack in place
+        return torch.stack(outs)
 
     @torch.no_grad()
     def write_back(self, members: list[int] | None = None) -> None:
-        """Copy the stacked weights (and norm statistics) into the member modules, or into `members` only."""
+        """Copy the stacked weights and buffers into the member modules, or into `members` only."""
         for k in range(len(self.members)) if members is None else members:
-            for op in self.ops:
-                op.write_back(k)
+            own = self.member_params(k)
+            for n, p in self.members[k].named_parameters():
+                p.copy_(own[n])
+            for n, b in self.members[k].named_buffers():
+                b.copy_(self.buffers[n][k])
 
     @torch.no_grad()
     def write_grads(self, k: int) -> None:
-        """Member k's gradients into its module's parameters' .grad."""
-        for op in self.ops:
-            op.write_grads(k)
+        """Member k's gradients as its module's .grad (for the per-layer probes)."""
+        for n, p in self.members[k].named_parameters():
+            g = self.params[n].grad
+            p.grad = None if g is None else (g[k].t() if n in self.transposed else g[k]).clone()

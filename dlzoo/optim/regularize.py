@@ -1,9 +1,11 @@
 """Weight penalties, gradient clipping and the max-norm constraint: what the loop applies around each step.
-They act on weight matrices and kernels only (dim > 1), never on biases or normalization parameters."""
+They act on weight matrices and kernels only (dim > 1), never on biases or normalization parameters. The same rules
+serve one model and a stack of K (dlzoo.models.stacked.StackedNet), whose tensors carry the members along dim 0."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -20,11 +22,12 @@ class Regularizer:
     clip_value: float | None = None
     clip_norm: float | None = None
 
-    def penalty(self, model: nn.Module) -> Tensor | None:
-        """l1 * sum|W| + l2 * sum W^2 over the weights, or None when both are off (no cost in the step)."""
+    def penalty(self, model: nn.Module | Any) -> Tensor | None:
+        """l1 * sum|W| + l2 * sum W^2 over the weights, or None when both are off (no cost in the step). Over a
+        stack's tensors that is the sum of the members' penalties, so each member's gradient gets its own."""
         if not (self.l1 or self.l2):
             return None
-        weights = _weights(model)
+        weights = [w for w, _ in _units(model)]
         total = torch.zeros((), device=weights[0].device)
         if self.l1:
             total = total + self.l1 * sum(w.abs().sum() for w in weights)
@@ -32,25 +35,42 @@ class Regularizer:
             total = total + self.l2 * sum(w.pow(2).sum() for w in weights)
         return total
 
-    def clip_(self, model: nn.Module) -> None:
-        """Between backward and step: clip by value, then by global norm (Keras clipvalue / clipnorm)."""
+    @torch.no_grad()
+    def clip_(self, model: nn.Module | Any) -> None:
+        """Between backward and step: clip by value, then by global norm (Keras clipvalue / clipnorm); a stack's
+        norm is each member's own, over its slice of every gradient."""
+        if self.clip_value is None and self.clip_norm is None:
+            return
+        params = list(model.parameters())
         if self.clip_value is not None:
-            nn.utils.clip_grad_value_(model.parameters(), self.clip_value)
-        if self.clip_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), self.clip_norm)
+            nn.utils.clip_grad_value_(params, self.clip_value)
+        if self.clip_norm is None:
+            return
+        if isinstance(model, nn.Module):
+            nn.utils.clip_grad_norm_(params, self.clip_norm)
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        coef = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
 
     @torch.no_grad()
-    def constrain_(self, model: nn.Module) -> None:
+    def constrain_(self, model: nn.Module | Any) -> None:
         """After step: rescale each unit's incoming weight vector to norm <= max_norm (Keras max_norm)."""
         if self.max_norm is None:
             return
-        for w in _weights(model):
-            norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
-            w.mul_((self.max_norm / norms).clamp(max=1.0).view(-1, *([1] * (w.dim() - 1))))
+        for w, unit in _units(model):
+            norms = w.norm(dim=unit, keepdim=True).clamp_min(1e-12)
+            w.mul_((self.max_norm / norms).clamp(max=1.0))
 
 
-def _weights(model: nn.Module) -> list[Tensor]:
-    return [p for name, p in model.named_parameters() if p.dim() > 1 and name.endswith("weight")]
+def _units(model: nn.Module | Any) -> list[tuple[Tensor, tuple[int, ...]]]:
+    """The weights, each with the dims that hold one unit's incoming weights (a stack says its own)."""
+    if not isinstance(model, nn.Module):
+        return model.weights()
+    return [(p, tuple(range(1, p.dim()))) for name, p in model.named_parameters()
+            if p.dim() > 1 and name.endswith("weight")]  # fmt: skip
 
 
 def build_regularizer(cfg: DictConfig) -> Regularizer:

@@ -214,10 +214,10 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
 
     import torch
 
-    from dlzoo.engine import member
+    from dlzoo.engine import one_model
 
     models: list[torch.nn.Module] = []
-    real_setup = member.setup_model
+    real_setup = one_model.setup_model
 
     def keep(*args: object, **kwargs: object) -> object:
         built = real_setup(*args, **kwargs)
@@ -234,7 +234,7 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
                     p.requires_grad_(p is out.bias)
                 out.bias.copy_(torch.tensor([30.0] + [0.0] * 9))
 
-    monkeypatch.setattr(member, "setup_model", keep)
+    monkeypatch.setattr(one_model, "setup_model", keep)
     overrides = ["data=fashion_mnist", f"data.root={fmnist_root}", "data.train_subset=2000", "trainer.batch_size=50",
                  "data.val_size=500", "data.test_subset=500", "trainer.threads=1", "trainer.epochs=3",
                  "trainer.figures=false", "model=mlp_xavier", "model.hidden=[64]"]  # fmt: skip
@@ -246,10 +246,12 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
     assert "Training collapsed" in err and "best-epoch001.pt" in err
 
     healthy = [{"epoch": 1, "val/acc": 0.9}, {"epoch": 2, "val/acc": 0.95}]
-    assert member.collapse(healthy, 10) is None
-    assert member.collapse([{"epoch": 1, "val/acc": 0.3}, {"epoch": 2, "val/acc": 0.1}], 10) is None  # never far above
+    assert one_model.collapse(healthy, 10) is None
+    assert (
+        one_model.collapse([{"epoch": 1, "val/acc": 0.3}, {"epoch": 2, "val/acc": 0.1}], 10) is None
+    )  # never far above
     issue = [0.952, 0.95, 0.9, 0.2, 0.1135]  # the README recipe's curve in the issue
-    assert member.collapse([{"epoch": i + 1, "val/acc": a} for i, a in enumerate(issue)], 10)["best_epoch"] == 1
+    assert one_model.collapse([{"epoch": i + 1, "val/acc": a} for i, a in enumerate(issue)], 10)["best_epoch"] == 1
 
 
 def test_of_two_runs_started_at_once_into_one_folder_the_refused_one_changes_nothing(
@@ -477,7 +479,26 @@ def test_fuzz_damaged_run_folders_for_report_eval_and_resume(fuzz_run: Path, dat
     before = {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")}
     assert _cli(["report", str(root)]) in (0, 2)
     assert _cli(["eval", f"ckpt={victim}"]) in (0, 2)
+    _ladder_reads(victim, root / "ladder")
     assert {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")} == before
+
+
+def _ladder_reads(run_folder: Path, out: Path) -> None:
+    """What `dlzoo ladder --resume --out` reads before it trains (is each run done?) and after (the table), over
+    the damaged run as a rung's seed: no exception but a DlzooError."""
+    import shutil
+
+    from dlzoo.errors import DlzooError
+    from dlzoo.sweeps.ladder import _done, plan
+    from dlzoo.sweeps.ladder_table import collect, rows
+
+    shutil.copytree(run_folder, out / "lab10_1_softmax" / "seed1", symlinks=True)
+    jobs = plan(["lab10_1_softmax"], 1, None, [], out)
+    try:
+        _done(jobs[0].folder)
+        rows(collect(jobs))
+    except DlzooError:
+        pass
 
 
 BLOCK = st.fixed_dictionaries(

@@ -369,7 +369,7 @@ def test_a_finished_ensemble_member_is_kept_with_its_weights_even_under_a_data_d
     cfg = compose_and_validate(["model=mlp", "model.hidden=[16]", "model.init=lsuv", f"data.root={toy_root}"])
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
     saved = MLP(784, 10, [16]).state_dict()
-    start = resuming.Member(checkpoint={"model": saved, "early_stopping": None}, finished={"test_acc": 0.5})
+    start = resuming.Start(checkpoint={"model": saved, "early_stopping": None}, finished={"test_acc": 0.5})
     model = _finished_member(cfg, data, torch.device("cpu"), start)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.values(), strict=True))
     assert not model.training

@@ -6,27 +6,29 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.console import format_value
+from dlzoo.console import format_value, print_warning
 from dlzoo.data.build import class_names
 from dlzoo.data.splits import Splits
 from dlzoo.engine import distributed
-from dlzoo.engine.checkpoint import best_epoch
+from dlzoo.engine.checkpoint import Checkpointing, best_epoch
 from dlzoo.engine.evaluation import mc_evaluate, predict_probs
 from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
+from dlzoo.engine.hparams import chosen_columns
 from dlzoo.engine.loop import seed_everything
-from dlzoo.engine.state import FitResult
-from dlzoo.engine.tracking import (
-    print_summary,
-)
+from dlzoo.engine.state import FitOptions, FitResult, histogram_every
+from dlzoo.engine.stopping import EarlyStopping, StopFlag
+from dlzoo.engine.tracking import print_summary, summary_markdown
 from dlzoo.engine.transfer import build_reuse
 from dlzoo.models import build_model
 from dlzoo.models.summary import Summary, summarize
+from dlzoo.optim.regularize import build_regularizer
 
 OnEpochEnd = Callable[[int, dict[str, float]], None]
 
@@ -91,6 +93,41 @@ def test_scores(
         )
         metrics |= {"test_mc_acc": mc_acc, "test_mc_entropy": mc_entropy}
         tracker.log_test(result.steps, {"mc_acc": mc_acc, "mc_entropy": mc_entropy})
+    return metrics
+
+
+def finish(
+    tracker: Any,
+    cfg: DictConfig,
+    config: dict[str, Any],
+    hparams: dict[str, Any],
+    data: Splits,
+    model: torch.nn.Module,
+    result: FitResult,
+    summary: Summary,
+    meta: dict[str, Any],
+    folder: Path,
+    chosen: list[str],
+    main: bool = True,
+) -> dict[str, Any]:
+    """A trained model's end, the same for a single run, an ensemble's member and a stacked member: test scores,
+    a collapse to chance noted, the text tab, test-time images and the HParams row (`chosen`: the overrides that
+    pick its columns). Returns its metrics; `main`: this process writes (rank 0)."""
+    metrics = test_scores(cfg, model, data, result, tracker)
+    if (fell := collapse(result.history, data.num_classes)) is not None:
+        kept = sorted(str(p) for p in (folder / "checkpoints").glob("best-epoch*.pt"))
+        metrics["collapsed"] = fell | {"checkpoints": kept}
+        if main and cfg.ensemble.size > 1:  # a single run says so under its final table
+            print_warning(collapse_warning(fell, kept))
+    metrics |= {k: v for k, v in meta.items() if k not in ("data_mean", "data_std")}
+    title = f"{model_name(cfg, hparams)}, seed {meta['seed']}"
+    if main:
+        log_texts(tracker, cfg, config, metrics, summary_markdown(summary))
+    if main and cfg.trainer.figures:
+        log_pictures(tracker, cfg, [model], data, result.steps, title)
+        for tag, image in tracker.depth_figures(title).items():
+            tracker.log_image(tag, image, result.steps)
+    tracker.log_hparams(hparams, cfg.trainer.hparams_experiment, chosen_columns(hparams, chosen))
     return metrics
 
 
@@ -159,3 +196,48 @@ def model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
     experiment, preset = str(hparams.get("experiment", "none")), str(hparams.get("model", "none"))
     chosen = experiment if experiment != "none" else preset
     return cfg.model.arch if chosen in ("none", cfg.model.arch) else f"{chosen} ({cfg.model.arch})"
+
+
+def fit_options(
+    cfg: DictConfig,
+    seed: int,
+    checkpointing: Checkpointing | None,
+    stop: StopFlag | None,
+    on_epoch_end: OnEpochEnd | None,
+    total_steps: int,
+) -> FitOptions:
+    """The trainer section as the loop's options (`total_steps`: the run's, which sets the histograms' interval).
+
+    Args:
+        cfg: the composed config.
+        seed: the model's seed (its batch order's).
+        checkpointing: where last.pt (a stack's: stack.pt) and the best epochs go, or None.
+        stop: the run's stop flag.
+        on_epoch_end: the caller's hook after each epoch.
+        total_steps: the run's optimizer steps.
+
+    Returns:
+        The FitOptions for engine.loop.fit (a stack adds its members)."""
+    t, es = cfg.trainer, cfg.trainer.early_stop
+    dist = distributed.current()
+    return FitOptions(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        seed=seed,
+        max_steps=t.max_steps,
+        eval_batch_size=t.eval_batch_size,
+        log_every_n_steps=t.log_every_n_steps,
+        layer_stats=t.layer_stats and dist.main,
+        histogram_every_n_steps=histogram_every(t.histogram_every_n_steps, total_steps),
+        regularizer=build_regularizer(cfg.reg),
+        early_stopping=EarlyStopping(es.patience, es.monitor, es.min_delta) if es.patience > 0 else None,
+        restore_best=es.restore_best,
+        checkpointing=checkpointing,
+        stop=stop,
+        max_loss=t.max_loss,
+        on_epoch_end=on_epoch_end,
+        precision=t.precision,
+        dist=dist,
+        compile_mode=t.compile_mode if t.compile else None,
+        warn=print_warning,
+    )
