@@ -251,15 +251,20 @@ def test_a_disk_that_fills_mid_run_ends_in_one_paragraph_and_the_printed_fix_wor
     args = ["train", "experiment=xor_deep_relu", "trainer.epochs=100000", f"trainer.checkpoint.every={every}",
             "trainer.threads=1", "trainer.figures=false", f"hydra.run.dir={run_dir}"]  # fmt: skip
     proc = _start(args, tmp_path)
-    deadline = time.monotonic() + 120
-    while not (run_dir / ("checkpoints/last.pt" if every == 1 else "val")).exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-        time.sleep(0.05)
-    filler = small_disk / "filler"
-    with filler.open("wb") as f, pytest.raises(OSError):  # fill every byte left
-        while True:
-            f.write(bytes(1 << 16))
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / ("checkpoints/last.pt" if every == 1 else "val")).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        filler = small_disk / "filler"
+        # Unbuffered, so the write that meets the full disk raises here and the close has nothing left to flush.
+        with pytest.raises(OSError), filler.open("wb", buffering=0) as f:
+            while True:
+                f.write(bytes(1 << 16))
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a failed check must not leave the run holding the tmpfs (umount: target is busy)
+        proc.wait()
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr and stderr.startswith("error: ") and "Fix:" in stderr, stderr
     if every == 1:
