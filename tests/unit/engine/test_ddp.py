@@ -99,11 +99,12 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
     ddp_cwd = tmp_path / "ddp"
     ddp_cwd.mkdir()
     # No hydra.run.dir: the ranks must agree on the ${now:...}-named folder that rank 0 picks.
-    before, seen, done = _listening(), set(), threading.Event()
+    seen: set[str] = set()
+    done = threading.Event()
 
-    def watch() -> None:  # every socket that listens while the ranks run
+    def watch() -> None:  # every socket the run's processes (working in ddp_cwd) listen on while they run
         while not done.wait(0.1):
-            seen.update(_listening())
+            seen.update(_listening(_sockets_of_processes_in(ddp_cwd)))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -113,7 +114,7 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
         done.set()
         watcher.join()
     assert ddp.returncode == 0, ddp.stderr
-    exposed = {a for a in seen - before if not a.startswith(("127.", "::1"))}
+    exposed = {a for a in seen if not a.startswith(("127.", "::1"))}
     assert not exposed, f"the ranks listened beyond loopback: {exposed}"
     assert ddp.stdout.count("final metrics") == 1  # ranks > 0 print nothing
 
@@ -135,14 +136,29 @@ def test_dlzoo_train_devices_2_matches_one_process(fmnist_root: Path, tmp_path: 
     assert not any(k.startswith("module.") for k in state["model"])  # plain weights: eval/predict load them
 
 
-def _listening() -> set[str]:
-    """The local addresses of this machine's listening TCP sockets (from /proc/net/tcp and tcp6), e.g.
+def _sockets_of_processes_in(cwd: Path) -> set[str]:
+    """The socket inodes held by the processes working in `cwd` (the dlzoo command and its ranks): other tests
+    running beside this one may listen on other interfaces, and are not this run."""
+    inodes = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) != cwd:
+                continue
+            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        inodes.update(link[len("socket:[") : -1] for link in links if link.startswith("socket:["))
+    return inodes
+
+
+def _listening(inodes: set[str]) -> set[str]:
+    """The local addresses of the listening TCP sockets among `inodes` (from /proc/net/tcp and tcp6), e.g.
     '127.0.0.1:5432', '0.0.0.0:29400' or '::1:80'."""
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:] if Path(table).exists() else []:
             fields = line.split()
-            if fields[3] != "0A":  # TCP_LISTEN
+            if fields[3] != "0A" or fields[9] not in inodes:  # TCP_LISTEN, by one of the run's processes
                 continue
             host, port = fields[1].split(":")
             raw = bytes.fromhex(host)  # 32-bit words in the host's (little-endian) byte order
