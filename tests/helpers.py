@@ -3,10 +3,14 @@ that records what the loop reports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 DLZOO = [str(Path(sys.executable).parent / "dlzoo")]
 if not Path(DLZOO[0]).exists():
@@ -42,3 +46,19 @@ class Recorder:
 
     def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.epochs.append(metrics)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `folder` (root and mount(8) needed; the test is skipped loudly
+    elsewhere): a full disk, not a mocked error. Unmounted after, even when the test fails."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                                       str(folder)], capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("SKIPPED: cannot mount a tmpfs here (needs root and mount(8)); the full-disk test did not run")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dlzoo.engine.evaluation import Prep, evaluate
+from dlzoo.engine.stopping import handling
 from dlzoo.errors import DlzooError
 
 
@@ -216,9 +217,8 @@ def supervise(ranks: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> in
             if rank.poll() is None:
                 rank.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
     failed_at: float | None = None
-    try:
+    with handling((signal.SIGTERM, signal.SIGHUP), forward):
         while any(rank.poll() is None for rank in ranks):
             try:
                 time.sleep(0.1)
@@ -230,9 +230,6 @@ def supervise(ranks: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> in
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 forward(signal.SIGTERM, None)
                 failed_at = math.inf
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     return next((rank.returncode for rank in ranks if rank.returncode != 0), 0)
 
 

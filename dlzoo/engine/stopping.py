@@ -187,9 +187,16 @@ def _first_stop(message: str, also: Callable[[], None] = lambda: None) -> Iterat
         console.print(message)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling((signal.SIGINT, signal.SIGTERM), handler):
         yield stop
+
+
+@contextmanager
+def handling(signums: tuple[int, ...], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for each of `signums` while the block runs; the previous handlers come back after it."""
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from dlzoo.engine.stopping import Interrupted
+from dlzoo.engine.stopping import Interrupted, handling
 from dlzoo.errors import DlzooError
 from dlzoo.sweeps.ladder_table import (
     HEADER,
@@ -185,12 +185,8 @@ def forward_termination() -> Iterator[list[int]]:
             proc.send_signal(signum)
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with handling((signal.SIGTERM, signal.SIGHUP), forward):
         yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from dlzoo.cli import compose_and_validate
 from dlzoo.engine.folders import load_checkpoint
 from dlzoo.engine.run import run
 from dlzoo.errors import DlzooError
-from tests.helpers import DLZOO, dlzoo
+from tests.helpers import DLZOO, dlzoo, tmpfs
 
 SMALL = ["data=fashion_mnist", "data.train_subset=1000", "data.val_size=200", "data.test_subset=500",
          "trainer.threads=1", "trainer.batch_size=100", "trainer.figures=false"]  # fmt: skip
@@ -224,18 +224,9 @@ def test_ctrl_c_in_a_parallel_sweep_lets_every_running_job_write_its_checkpoint(
 
 @pytest.fixture
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real 4 MiB tmpfs (root and mount(8) needed; skipped loudly elsewhere)."""
-    import shutil
-
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
-                                                       str(folder)], capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("SKIPPED: cannot mount a tmpfs here (needs root and mount(8)); the full-disk test did not run")
-    try:
+    """A real 4 MiB tmpfs."""
+    with tmpfs(tmp_path / "disk", "4m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 # No checkpoint before the disk fills (the fast tier); a checkpoint each epoch (the slow tier: which write meets the

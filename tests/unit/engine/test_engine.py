@@ -333,19 +333,11 @@ def test_a_real_checkpoint_loads_with_only_the_allowed_types(toy: Splits, tmp_pa
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    """A real 256 KiB tmpfs (root and mount(8) needed; skipped elsewhere): a full disk, not a mocked error."""
-    import shutil
-    import subprocess
+    """A real 256 KiB tmpfs: a full disk, not a mocked error."""
+    from tests.helpers import tmpfs
 
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
-                                                       str(folder)], capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "disk", "256k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_a_real_full_disk_is_a_clean_error_that_leaves_no_temp_file(tiny_disk: Path) -> None:
