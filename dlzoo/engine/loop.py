@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dlzoo.config.schema import PRECISIONS  # noqa: F401  (re-exported: the precisions fit accepts)
+from dlzoo.console import console
 from dlzoo.data.splits import Splits
 from dlzoo.engine.checkpoint import rng_state, save_best, save_checkpoint, set_rng_state
 from dlzoo.engine.compiled import compile_forward
@@ -77,6 +78,8 @@ def fit(
     loop.prepare()
     for epoch in range(state.first_epoch, opts.epochs + 1):
         sums = loop.train_epoch(state, epoch)
+        if opts.stop is not None and (epoch == opts.epochs or loop.out_of_steps(state)):
+            opts.stop.training_done()  # a stop request from here on has nothing left to stop
         metrics = loop.end_epoch(state, epoch, sums)
         if loop.after_epoch(state, epoch, metrics):
             break
@@ -215,7 +218,7 @@ class _Loop:
                            "correct": sums.correct.cpu(), "epoch_seen": sums.seen}  # fmt: skip
                 self.save(state, epoch - 1, partial)
                 raise self.interrupted()
-            if opts.max_steps is not None and state.step >= opts.max_steps:
+            if self.out_of_steps(state):
                 break
         self.write_back()
         if self.device.type == "cuda":
@@ -380,7 +383,7 @@ class _Loop:
     def after_epoch(self, state: TrainState, epoch: int, metrics: dict[str, float] | None) -> bool:
         """Early stopping, checkpoints, the caller's hook and stop requests; True when training is over."""
         opts = self.opts
-        finished = epoch == opts.epochs or (opts.max_steps is not None and state.step >= opts.max_steps)
+        finished = epoch == opts.epochs or self.out_of_steps(state)
         if self.members is not None:
             finished = finished or not any(m.active for m in self.members)
         elif opts.early_stopping is not None and opts.early_stopping.update(epoch, metrics, self.model):
@@ -395,7 +398,13 @@ class _Loop:
             opts.on_epoch_end(epoch, metrics)
         if opts.stop_requested and not finished:
             raise self.interrupted()
+        if opts.stop_requested and opts.stop.promised:  # type: ignore[union-attr]
+            console.print("the stop request came with the last training step: the run tests and finishes instead "
+                          "(Ctrl-C again to quit now)")  # fmt: skip
         return finished
+
+    def out_of_steps(self, state: TrainState) -> bool:
+        return self.opts.max_steps is not None and state.step >= self.opts.max_steps
 
     # --- checkpoints and the end ----------------------------------------------------------------------------
     def save(self, state: TrainState, epoch_done: int, partial_epoch: dict[str, Any] | None = None) -> None:

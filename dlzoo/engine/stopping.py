@@ -110,14 +110,31 @@ def full_disk(e: BaseException, folder: Path) -> DlzooError | None:
     )
 
 
-class StopFlag:
-    """Set from a signal handler (or a test); the loop checks it after every step."""
+STOPPING = "\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)"
+FINISHING = ("\ntraining is done: testing and writing the results (Ctrl-C again to quit now; "
+             "the checkpoint of the last epoch is kept)")  # fmt: skip
 
-    def __init__(self) -> None:
+
+class StopFlag:
+    """Set from a signal handler (or a test); the loop checks it after every step. Once the last training step is
+    done there is nothing left to stop: the handler then says that the run tests and finishes."""
+
+    def __init__(self, message: str = STOPPING) -> None:
         self.signum: int | None = None
+        self.done = False  # the last training step was taken
+        self.promised = False  # the request came while training: "stopping after this step" was printed
+        self._message = message
 
     def request(self, signum: int) -> None:
         self.signum = signum
+        self.promised = not self.done
+
+    def training_done(self) -> None:
+        self.done = True
+
+    @property
+    def message(self) -> str:
+        return FINISHING if self.done else self._message
 
 
 class EarlyStopping:
@@ -177,14 +194,14 @@ def diverged_error(
 
 @contextmanager
 def _first_stop(message: str, also: Callable[[], None] = lambda: None) -> Iterator[StopFlag]:
-    """Handlers for SIGINT and SIGTERM (restored after): the first sets the flag, runs `also` and prints `message`;
-    Ctrl-C then interrupts at once."""
-    stop = StopFlag()
+    """Handlers for SIGINT and SIGTERM (restored after): the first sets the flag, runs `also` and prints the flag's
+    message (`message` at first); Ctrl-C then interrupts at once."""
+    stop = StopFlag(message)
 
     def handler(signum: int, frame: object) -> None:
         stop.request(signum)
         also()
-        console.print(message)
+        console.print(stop.message)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     with handling((signal.SIGINT, signal.SIGTERM), handler):
@@ -210,7 +227,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
     if threading.current_thread() is not threading.main_thread():
         yield StopFlag()
         return
-    with _first_stop("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit now)") as stop:
+    with _first_stop(STOPPING) as stop:
         yield stop
 
 

@@ -365,3 +365,42 @@ def test_a_finished_ensemble_member_is_kept_with_its_weights_even_under_a_data_d
     model = _finished_member(cfg, data, torch.device("cpu"), start)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.values(), strict=True))
     assert not model.training
+
+
+@pytest.mark.parametrize("at_step", [47, 48])  # the last epoch's next-to-last step; its last (3 epochs x 16 steps)
+def test_a_signal_says_what_happens_before_and_after_the_last_step(
+    toy: Splits, tmp_path: Path, capsys: pytest.CaptureFixture[str], at_step: int
+) -> None:
+    """A real SIGINT to this process through the handler `dlzoo train` installs: before the last training step
+    the run stops with a checkpoint; with it or after it, training is over, and the messages say the run tests and
+    finishes rather than promise a stop that does not come."""
+    import os
+    import signal
+
+    from dlzoo.engine.stopping import Interrupted, stop_on_signals
+
+    class SignalAt(Recorder):
+        def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+            if step == at_step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    ck = Checkpointing(tmp_path)
+    seed_everything(0)
+    model = MLP(784, 10, [16])
+    opt = build_optimizer(OmegaConf.structured(OptimConfig(name="adam", lr=1e-3)), model.parameters())
+    sched = build_scheduler(OmegaConf.structured(SchedConfig()), opt, 16, 48)
+    opts = dict(epochs=3, batch_size=32, seed=0, log_every_n_steps=1, checkpointing=ck)
+    with stop_on_signals() as stop:
+        if at_step == 47:
+            with pytest.raises(Interrupted):
+                fit(model, toy, opt, sched, SignalAt(), FitOptions(stop=stop, **opts))  # type: ignore[arg-type]
+            assert "stopping after this step" in capsys.readouterr().out
+            assert torch.load(ck.last, weights_only=False)["step"] == 47
+            return
+        result = fit(model, toy, opt, sched, SignalAt(), FitOptions(stop=stop, **opts))  # type: ignore[arg-type]
+        out = capsys.readouterr().out
+        assert "stopping after this step" in out and "came with the last training step" in out
+        assert result.steps == 48 and torch.load(ck.last, weights_only=False)["epoch"] == 3  # type: ignore[union-attr]
+        os.kill(os.getpid(), signal.SIGTERM)  # while the run tests and writes its results (a Ctrl-C now quits)
+        out = capsys.readouterr().out
+        assert "training is done: testing and writing the results" in out and "stopping" not in out
