@@ -97,8 +97,9 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
             "written by dlzoo; a file from elsewhere is not loaded."
         ) from None
     except Exception as e:  # zip errors and truncation all mean the same thing to the user
+        why = str(e).split(". ")[0].rstrip(".")  # torch's zip errors go on for lines after their first sentence
         raise DlzooError(
-            f"Cannot read checkpoint {path}: {e}. It is truncated or not a dlzoo checkpoint; use another one "
+            f"Cannot read checkpoint {path} ({why}): it is truncated or not a dlzoo checkpoint. Fix: use another one "
             "(checkpoints/best-*.pt, or an earlier run)."
         ) from None
     if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):

@@ -4,6 +4,7 @@ checks that nothing is written outside the run folder and that the user gets one
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -424,8 +425,12 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fuzz")
     toy = make_idx_folder(root / "toy", n_train=300, n_test=100)
     folder = root / "made"
-    run(compose_and_validate([*TINY, f"data.root={toy}", "data.val_size=100"]), folder)
+    run(compose_and_validate(_fuzz_args(toy)), folder)
     return folder
+
+
+def _fuzz_args(toy: Path) -> list[str]:
+    return [*TINY, f"data.root={toy}", "data.val_size=100"]
 
 
 def _cli(args: list[str]) -> int:
@@ -469,18 +474,32 @@ def test_fuzz_damaged_run_folders_for_report_eval_and_resume(fuzz_run: Path, dat
     names = data.draw(st.lists(st.sampled_from(sorted(DAMAGE)), max_size=3, unique=True))
     _sweep_of(fuzz_run, root, names)
     victim = root / f"2_{names[0]}" if names else root / "0_healthy1"
-    where = data.draw(st.sampled_from(["metrics.json", "checkpoints/last.pt", ".hydra/config.yaml", "train.log"]))
-    raw = data.draw(st.binary(max_size=200))
-    (victim / where).parent.mkdir(parents=True, exist_ok=True)
-    if where == "checkpoints/last.pt":
-        real = (fuzz_run / where).read_bytes()
-        raw = real[: data.draw(st.integers(0, len(real)))] + raw  # truncated, then garbage
-    (victim / where).write_bytes(raw)
-    before = {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")}
+    where = data.draw(st.sampled_from(["metrics.json", ".hydra/config.yaml", "train.log"]))
+    (victim / where).write_bytes(data.draw(st.binary(max_size=200)))
+    real = (fuzz_run / "checkpoints" / "last.pt").read_bytes()  # a run that could resume, or its checkpoint
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(real))))  # truncated there, then garbage
+    ckpt = real if cut is None else real[:cut] + data.draw(st.binary(max_size=200))
+    (victim / "checkpoints").mkdir(exist_ok=True)
+    (victim / "checkpoints" / "last.pt").write_bytes(ckpt)
+    cwd = fuzz_run.parent / "cwd"
+    cwd.mkdir(exist_ok=True)
+    before = {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith(("sweeps", "cwd"))}
     assert _cli(["report", str(root)]) in (0, 2)
     assert _cli(["eval", f"ckpt={victim}"]) in (0, 2)
     _ladder_reads(victim, root / "ladder")
-    assert {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith("sweeps")} == before
+    # A real resume, as `dlzoo train` runs it: it trains on from the damaged folder or refuses in one paragraph.
+    home, handlers = Path.cwd(), list(logging.root.handlers)
+    os.chdir(cwd)
+    try:
+        code = _cli(["train", *_fuzz_args(fuzz_run.parent / "toy"), f"trainer.resume={victim}"])
+        assert code in (0, 2)
+    finally:
+        os.chdir(home)
+        for handler in set(logging.root.handlers) - set(handlers):  # Hydra's train.log, as a process exit would
+            logging.root.removeHandler(handler)
+            handler.close()
+    assert {k: v for k, v in listing(fuzz_run.parent).items() if not k.startswith(("sweeps", "cwd"))} == before
+    assert not any(p.is_file() for p in cwd.rglob("*"))  # nothing left in the working folder either
 
 
 def _ladder_reads(run_folder: Path, out: Path) -> None:
