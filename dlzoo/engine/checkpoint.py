@@ -4,6 +4,7 @@ kept. Every file is written to a temporary name and renamed, so a crash or a ful
 from __future__ import annotations
 
 import random
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,26 @@ from torch import nn
 
 from dlzoo.errors import DlzooError
 from dlzoo.paths import atomic_write
+
+
+def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
+    """The command that continues the run in `folder`, ready to copy: `dlzoo train`, the overrides it was started
+    with (Hydra's, unless given; shell-quoted; any trainer.resume left out) and trainer.resume=<folder>. Outside a
+    Hydra run, where they are not known, `<same overrides>` stands for them."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return f"dlzoo train <same overrides> trainer.resume={folder}"
+        overrides = list(HydraConfig.get().overrides.task)
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"]
+    return shlex.join(["dlzoo", "train", *kept, f"trainer.resume={folder}"])
+
+
+def start_command(folder: Path) -> str:
+    """The command that started the run in `folder` (to run again when it has no checkpoint to resume from)."""
+    resume = resume_command(folder)
+    return shlex.join(shlex.split(resume)[:-1]) if "<" not in resume else "the same command"
 
 
 @dataclass
@@ -133,13 +154,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         if not (path.parent / "last.pt").is_file():  # the first write of the run: nothing to resume from
             raise DlzooError(
                 f"Could not write the checkpoint {path}: {why}. The run had no checkpoint yet. Fix: free disk space "
-                "and run the same command again, or give it hydra.run.dir=<folder> on another disk."
+                f"and run `{start_command(run)}` again, or give it hydra.run.dir=<folder> on another disk."
             ) from None
         raise DlzooError(
             f"Could not write the checkpoint {path}: {why}.{kept} Fix: free disk space and resume in place with "
-            f"`dlzoo train <same overrides> trainer.resume={run}`, or continue in a folder on another disk with "
-            f"`dlzoo train <same overrides> hydra.run.dir=<new-folder> trainer.resume={run}` (the run so far is "
-            "copied there)."
+            f"`{resume_command(run)}`, or continue in a folder on another disk with "
+            f"`{resume_command(run)} hydra.run.dir=<new-folder>` (the run so far is copied there)."
         ) from None
 
 

@@ -7,7 +7,6 @@ import copy
 import errno
 import math
 import os
-import shlex
 import signal
 import tempfile
 import threading
@@ -19,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dlzoo.console import console
-from dlzoo.engine.checkpoint import Checkpointing, signed
+from dlzoo.engine.checkpoint import Checkpointing, resume_command, signed, start_command
 from dlzoo.errors import DlzooError
 
 
@@ -71,20 +70,6 @@ def exit_status(e: BaseException) -> int:
     raise e
 
 
-def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
-    """The command that continues the run in `folder`, ready to copy: `dlzoo train`, the overrides it was started
-    with (Hydra's, unless given; shell-quoted; any trainer.resume left out) and trainer.resume=<folder>. Outside a
-    Hydra run, where they are not known, `<same overrides>` stands for them."""
-    if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        if not HydraConfig.initialized():
-            return f"dlzoo train <same overrides> trainer.resume={folder}"
-        overrides = list(HydraConfig.get().overrides.task)
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "trainer.resume"]
-    return shlex.join(["dlzoo", "train", *kept, f"trainer.resume={folder}"])
-
-
 FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; over the user's quota
 
 
@@ -98,7 +83,7 @@ def full_disk(e: BaseException, folder: Path) -> DlzooError | None:
     what = f" (writing {e.filename})" if getattr(e, "filename", None) else ""
     resume = resume_command(folder)
     if not (folder / "checkpoints" / "last.pt").is_file():  # nothing to continue from: the same command again
-        again = shlex.join(shlex.split(resume)[:-1]) if "<" not in resume else "the same command"
+        again = start_command(folder)
         return DlzooError(f"The disk holding {folder} is full: {e.strerror}{what}. The run stopped before its first "
                           f"checkpoint. Fix: free disk space and run `{again}` again (or give it "
                           "hydra.run.dir=<folder> on another disk).")  # fmt: skip
