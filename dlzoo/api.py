@@ -394,11 +394,12 @@ def _notebook() -> bool:
 def _process_state(quiet: bool) -> Iterator[None]:
     """What a run changes process-wide, put back afterwards, since a notebook runs many in one process: the
     logging handlers Hydra installs (train.log of this run stays open otherwise), torch's thread count and
-    determinism switches. `quiet` mutes dlzoo's console (the notebook view shows the run instead); warnings and
-    errors still print."""
+    determinism switches, and the quiet of logging and writer threads on a full disk. `quiet` mutes dlzoo's
+    console (the notebook view shows the run instead); warnings and errors still print."""
     import torch
 
     from dlzoo.console import console
+    from dlzoo.engine.stopping import quiet_when_full
 
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]  # fmt: skip
@@ -408,9 +409,11 @@ def _process_state(quiet: bool) -> Iterator[None]:
                    torch.backends.cudnn.benchmark)  # fmt: skip
     was_quiet = console.quiet
     console.quiet = quiet or was_quiet
+    loud_when_full = quiet_when_full()
     try:
         yield
     finally:
+        loud_when_full()
         console.quiet = was_quiet
         kept = {id(h) for _, handlers, *_ in saved.values() for h in handlers}
         now = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()

@@ -3,10 +3,8 @@ job of a multirun); dlzoo.engine.run.run does the work; this module turns its ou
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
-import threading
 import types
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +21,7 @@ from dlzoo.console import console, refuse_linked_logs
 from dlzoo.engine import distributed
 from dlzoo.engine.folders import remove_if_empty
 from dlzoo.engine.run import run
-from dlzoo.engine.stopping import FULL, Interrupted, exit_status, stop_on_signals, sweep_stopped
+from dlzoo.engine.stopping import Interrupted, exit_status, quiet_when_full, stop_on_signals, sweep_stopped
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -49,10 +47,7 @@ def main(cfg: DictConfig) -> float:
     """Hydra's entry: composes conf/train.yaml with the command line, one call per job of a multirun."""
     if launch.parallel_worker():  # several jobs share the terminal: live progress bars would overwrite each other
         cfg.trainer.progress = False
-    # A full disk must not print logging's or TensorBoard's writer thread's traceback over the one-paragraph error
-    # the run ends with (the writer's error reaches the run itself at its next write); the terminal keeps every line.
-    logging.raiseExceptions = False
-    threading.excepthook = _quiet_when_full
+    quiet_when_full()  # for the rest of this process: Hydra's own last log lines may meet the full disk too
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     # A single run that failed before writing anything, or that resumed into its old folder, leaves no empty
     # folder behind (`dlzoo report` would list it as a lost run). A sweep keeps a failed job's folder: its
@@ -64,11 +59,6 @@ def main(cfg: DictConfig) -> float:
         return _main(cfg, hydra_dir, Path(HydraConfig.get().sweep.dir) if sweep else None)
     finally:
         remove_if_empty(hydra_dir, keep_log=sweep)
-
-
-def _quiet_when_full(args: threading.ExceptHookArgs) -> None:
-    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in FULL):
-        threading.__excepthook__(args)
 
 
 def _main(cfg: DictConfig, hydra_dir: Path, sweep_dir: Path | None) -> float:

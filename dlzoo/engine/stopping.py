@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import logging
 import math
 import os
 import signal
@@ -71,6 +72,23 @@ def exit_status(e: BaseException) -> int:
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; over the user's quota
+
+
+def quiet_when_full() -> Callable[[], None]:
+    """From now on, a full disk met by logging or by a writer thread (TensorBoard's) prints no traceback over the
+    one-paragraph error the run ends with (the writer's error reaches the run at its next write). Returns the
+    function that puts the previous behaviour back (a notebook's process goes on after the run)."""
+    saved = logging.raiseExceptions, threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in FULL):
+            saved[1](args)
+
+    def restore() -> None:
+        logging.raiseExceptions, threading.excepthook = saved
+
+    logging.raiseExceptions, threading.excepthook = False, hook
+    return restore
 
 
 def full_disk(e: BaseException, folder: Path) -> DlzooError | None:

@@ -34,3 +34,34 @@ def test_the_resume_command_is_the_one_typed_quoted_for_a_shell() -> None:
     assert command == ("dlzoo train model=mlp 'model.hidden=[256,256]' '+trainer.note=a b' optim.lr=0.1 "
                        "'trainer.resume=/runs/my run'")  # fmt: skip
     assert resume_command(Path("/runs/a")) == "dlzoo train <same overrides> trainer.resume=/runs/a"  # no Hydra run
+
+
+def test_a_full_disk_in_a_writer_thread_prints_no_traceback_until_restored(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import logging
+    import threading
+
+    from dlzoo.engine.stopping import quiet_when_full
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's own, not pytest's
+
+    def raising(e: Exception) -> None:
+        def target() -> None:
+            raise e
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+
+    before = threading.excepthook, logging.raiseExceptions
+    restore = quiet_when_full()
+    try:
+        raising(OSError(errno.ENOSPC, "No space left on device"))
+        assert capfd.readouterr().err == ""  # the run's own one-paragraph error says it
+        raising(ValueError("a bug"))
+        assert "ValueError: a bug" in capfd.readouterr().err  # anything else keeps its traceback
+    finally:
+        restore()
+    assert (threading.excepthook, logging.raiseExceptions) == before  # a notebook's process goes on as it was
