@@ -2,10 +2,10 @@
 Chromium through Playwright, wait until the charts have drawn, and save PNGs. (`chromium --headless
 --screenshot` draws at most one line chart: it does not wait for TensorBoard's scripts, so it misleads.)
 
-    python scripts/tb_capture.py <logdir> --out shots/ [--chromium /usr/bin/chromium] [--filter Compare]
+    python scripts/tb_capture.py <logdir> --out shots/ [--chromium /usr/bin/chromium] [--filter Compare] [--runs 'val$']
 
 Needs Debian's `chromium` (apt-get install chromium) and `pip install playwright`. Writes time_series.png
-(the Time Series tab with smoothing 0, filtered by tag if asked), custom_scalars.png and hparams.png; prints
+(the Time Series tab with smoothing 0, filtered by tag and run if asked), custom_scalars.png and hparams.png; prints
 what rendered.
 """
 
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,7 @@ def tensorboard(logdir: Path, timeout: float = 90.0) -> Iterator[str]:
 
 
 def capture(logdir: Path, out: Path, chromium: str = "/usr/bin/chromium", tag_filter: str = "",
-            width: int = 1400, height: int = 1000) -> dict[str, int]:  # fmt: skip
+            width: int = 1400, height: int = 1000, run_filter: str = "") -> dict[str, int]:  # fmt: skip
     """Screenshots of the Time Series and Custom Scalars tabs; returns how many charts and images each showed."""
     from playwright.sync_api import sync_playwright
 
@@ -65,7 +66,8 @@ def capture(logdir: Path, out: Path, chromium: str = "/usr/bin/chromium", tag_fi
     with tensorboard(logdir) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": width, "height": height})
-        query = f"?smoothing=0&tagFilter={tag_filter}" if tag_filter else "?smoothing=0"
+        filters = {"smoothing": "0", "tagFilter": tag_filter, "runFilter": run_filter}
+        query = "?" + urllib.parse.urlencode({k: v for k, v in filters.items() if v})
         page.goto(f"{url}/{query}#timeseries")
         page.wait_for_selector("tb-line-chart, card-view, .card", timeout=60_000)
         page.wait_for_timeout(4000)  # the charts' data arrives after the cards
@@ -89,8 +91,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("shots"))
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--filter", default="", help="TensorBoard's tag filter for the Time Series tab")
+    parser.add_argument("--runs", default="", help="TensorBoard's run filter (a regex) for the Time Series tab")
     args = parser.parse_args()
-    print(capture(args.logdir, args.out, args.chromium, args.filter))
+    print(capture(args.logdir, args.out, args.chromium, args.filter, run_filter=args.runs))
 
 
 if __name__ == "__main__":
