@@ -9,7 +9,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +388,8 @@ def check_writable(folder: Path) -> None:
             "permissions, or choose another with hydra.run.dir=<folder> (hydra.sweep.dir for -m)."
         ) from None
     probe.unlink(missing_ok=True)
+    with suppress(OSError):  # a run without checkpoints (trainer.checkpoint.enabled=false) keeps none
+        probe.parent.rmdir()
 
 
 def metadata(seed: int, device: torch.device) -> dict[str, Any]:

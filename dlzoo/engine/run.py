@@ -133,7 +133,15 @@ def _run_in(
         metrics["world_size"] = dist.world
     if dist.main:
         write_json(out_dir / "metrics.json", metrics)
-    print_final(metrics, out_dir)
+    print_final(
+        metrics,
+        out_dir,
+        ", ".join(
+            what
+            for what in ("metrics.json", "checkpoints/", "TensorBoard events")
+            if what != "checkpoints/" or (out_dir / "checkpoints").is_dir()
+        ),
+    )
     if isinstance(fell := metrics.get("collapsed"), dict):
         print_warning(one_model.collapse_warning(fell, fell["checkpoints"]))
     return metrics

@@ -555,3 +555,13 @@ def test_fuzz_train_overrides_fail_cleanly_before_training(pairs: list[tuple[str
     problem = precheck(args)  # what `dlzoo train` runs before Hydra: a config no run can take stops here
     assert problem is None or ("Traceback" not in problem and problem.strip())
     assert listing(folder) == {}
+
+
+def test_a_run_without_checkpoints_leaves_no_checkpoints_folder(
+    toy_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "run"
+    run(compose_and_validate([*TINY, f"data.root={toy_root}", "data.val_size=100", "trainer.checkpoint.enabled=false"]),
+        folder)  # fmt: skip
+    assert (folder / "metrics.json").is_file() and not (folder / "checkpoints").exists()
+    assert "(metrics.json, TensorBoard events)" in capsys.readouterr().out  # where the results are: no checkpoints/
