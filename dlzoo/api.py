@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.stopping import Interrupted
+from dlzoo.engine.training.stopping import Interrupted
 from dlzoo.errors import DlzooError
 
 __all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "compare", "ladder", "load", "train"]
@@ -97,8 +97,8 @@ def train(
         Interrupted: stopped on request after writing the checkpoint; the message says how to resume.
     """
     from dlzoo.config.compose import precheck, split_args
-    from dlzoo.engine.distributed import requested_devices
-    from dlzoo.engine.folders import output_problem
+    from dlzoo.engine.assembly.folders import output_problem
+    from dlzoo.engine.training.distributed import requested_devices
 
     args = _args(overrides, data_root)
     dirs = [str(Path(d).expanduser().absolute()) for d in _as_list(config_dir)]
@@ -121,9 +121,9 @@ def _train(args: list[str], dirs: list[str]) -> Result:
     """The run itself: Hydra's run machinery around the CLI's task body, the notebook view fed by its epochs."""
     from hydra.core.hydra_config import HydraConfig
 
-    from dlzoo.engine.folders import remove_if_empty
-    from dlzoo.engine.run import run
-    from dlzoo.engine.stopping import stop_on_signals
+    from dlzoo.engine.assembly.folders import remove_if_empty
+    from dlzoo.engine.assembly.run import run
+    from dlzoo.engine.training.stopping import stop_on_signals
 
     history: list[dict[str, Any]] = []
     folders: list[Path] = []
@@ -319,7 +319,7 @@ def _result(folder: Path, metrics: dict[str, Any] | None, history: list[dict[str
 
 def _saved_history(folder: Path) -> list[dict[str, Any]]:
     """The per-epoch rows kept in the run's last checkpoint (each ensemble member's, or each stacked seed's)."""
-    from dlzoo.engine.folders import load_checkpoint, resumable_file
+    from dlzoo.engine.assembly.folders import load_checkpoint, resumable_file
 
     parts = [(None, folder)] if resumable_file(folder) else []
     parts += [(p.name, p) for p in sorted(folder.glob("member*")) + sorted(folder.glob("seed*")) if resumable_file(p)]
@@ -333,7 +333,7 @@ def _saved_history(folder: Path) -> list[dict[str, Any]]:
 
 
 def _trained_model(folder: Path) -> Any:
-    from dlzoo.engine.folders import load_checkpoint
+    from dlzoo.engine.assembly.folders import load_checkpoint
     from dlzoo.engine.inference import load_model
 
     model, cfg, _, path = load_model(folder, [])

@@ -1,6 +1,6 @@
 """The live display of a `dlzoo.train` call inside Jupyter: a progress line and a loss/accuracy figure (train and
 val overlaid) redrawn in place every epoch, then the final metrics as a rendered table. Terminal runs use the rich
-display of dlzoo.engine.tracking instead."""
+display of dlzoo.engine.recording.tracking instead."""
 
 from __future__ import annotations
 

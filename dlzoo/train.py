@@ -1,5 +1,5 @@
 """`dlzoo train`: the @hydra.main entry point. Hydra composes conf/train.yaml with the command line (one call per
-job of a multirun); dlzoo.engine.run.run does the work; this module turns its outcome into an exit status."""
+job of a multirun); dlzoo.engine.assembly.run.run does the work; this module turns its outcome into an exit status."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from omegaconf import DictConfig
 from dlzoo.config import launch
 from dlzoo.config.validate import register_configs
 from dlzoo.console import console, refuse_linked_logs
-from dlzoo.engine import distributed
-from dlzoo.engine.folders import remove_if_empty
-from dlzoo.engine.run import run
-from dlzoo.engine.stopping import FULL, Interrupted, exit_status, stop_on_signals, sweep_stopped
+from dlzoo.engine.assembly.folders import remove_if_empty
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training import distributed
+from dlzoo.engine.training.stopping import FULL, Interrupted, exit_status, stop_on_signals, sweep_stopped
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 

@@ -17,9 +17,9 @@ from dlzoo.config.validate import TrainConfig, validate
 from dlzoo.data.build import build_splits, num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import to_float
-from dlzoo.engine.evaluation import evaluate, evaluate_ensemble, mc_evaluate
-from dlzoo.engine.folders import checkpoint_file, load_checkpoint, write_json
-from dlzoo.engine.loop import resolve_device
+from dlzoo.engine.assembly.folders import checkpoint_file, load_checkpoint, write_json
+from dlzoo.engine.training.evaluation import evaluate, evaluate_ensemble, mc_evaluate
+from dlzoo.engine.training.loop import resolve_device
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from dlzoo.engine.stopping import Interrupted, handling
+from dlzoo.engine.training.stopping import Interrupted, handling
 from dlzoo.errors import DlzooError
 from dlzoo.sweeps.ladder_table import (
     HEADER,
@@ -109,12 +109,12 @@ def check(jobs: list[Job]) -> None:
 def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
     """The jobs to launch, with each rung's seeds (or each ensemble's members, through ensemble.stack) stacked
     where `mode` says: `on` wherever the model can be stacked, `auto` where that trains faster
-    (dlzoo.engine.stacked_run.faster_stacked: every rung on a GPU, small MLPs on a CPU), `off` nowhere. Returns
+    (dlzoo.engine.assembly.stacked_run.faster_stacked: every rung on a GPU, small MLPs on a CPU), `off` nowhere. Returns
     them and the rungs stacked."""
     from dlzoo.config.compose import compose_and_validate
     from dlzoo.config.validate import stack_problems
-    from dlzoo.engine.loop import resolve_device
-    from dlzoo.engine.stacked_run import faster_stacked
+    from dlzoo.engine.assembly.stacked_run import faster_stacked
+    from dlzoo.engine.training.loop import resolve_device
 
     if mode not in ("auto", "on", "off"):
         raise DlzooError(f"--stack {mode}: choices: auto, on, off.")

@@ -211,8 +211,8 @@ def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
     of our test accuracy and the lecture's, and an HParams table of the ladder's runs led by the rung."""
     from omegaconf import OmegaConf
 
-    from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
-    from dlzoo.engine.hparams import run_hparams
+    from dlzoo.engine.recording.dashboards import read_epoch_curves, write_ladder_view
+    from dlzoo.engine.recording.hparams import run_hparams
 
     points = [(RUNGS[r.name][0], r.mean, r.std, RUNGS[r.name][2]) for r in rungs]
     # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).

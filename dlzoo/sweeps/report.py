@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.checkpoint import signed
+from dlzoo.engine.training.checkpoint import signed
 from dlzoo.errors import DlzooError
 from dlzoo.paths import inert
 
@@ -294,7 +294,7 @@ def report_command(argv: list[str]) -> int:
     <folder>/report/ (or DIR); with a DIR outside the folder also DIR/hparams_report/ (one HParams experiment:
     `tensorboard --logdir DIR/hparams_report`)."""
     from dlzoo.console import console, print_table
-    from dlzoo.engine.dashboards import write_hparams_experiment
+    from dlzoo.engine.recording.dashboards import write_hparams_experiment
 
     parser = argparse.ArgumentParser(prog="dlzoo report", description=report_command.__doc__)
     parser.add_argument("folder", type=Path, help="a multirun (hydra.sweep.dir), outputs/runs, or a ladder folder")

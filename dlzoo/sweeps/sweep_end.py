@@ -40,8 +40,8 @@ def write_sweep_experiment(sweep: Path) -> None:
     job's row, the keys that differ between the jobs marked as differing, the lessons' keys first."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from dlzoo.engine.dashboards import columns_of, differing, experiment_summary
-    from dlzoo.engine.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
+    from dlzoo.engine.recording.dashboards import columns_of, differing, experiment_summary
+    from dlzoo.engine.recording.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
     from dlzoo.sweeps.report import find_runs
 
     runs = find_runs(sweep)

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dlzoo.engine.folders import write_json
+from dlzoo.engine.assembly.folders import write_json
 from dlzoo.errors import DlzooError
 
 ARMS = {"model_A": "transfer_a", "model_B": "transfer_b", "model_B_on_A": "transfer_b_on_a"}  # name -> experiment
@@ -65,8 +65,8 @@ def transfer_command(args: list[str]) -> Path:
 def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
     from dlzoo.config.compose import compose_and_validate
     from dlzoo.console import console
-    from dlzoo.engine.run import run
-    from dlzoo.engine.stopping import Interrupted, stop_on_signals
+    from dlzoo.engine.assembly.run import run
+    from dlzoo.engine.training.stopping import Interrupted, stop_on_signals
 
     done = folder / "metrics.json"
     if done.is_file():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlzoo.engine.dashboards import ACCURACY, LOSS, read_scalars
+from dlzoo.engine.recording.dashboards import ACCURACY, LOSS, read_scalars
 from dlzoo.sweeps.compare.arms import Arm
 from dlzoo.sweeps.compare.comparison import Comparison
 
@@ -67,8 +67,8 @@ def read_curves(folder: Path) -> RunCurves:
 
 
 def _canvas(width: float, height: float):
-    """A figure and its axes on their own Agg canvas (engine.figures' way): pyplot's matplotlib.use("Agg") would
-    switch a notebook's whole process, and its own plots would stop showing."""
+    """A figure and its axes on their own Agg canvas (engine.recording.figures' way): pyplot's matplotlib.use("Agg")
+    would switch a notebook's whole process, and its own plots would stop showing."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

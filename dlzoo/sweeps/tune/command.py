@@ -27,7 +27,7 @@ HEARTBEAT_S = 20  # a dead worker's trial is retried after 5 silent heartbeats: 
 
 def tune_command(argv: list[str]) -> int:
     """Parse `dlzoo tune` arguments and run (or resume, or join) the search; returns the exit code."""
-    from dlzoo.engine.stopping import Interrupted
+    from dlzoo.engine.training.stopping import Interrupted
 
     parser = argparse.ArgumentParser(prog="dlzoo tune", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="search=<name> (conf/search/), then train overrides")
@@ -68,7 +68,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 def _tune(args: argparse.Namespace) -> int:
     from dlzoo.config.compose import compose_and_validate
-    from dlzoo.engine.stopping import Interrupted, stop_on_signals
+    from dlzoo.engine.training.stopping import Interrupted, stop_on_signals
     from dlzoo.sweeps.tune import study as st
     from dlzoo.sweeps.tune.report import report
     from dlzoo.sweeps.tune.search import build_pruner, build_sampler

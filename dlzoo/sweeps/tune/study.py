@@ -18,7 +18,7 @@ from dlzoo.paths import open_nofollow
 if TYPE_CHECKING:
     import optuna
 
-    from dlzoo.engine.stopping import StopFlag
+    from dlzoo.engine.training.stopping import StopFlag
 
 GRACE_HEARTBEATS = 5  # a trial is dead after this many missed heartbeats: a busy 1-thread trainer can miss one
 MAX_RETRIES = 3  # a trial whose worker died this often is killing its workers (out of memory, say): give up on it

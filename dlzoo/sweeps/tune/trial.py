@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.folders import write_json
+from dlzoo.engine.assembly.folders import write_json
 from dlzoo.errors import DlzooError
 
 if TYPE_CHECKING:
     import optuna
 
-    from dlzoo.engine.stopping import StopFlag
+    from dlzoo.engine.training.stopping import StopFlag
 
 OBJECTIVES = ("mean", "lcb")
 # Student's t 0.975 quantile for 1..30 degrees of freedom (any statistics table); beyond, the normal's 1.96 plus
@@ -73,7 +73,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: DictConfig, plan
     from optuna.trial import TrialState
 
     from dlzoo.console import console, print_error
-    from dlzoo.engine.stopping import Interrupted
+    from dlzoo.engine.training.stopping import Interrupted
     from dlzoo.sweeps.tune.search import METRICS, suggest_overrides
 
     drawn = suggest_overrides(trial, search.space)
@@ -131,7 +131,7 @@ def _train(plan: TrialPlan, drawn: list[str], folder: Path, stop: StopFlag, on_e
     """Run the trial's K seeds; returns each seed's score (None for a diverged seed) and how they trained."""
     from dlzoo.config.compose import compose_and_validate
     from dlzoo.config.validate import stack_problems
-    from dlzoo.engine.run import run
+    from dlzoo.engine.assembly.run import run
 
     args = [*plan.base, *drawn, *plan.extra]
     cfg = compose_and_validate(args)

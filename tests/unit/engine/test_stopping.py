@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlzoo.engine.stopping import Interrupted, exit_status, resume_command
+from dlzoo.engine.training.stopping import Interrupted, exit_status, resume_command
 from dlzoo.errors import DlzooError
 
 

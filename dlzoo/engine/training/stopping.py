@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dlzoo.console import console
-from dlzoo.engine.checkpoint import Checkpointing, signed
+from dlzoo.engine.training.checkpoint import Checkpointing, signed
 from dlzoo.errors import DlzooError
 
 

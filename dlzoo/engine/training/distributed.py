@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dlzoo.engine.evaluation import Prep, evaluate
-from dlzoo.engine.stopping import handling
+from dlzoo.engine.training.evaluation import Prep, evaluate
+from dlzoo.engine.training.stopping import handling
 from dlzoo.errors import DlzooError
 
 
