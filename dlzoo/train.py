@@ -36,6 +36,7 @@ class _Entry(types.ModuleType):
     exports; a module class with __call__ (Python's documented hook) keeps `dlzoo.train(...)` working then."""
 
     def __call__(self, *overrides: str, **kwargs: Any) -> Any:
+        # The Python API only when called as one: `dlzoo train` itself never loads it
         from dlzoo.api import train
 
         return train(*overrides, **kwargs)

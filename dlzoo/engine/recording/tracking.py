@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from dlzoo.console import console, log
 from dlzoo.engine.recording import dashboards as tb
+from dlzoo.engine.recording.figures import depth_figure
 from dlzoo.models.summary import Summary
 
 
@@ -328,8 +329,6 @@ class RunTracker:
     def depth_figures(self, title: str) -> dict[str, np.ndarray]:
         """Each per-layer statistic against depth at the recorded steps (dlzoo.engine.recording.figures.depth_figure),
         keyed by its tag; none for a net of one layer."""
-        from dlzoo.engine.recording.figures import depth_figure
-
         return {
             tag: depth_figure(snaps, what, title, log=kind != "act_slope")
             for kind, (tag, what) in DEPTH_PANELS.items()

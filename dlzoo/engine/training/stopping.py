@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from torch import Tensor, nn
 
-from dlzoo.console import console
+from dlzoo.console import console, print_error
 from dlzoo.engine.training.checkpoint import Checkpointing, signed
 from dlzoo.errors import DlzooError
 
@@ -50,8 +51,6 @@ def exit_status(e: BaseException) -> int:
     """The one error boundary of every dlzoo process (the CLI and the @hydra.main entry): a DlzooError is one
     paragraph on stderr and exit 2; a stop request says where the checkpoint is and how to resume, exit 128 + its
     signal; a second Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
-    from dlzoo.console import print_error
-
     if isinstance(e, DlzooError):
         print_error(str(e))
         return 2
@@ -76,8 +75,6 @@ def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
     with (Hydra's, unless given; shell-quoted; any trainer.resume left out) and trainer.resume=<folder>. Outside a
     Hydra run, where they are not known, `<same overrides>` stands for them."""
     if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
         if not HydraConfig.initialized():
             return f"dlzoo train <same overrides> trainer.resume={folder}"
         overrides = list(HydraConfig.get().overrides.task)
