@@ -4,19 +4,35 @@ The same overrides, checks, errors and run folders as `dlzoo train` (Hydra's own
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.stopping import Interrupted
+from dlzoo.config.compose import explain, precheck, split_args
+from dlzoo.config.validate import register_configs
+from dlzoo.console import console
+from dlzoo.engine.assembly.folders import load_checkpoint, output_problem, remove_if_empty, resumable_file
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.inference import load_model, members
+from dlzoo.engine.training.distributed import requested_devices
+from dlzoo.engine.training.stopping import Interrupted, quiet_when_full, stop_on_signals
 from dlzoo.errors import DlzooError
+from dlzoo.notebook import NotebookView, in_jupyter
+from dlzoo.paths import conf_dir
 
 __all__ = ["DlzooError", "Interrupted", "LadderResult", "Result", "compare", "ladder", "load", "train"]
 
@@ -43,8 +59,6 @@ class Result:
     def model(self) -> Any:
         """The trained model in eval mode, loaded from the run's checkpoint (the restored best epoch's weights
         after early stopping with restore_best); a list of models for an ensemble."""
-        from dlzoo.engine.inference import members
-
         found = members(self.folder)
         return [_trained_model(m) for m in found] if found else _trained_model(self.folder)
 
@@ -54,8 +68,6 @@ class Result:
         return f"<dlzoo Result {score}, {len(_rows(self.history))} epoch(s), {self.folder}>"
 
     def _repr_html_(self) -> str:
-        from html import escape
-
         return f"<code>{escape(repr(self))}</code>"
 
 
@@ -96,10 +108,6 @@ def train(
         DlzooError: a config, data or folder problem, with the CLI's message.
         Interrupted: stopped on request after writing the checkpoint; the message says how to resume.
     """
-    from dlzoo.config.compose import precheck, split_args
-    from dlzoo.engine.distributed import requested_devices
-    from dlzoo.engine.folders import output_problem
-
     args = _args(overrides, data_root)
     dirs = [str(Path(d).expanduser().absolute()) for d in _as_list(config_dir)]
     flags = split_args(args).flags
@@ -119,12 +127,6 @@ def train(
 
 def _train(args: list[str], dirs: list[str]) -> Result:
     """The run itself: Hydra's run machinery around the CLI's task body, the notebook view fed by its epochs."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from dlzoo.engine.folders import remove_if_empty
-    from dlzoo.engine.run import run
-    from dlzoo.engine.stopping import stop_on_signals
-
     history: list[dict[str, Any]] = []
     folders: list[Path] = []
     failed: list[Exception] = []
@@ -139,8 +141,6 @@ def _train(args: list[str], dirs: list[str]) -> Result:
         nonlocal view
         out = Path(HydraConfig.get().runtime.output_dir)
         if _notebook():
-            from dlzoo.notebook import NotebookView
-
             view = NotebookView(cfg.trainer.epochs, "dlzoo.train(" + ", ".join(map(repr, args)) + ")")
         try:
             with stop_on_signals() as stop:
@@ -181,14 +181,6 @@ def _hydra_run(overrides: list[str], task: Any) -> Any:
     """Hydra's run mode, as @hydra.main drives it: compose conf/train.yaml with `overrides`, make hydra.run.dir
     with .hydra/ (config, hydra, overrides) and train.log, set HydraConfig, call `task`. GlobalHydra is restored
     afterwards, so the next call (or the user's own compose) starts clean."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    from dlzoo.config.compose import explain
-    from dlzoo.config.validate import register_configs
-    from dlzoo.paths import conf_dir
-
     register_configs()
     try:
         # job_name "train": the job name @hydra.main gives dlzoo/train.py, which names the log file train.log.
@@ -229,6 +221,7 @@ def ladder(
     Returns:
         The LadderResult: its folder, its table and every run.
     """
+    # scipy and matplotlib (the ladder's table and chart) load only when a ladder runs
     from dlzoo.sweeps.ladder import ladder_command
 
     folder = Path(out) if out is not None else Path("outputs/ladder") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -274,12 +267,14 @@ def compare(
         dlzoo.sweeps.compare.Compared: `.comparison` (arms, summaries, contrasts, `verdict(arm)`), `.out`,
         `.files`, and `.table()` (compare.csv as a DataFrame with pandas, else a list of dicts).
     """
+    # scipy and matplotlib load only when a comparison runs
     from dlzoo.sweeps.compare import compare as compare_runs
     from dlzoo.sweeps.compare import show
 
     result = compare_runs(list(folders), list(by) if by else None, baseline, metric,
                           Path(out) if out is not None else None, chain)  # fmt: skip
     if _notebook():
+        # IPython is there only in a notebook (the optional `notebook` extra)
         from IPython.display import Image, Markdown, display
 
         display(Markdown((result.out / "compare.md").read_text()))
@@ -319,8 +314,6 @@ def _result(folder: Path, metrics: dict[str, Any] | None, history: list[dict[str
 
 def _saved_history(folder: Path) -> list[dict[str, Any]]:
     """The per-epoch rows kept in the run's last checkpoint (each ensemble member's, or each stacked seed's)."""
-    from dlzoo.engine.folders import load_checkpoint, resumable_file
-
     parts = [(None, folder)] if resumable_file(folder) else []
     parts += [(p.name, p) for p in sorted(folder.glob("member*")) + sorted(folder.glob("seed*")) if resumable_file(p)]
     rows = []
@@ -333,9 +326,6 @@ def _saved_history(folder: Path) -> list[dict[str, Any]]:
 
 
 def _trained_model(folder: Path) -> Any:
-    from dlzoo.engine.folders import load_checkpoint
-    from dlzoo.engine.inference import load_model
-
     model, cfg, _, path = load_model(folder, [])
     es = load_checkpoint(path).get("early_stopping") if cfg.trainer.early_stop.restore_best else None
     if es and es.get("best_state") is not None:
@@ -346,6 +336,7 @@ def _trained_model(folder: Path) -> Any:
 def _frame(rows: list[dict[str, Any]]) -> Any:
     """A pandas DataFrame of `rows` when pandas is installed, else the rows themselves."""
     try:
+        # pandas is optional (the `notebook` extra)
         import pandas as pd
     except ImportError:
         return rows
@@ -357,10 +348,9 @@ def _read_csv(path: Path) -> Any:
     if not path.is_file():
         return []
     try:
+        # pandas is optional (the `notebook` extra)
         import pandas as pd
     except ImportError:
-        import csv
-
         with path.open() as f:
             return list(csv.DictReader(f))
     return pd.read_csv(path)
@@ -385,8 +375,6 @@ def _as_list(value: str | Path | Sequence[str | Path] | None) -> list[str | Path
 
 
 def _notebook() -> bool:
-    from dlzoo.notebook import in_jupyter
-
     return in_jupyter()
 
 
@@ -396,11 +384,6 @@ def _process_state(quiet: bool) -> Iterator[None]:
     logging handlers Hydra installs (train.log of this run stays open otherwise), torch's thread count and
     determinism switches, and the quiet of logging and writer threads on a full disk. `quiet` mutes dlzoo's
     console (the notebook view shows the run instead); warnings and errors still print."""
-    import torch
-
-    from dlzoo.console import console
-    from dlzoo.engine.stopping import quiet_when_full
-
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]  # fmt: skip
     saved = {id(lg): (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from dlzoo.config.compose import compose_and_validate, config_groups, precheck, split_args
-from dlzoo.engine.folders import output_problem
+from dlzoo.engine.assembly.folders import output_problem
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 
@@ -92,7 +92,7 @@ example:
 
 def _train(rest: list[str]) -> int:
     from dlzoo.config.compose import SKIP_PRECHECK, precheck
-    from dlzoo.engine import distributed
+    from dlzoo.engine.training import distributed
 
     problem = output_problem(rest) or precheck(rest)
     if problem:
@@ -103,7 +103,7 @@ def _train(rest: list[str]) -> int:
     extra = distributed.setup(rest)  # under torchrun: join the group and share rank 0's run folder
     # The module, not `from dlzoo import train`: that name is the Python API's function (dlzoo/__init__.py).
     import dlzoo.train as train
-    from dlzoo.engine.stopping import Interrupted, parallel_sweep_stop
+    from dlzoo.engine.training.stopping import Interrupted, parallel_sweep_stop
 
     sys.argv = ["dlzoo train", *rest, *extra]
     if not _parallel_sweep(rest):
@@ -123,8 +123,8 @@ def _named_run_lock(args: list[str], devices: int) -> AbstractContextManager[Non
     from contextlib import nullcontext
 
     from dlzoo.config.compose import SKIP_PRECHECK
-    from dlzoo.engine import distributed
-    from dlzoo.engine.folders import run_lock
+    from dlzoo.engine.assembly.folders import run_lock
+    from dlzoo.engine.training import distributed
 
     named = [a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")]
     no_run = any(a in ("-m", "--multirun") or a.split("=")[0] in SKIP_PRECHECK for a in args)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(f"unknown command {command!r}; choices: {', '.join(VERBS)}."
                     + (f" Did you mean `dlzoo {hint}`?" if hint else "") + " See `dlzoo --help`.")  # fmt: skip
         return 2
-    from dlzoo.engine.stopping import Interrupted, exit_status
+    from dlzoo.engine.training.stopping import Interrupted, exit_status
 
     try:
         return VERBS[command](rest)

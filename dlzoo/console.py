@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -120,8 +121,6 @@ def print_table(
     """A table of plain strings (never read as rich markup: values and error lines may hold brackets); the
     columns at indices `right` are right-aligned (numbers). `compact` draws only the header's rule and wraps
     only the columns at indices `wrap`, so a wide table fits 80 columns with names and numbers whole."""
-    from rich import box
-
     right, wrap = set(right), set(wrap)
     table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left",
                   box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip

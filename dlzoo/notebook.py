@@ -1,6 +1,6 @@
 """The live display of a `dlzoo.train` call inside Jupyter: a progress line and a loss/accuracy figure (train and
 val overlaid) redrawn in place every epoch, then the final metrics as a rendered table. Terminal runs use the rich
-display of dlzoo.engine.tracking instead."""
+display of dlzoo.engine.recording.tracking instead."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dlzoo.console import ENVIRONMENT, format_value
+from dlzoo.console import ENVIRONMENT, console, format_value
 
 # The bar is redrawn at most every BAR_S, the figure at most every FIGURE_S and never more often than its own
 # drawing time × FIGURE_COST: XOR's 1,000 one-step epochs would otherwise spend the run drawing PNGs.
@@ -20,8 +20,6 @@ BAR_S, FIGURE_S, FIGURE_COST = 0.2, 1.0, 5
 
 def in_jupyter() -> bool:
     """Whether this process is a Jupyter kernel (rich's own test, which dlzoo's console already made)."""
-    from dlzoo.console import console
-
     return console.is_jupyter
 
 
@@ -56,6 +54,7 @@ class NotebookView:
     """
 
     def __init__(self, epochs: int, title: str, show: Callable[..., Any] | None = None) -> None:
+        # IPython is there only in a notebook (the optional `notebook` extra)
         from IPython.display import HTML, display
 
         show = show or display
@@ -114,6 +113,7 @@ class NotebookView:
 
     def _figure(self) -> Any:
         """Loss and accuracy per epoch, train solid and val dashed, as a PNG (no pyplot: nothing is left open)."""
+        # IPython: the optional `notebook` extra; matplotlib, a slow import, only when a figure is drawn
         from IPython.display import Image
         from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator

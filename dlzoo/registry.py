@@ -3,6 +3,7 @@ name mapped to a Python object here, so configs hold names, the CLI can list the
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -75,7 +76,5 @@ class Registry(Generic[T]):
 
 def closest(name: str, choices: list[str]) -> str | None:
     """The choice most like `name` (a typo's likely fix), or None when nothing is close."""
-    import difflib
-
     match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return match[0] if match else None

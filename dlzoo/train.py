@@ -1,5 +1,5 @@
 """`dlzoo train`: the @hydra.main entry point. Hydra composes conf/train.yaml with the command line (one call per
-job of a multirun); dlzoo.engine.run.run does the work; this module turns its outcome into an exit status."""
+job of a multirun); dlzoo.engine.assembly.run.run does the work; this module turns its outcome into an exit status."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 from dlzoo.config import launch
 from dlzoo.config.validate import register_configs
 from dlzoo.console import console, refuse_linked_logs
-from dlzoo.engine import distributed
-from dlzoo.engine.folders import remove_if_empty
-from dlzoo.engine.run import run
-from dlzoo.engine.stopping import Interrupted, exit_status, quiet_when_full, stop_on_signals, sweep_stopped
+from dlzoo.engine.assembly.folders import remove_if_empty
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training import distributed
+from dlzoo.engine.training.stopping import Interrupted, exit_status, quiet_when_full, stop_on_signals, sweep_stopped
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -34,6 +34,7 @@ class _Entry(types.ModuleType):
     exports; a module class with __call__ (Python's documented hook) keeps `dlzoo.train(...)` working then."""
 
     def __call__(self, *overrides: str, **kwargs: Any) -> Any:
+        # The Python API only when called as one: `dlzoo train` itself never loads it
         from dlzoo.api import train
 
         return train(*overrides, **kwargs)

@@ -39,9 +39,9 @@ from torchvision import transforms
 from dlzoo.config.validate import register_configs
 from dlzoo.data.datasets import load_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine.evaluation import evaluate
-from dlzoo.engine.loop import _AUTOCAST, FitOptions, fit
-from dlzoo.engine.state import histogram_every
+from dlzoo.engine.training.evaluation import evaluate
+from dlzoo.engine.training.loop import _AUTOCAST, FitOptions, fit
+from dlzoo.engine.training.state import histogram_every
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 from dlzoo.paths import conf_dir
@@ -117,7 +117,7 @@ def dashboards(model_name: str, data_root: str, steps: int, repeats: int, device
     so each round also times the tracker's own per-layer calls (the part of the cost that is the logging)."""
     import tempfile
 
-    from dlzoo.engine.tracking import RunTracker
+    from dlzoo.engine.recording.tracking import RunTracker
 
     class Timed(RunTracker):
         spent = 0.0

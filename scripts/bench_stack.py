@@ -1,7 +1,7 @@
 """What `trainer.stack=K` buys: K seeds of lab 10-5 (784-512x4-10 ReLU, dropout 0.3, Adam 1e-3, batch 100) on
 MNIST trained one after another (K engine.fit calls) against the same K trained as one stacked model
-(engine.stacked_run.fit_stack, through the same engine.loop.fit), in interleaved rounds. Both time the training
-steps only (FitResult.train_time_s: no validation, no logging), so the ratio is the step's. Run through
+(engine.assembly.stacked_run.fit_stack, through the same engine.training.loop.fit), in interleaved rounds. Both time
+the training steps only (FitResult.train_time_s: no validation, no logging), so the ratio is the step's. Run through
 `python scripts/bench.py --stack K`.
 
     python scripts/bench.py --stack 5 --data ../shared/data --steps 200 --repeats 5
@@ -19,8 +19,8 @@ import torch
 
 from dlzoo.config.compose import compose_and_validate
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.loop import FitOptions, fit, seed_everything
-from dlzoo.engine.stacked_run import fit_stack
+from dlzoo.engine.assembly.stacked_run import fit_stack
+from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         seed_everything(seed)
         model = build_model(cfg.model, data.input_shape, data.num_classes, data.prep(data.x_train[:1000]))
         if cfg.trainer.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
-            model = model.to(memory_format=torch.channels_last)  # as a run builds it (engine.one_model.setup_model)
+            # as a run builds it (engine.assembly.one_model.setup_model)
+            model = model.to(memory_format=torch.channels_last)
         return model
 
     def one_after_another() -> float:

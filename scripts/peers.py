@@ -76,12 +76,13 @@ def read_idx(folder: Path) -> tuple:
 
 
 def run_dlzoo(data: Path, threads: int, clock: Clock) -> None:
-    """`dlzoo train experiment=lab10_5_dropout trainer.epochs=1` as the CLI runs it (engine.run: validation, model
-    summary, TensorBoard logging at its defaults, checkpoints), with the clock on the loop's step."""
+    """`dlzoo train experiment=lab10_5_dropout trainer.epochs=1` as the CLI runs it (engine.assembly.run: validation,
+    model summary, TensorBoard logging at its defaults, checkpoints), with the clock on the loop's step."""
     import tempfile
 
     from dlzoo.config.compose import compose_and_validate
-    from dlzoo.engine import loop, run
+    from dlzoo.engine.assembly import run
+    from dlzoo.engine.training import loop
 
     step = loop._Loop.step
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dlzoo.config.compose import compose_and_validate
-from dlzoo.engine.run import run
+from dlzoo.engine.assembly.run import run
 
 EXPERIMENTS = ("xor_deep_sigmoid", "xor_deep_relu")
 FIRST, LAST = "per_layer_grad_norm/layers.fc1.linear", "per_layer_grad_norm/layers.out"

@@ -4,16 +4,21 @@ every job of a sweep before Hydra makes any folder (`precheck`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dlzoo.config.schema import TrainConfig
 from dlzoo.config.validate import register_configs, validate
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
@@ -151,10 +156,6 @@ def bad_value(override: str, cause: str) -> str:
 
 def _schema_node(dotted: str) -> DictConfig | None:
     """The schema's node at `dotted` (a config section), or None where the schema has no such section."""
-    from omegaconf import OmegaConf
-
-    from dlzoo.config.schema import TrainConfig
-
     node: object = OmegaConf.structured(TrainConfig)
     for part in dotted.split(".") if dotted else []:
         node = node.get(part) if isinstance(node, DictConfig) and part in node else None
@@ -214,8 +215,6 @@ def launcher_problem(overrides: list[str], config_dirs: Sequence[str] = ()) -> s
 def unparsable(overrides: list[str]) -> str | None:
     """An override Hydra's grammar cannot read (hydra.* ones included, which compose never sees), said with the
     quoting that fixes it rather than as a lexer error."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for override in overrides:
         try:
             OverridesParser.create().parse_overrides([override])
@@ -230,8 +229,6 @@ def unparsable(overrides: list[str]) -> str | None:
 def _importable(module: str) -> bool:
     """Whether `module` can be imported; find_spec raises, rather than answering None, when its parent package
     (hydra_plugins, on a plain `pip install .`) is missing too."""
-    import importlib.util
-
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -241,8 +238,6 @@ def _importable(module: str) -> bool:
 def code_in_configs(config_dirs: list[str]) -> str | None:
     """A user config (a --config-dir, a tune folder's best.yaml) that would make Hydra run code: a `_target_`
     import path anywhere, or `hydra.callbacks`. dlzoo's configs name registry entries, never code."""
-    import yaml
-
     for root in config_dirs:
         for path in sorted(Path(root).rglob("*.yaml"))[:1000] if Path(root).is_dir() else []:
             try:
@@ -287,9 +282,6 @@ def _target_key(node: object, where: str = "", ancestors: tuple[int, ...] = ()) 
 def precheck(args: list[str]) -> str | None:
     """Validate every job a `dlzoo train` command will run before Hydra starts (and makes folders): a typo in
     job 7 of a sweep fails at once, and no run ever starts with an invalid config."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed_args = split_args(args)
     searched = [o.split("file://", 1)[1].rstrip("]") for o in parsed_args.overrides
                 if o.startswith("hydra.searchpath=") and "file://" in o]  # fmt: skip

@@ -4,6 +4,11 @@ beside others."""
 
 from __future__ import annotations
 
+import os
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 
@@ -11,9 +16,6 @@ def gpu_per_job() -> str:
     """`trainer.device='${gpu_per_job:}'`: job k of a sweep trains on cuda:(k mod the visible GPU count). Under
     SLURM each job sees only the GPUs it was given, so this is cuda:0 there. Before a sweep starts (the config
     check) and with no GPU visible it names cuda:0, and a run without CUDA then stops with a clear error."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-
     num = HydraConfig.get().job.get("num", 0) if HydraConfig.initialized() else 0
     count = torch.cuda.device_count()
     return f"cuda:{max(num, 0) % count}" if count else "cuda:0"
@@ -38,8 +40,6 @@ def default_threads() -> int | None:
     share, the usable cores // hydra.launcher.n_jobs (at least 1): more threads than cores make OpenMP spin and
     slow every job. Anywhere else None: torch's own default (the physical cores)."""
 
-    from hydra.core.hydra_config import HydraConfig
-
     if not parallel_worker():
         return None
     n_jobs = HydraConfig.get().launcher.get("n_jobs")
@@ -51,16 +51,11 @@ def default_threads() -> int | None:
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, as a cluster job or taskset sets it)."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parallel_worker() -> bool:
     """Whether this Hydra job runs beside others on this machine (a launcher other than Hydra's basic one)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized():
         return False
     hc = HydraConfig.get()

@@ -8,6 +8,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from dlzoo.config.launch import register_resolvers
 from dlzoo.models.activations import ActArgs
 from dlzoo.models.init import InitArgs
 
@@ -235,7 +236,5 @@ class TrainConfig:
 
 def register_configs() -> None:
     """Store the schema under `train_schema`; conf/train.yaml lists it first in its defaults."""
-    from dlzoo.config.launch import register_resolvers
-
     register_resolvers()  # ${gpu_per_job:} must resolve wherever a config is composed
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -146,7 +146,8 @@ def _trainer_problems(cfg: DictConfig) -> list[str]:
 
 def stack_problems(cfg: DictConfig, k: int | None = None) -> list[str]:
     """What `k` (default trainer.stack; ensemble.stack=on asks for the ensemble's size) models stacked as one
-    (dlzoo.models.stacked, trained by dlzoo.engine.loop) cannot train as k separate runs would, each with the fix."""
+    (dlzoo.models.stacked, trained by dlzoo.engine.training.loop) cannot train as k separate runs would, each with
+    the fix."""
     t, size = cfg.trainer, cfg.ensemble.size
     k = k or (size if t.stack == 1 and size > 1 and cfg.ensemble.stack == "on" else t.stack)
     if k == 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -190,8 +191,7 @@ def _load_folder(folder: Path, spec: DatasetSpec) -> tuple[Tensor, Tensor, Tenso
 def check_identity(folder: Path, spec: DatasetSpec, test_labels: np.ndarray) -> None:
     """Refuse a folder that holds another known dataset (data=mnist pointed at Fashion-MNIST trains silently on
     the wrong images otherwise); warn when the files are none of the published ones."""
-    import hashlib
-
+    # rich stays off the path of every command's start (`dlzoo --help` imports this module)
     from dlzoo.console import print_warning
 
     if spec.test_labels_md5 is None:
@@ -210,6 +210,7 @@ def check_identity(folder: Path, spec: DatasetSpec, test_labels: np.ndarray) -> 
 
 
 def _download(spec: DatasetSpec, target: Path, searched: list[Path]) -> Path:
+    # torchvision is a slow import, needed only to download
     import torchvision.datasets
 
     existed = {p for p in target.rglob("*") if p.is_dir()} | ({target} if target.is_dir() else set())

@@ -1,2 +1,3 @@
-"""The engine: one run assembled (run), its training loop (loop), checkpoints and run folders, stopping, tracking,
-evaluation and inference, transfer, data-parallel training (distributed) and torch.compile (compiled)."""
+"""The engine: one run in one process, in wings whose imports only go down: recording (terminal and TensorBoard),
+training (the loop, its state, checkpoints and stopping), assembly (a run built from its config, its folders and
+resuming) and inference (`dlzoo eval` and `dlzoo predict`)."""

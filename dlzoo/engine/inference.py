@@ -11,15 +11,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+from rich.table import Table
 
 from dlzoo.config.compose import bad_value, compose_config, config_groups
 from dlzoo.config.validate import TrainConfig, validate
+from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits, num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import to_float
-from dlzoo.engine.evaluation import evaluate, evaluate_ensemble, mc_evaluate
-from dlzoo.engine.folders import checkpoint_file, load_checkpoint, write_json
-from dlzoo.engine.loop import resolve_device
+from dlzoo.engine.assembly.folders import checkpoint_file, load_checkpoint, write_json
+from dlzoo.engine.training.evaluation import evaluate, evaluate_ensemble, mc_evaluate
+from dlzoo.engine.training.loop import resolve_device
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 
@@ -107,8 +110,6 @@ def members(folder: Path) -> list[Path]:
 
 def eval_command(args: list[str]) -> dict[str, float]:
     """Score a checkpoint on its dataset's validation and test splits; writes eval-<ckpt>.json beside it."""
-    from dlzoo.console import console, print_final
-
     own, overrides = parse_args(args, ("ckpt",))
     folder = Path(own["ckpt"][0]).expanduser()
     if folder.is_dir() and not checkpoint_file(folder).is_file() and members(folder):
@@ -129,8 +130,6 @@ def eval_command(args: list[str]) -> dict[str, float]:
 
 def _save_scores(out: Path, metrics: dict[str, Any]) -> tuple[Path, str]:
     """Write the scores beside the checkpoint; a read-only folder costs the file, never the printed result."""
-    from dlzoo.console import print_warning
-
     try:
         write_json(out, metrics)
     except OSError as e:
@@ -141,8 +140,6 @@ def _save_scores(out: Path, metrics: dict[str, Any]) -> tuple[Path, str]:
 
 def eval_ensemble(folder: Path, overrides: list[str]) -> dict[str, Any]:
     """Score an ensemble run folder: each member on the test set, then the members combined by the run's rule."""
-    from dlzoo.console import console, print_final
-
     loaded = [load_model(m, overrides) for m in members(folder)]
     cfg = loaded[0][1]
     data = build_splits(cfg.data, next(loaded[0][0].parameters()).device)
@@ -201,8 +198,6 @@ def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
                 if np.issubdtype(a.dtype, np.floating) and a.max() <= 1.0:
                     a = a * 255.0
             else:
-                from PIL import Image
-
                 a = np.asarray(Image.open(path).convert("L").resize((28, 28)))[None]
         except DlzooError:
             raise
@@ -218,10 +213,6 @@ def read_inputs(paths: list[str]) -> tuple[list[str], torch.Tensor]:
 @torch.inference_mode()
 def predict_command(args: list[str]) -> list[dict[str, Any]]:
     """Class and probabilities for each input image; a table, or JSON lines with format=json."""
-    from rich.table import Table
-
-    from dlzoo.console import console
-
     own, overrides = parse_args(args, ("ckpt", "input"))
     model, cfg, meta, _ = load_model(own["ckpt"][0], overrides)
     names, images = read_inputs(own["input"])

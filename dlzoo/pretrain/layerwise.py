@@ -22,7 +22,7 @@ LayerLog = Callable[[str, int, dict[str, float]], None]  # (layer tag such as "r
 
 
 class PretrainLog(Protocol):
-    """Where pretraining reports (the run's tracker; dlzoo.engine.tracking.Tracker has these methods)."""
+    """Where pretraining reports (the run's tracker; dlzoo.engine.recording.tracking.Tracker has these methods)."""
 
     def log_pretrain_start(self, method: str, images: int, layers: int) -> None: ...
     def log_pretrain(self, layer: str, epoch: int, metrics: dict[str, float]) -> None: ...

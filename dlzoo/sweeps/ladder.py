@@ -12,12 +12,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from dlzoo.engine.stopping import Interrupted, handling
+from dlzoo.config.compose import compose_and_validate
+from dlzoo.config.launch import usable_cores
+from dlzoo.config.validate import stack_problems
+from dlzoo.console import console, print_error, print_table, say
+from dlzoo.data.datasets import locate
+from dlzoo.engine.assembly.stacked_run import faster_stacked
+from dlzoo.engine.training.loop import resolve_device
+from dlzoo.engine.training.stopping import Interrupted, handling
 from dlzoo.errors import DlzooError
 from dlzoo.sweeps.ladder_table import (
     HEADER,
@@ -86,9 +94,6 @@ def parse_rung_seeds(text: str) -> dict[str, int]:
 def check(jobs: list[Job]) -> None:
     """Validate every job's config and find each dataset before the first run, so a typo or missing data fails
     at once instead of after hours of earlier rungs. Spaces the seeds of ensemble rungs (see below)."""
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.data.datasets import locate
-
     datasets = set()
     for job in jobs:
         try:
@@ -109,13 +114,8 @@ def check(jobs: list[Job]) -> None:
 def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
     """The jobs to launch, with each rung's seeds (or each ensemble's members, through ensemble.stack) stacked
     where `mode` says: `on` wherever the model can be stacked, `auto` where that trains faster
-    (dlzoo.engine.stacked_run.faster_stacked: every rung on a GPU, small MLPs on a CPU), `off` nowhere. Returns
+    (dlzoo.engine.assembly.stacked_run.faster_stacked: every rung on a GPU, small MLPs on a CPU), `off` nowhere. Returns
     them and the rungs stacked."""
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.config.validate import stack_problems
-    from dlzoo.engine.loop import resolve_device
-    from dlzoo.engine.stacked_run import faster_stacked
-
     if mode not in ("auto", "on", "off"):
         raise DlzooError(f"--stack {mode}: choices: auto, on, off.")
     launched, stacked = [], []
@@ -192,8 +192,6 @@ def forward_termination() -> Iterator[list[int]]:
 def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
     """`trainer.threads=<cores // jobs>` for runs side by side (one thread each when jobs = cores): more threads
     than cores make OpenMP spin-wait and slow every run. None when the user set trainer.threads or runs one job."""
-    from dlzoo.config.launch import usable_cores
-
     if jobs == 1 or any(o.split("=", 1)[0].lstrip("+") == "trainer.threads" for o in overrides):
         return []
     return [f"trainer.threads={max(1, usable_cores() // jobs)}"]
@@ -201,10 +199,6 @@ def threads_per_job(jobs: int, overrides: list[str]) -> list[str]:
 
 def run_all(todo: list[Job], jobs: int, resume: bool) -> None:
     """Run `todo` with up to `jobs` side by side; one line per finished run with the estimated time left."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from dlzoo.console import say
-
     took: dict[str, list[float]] = {}  # rung -> seconds of its finished runs, for the estimate
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -267,8 +261,6 @@ def _clock(seconds: float) -> str:
 
 def ladder_command(argv: list[str]) -> int:
     """`dlzoo ladder [--seeds N] [--epochs E] [--resume] [--rungs a,b] [--out DIR] [overrides...]`."""
-    from dlzoo.console import console, print_error, print_table
-
     parser = argparse.ArgumentParser(prog="dlzoo ladder", description="Run the lectures' accuracy ladder.")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per rung: trainer.seed=1..N (default 3)")
     parser.add_argument("--rung-seeds", default="", help="seeds for some rungs, e.g. lab11_5_ensemble=1 (else --seeds)")

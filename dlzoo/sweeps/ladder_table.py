@@ -7,6 +7,11 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from dlzoo.config.compose import compose_config
+from dlzoo.engine.recording.dashboards import read_epoch_curves, write_ladder_view
+from dlzoo.engine.recording.hparams import run_hparams
 from dlzoo.sweeps.compare.comparison import p_value
 from dlzoo.sweeps.compare.stats import Contrast, contrast
 from dlzoo.sweeps.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
@@ -209,11 +214,6 @@ def write_csv(rungs: list[Rung], path: Path) -> None:
 def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
     """The ladder's TensorBoard view (dashboards.write_ladder_view): a run per rung, named for its lab, on charts
     of our test accuracy and the lecture's, and an HParams table of the ladder's runs led by the rung."""
-    from omegaconf import OmegaConf
-
-    from dlzoo.engine.dashboards import read_epoch_curves, write_ladder_view
-    from dlzoo.engine.hparams import run_hparams
-
     points = [(RUNGS[r.name][0], r.mean, r.std, RUNGS[r.name][2]) for r in rungs]
     # An ensemble's curves are its members' (the ensemble folder logs only the combined test accuracy).
     curves = {r.name: [read_epoch_curves(folder) for run in (r.group.runs if r.group else [])
@@ -226,8 +226,6 @@ def write_view(rungs: list[Rung], table: list[list[str]], out: Path) -> None:
 
 def lab_epochs(rung: str) -> int:
     """The epochs the lab itself trains (its experiment YAML), to flag rungs that ran a shorter budget."""
-    from dlzoo.config.compose import compose_config
-
     return int(compose_config([f"experiment={rung}"]).trainer.epochs)
 
 
@@ -237,6 +235,7 @@ def draw_chart(rungs: list[Rung], title: str, path: Path) -> None:
     each tick says n and epochs, and a rung trained for fewer epochs than its lab is flagged. Accuracies near 1
     differ by tenths of a point, so the axis spans just the values shown, stated on the axis itself."""
     # A figure of its own, not pyplot's: matplotlib.use("Agg") would switch the process (dlzoo.ladder in a notebook).
+    # matplotlib is a slow import: it loads when the chart is drawn
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(7.0, 1.25 * len(rungs) + 2), 5.0))

@@ -17,7 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.checkpoint import signed
+from dlzoo.console import console, print_table
+from dlzoo.engine.recording.dashboards import write_hparams_experiment
+from dlzoo.engine.training.checkpoint import signed
 from dlzoo.errors import DlzooError
 from dlzoo.paths import inert
 
@@ -293,9 +295,6 @@ def report_command(argv: list[str]) -> int:
     """`dlzoo report <folder> [--metric test_acc] [--out DIR]`: print, then write report.md and report.csv into
     <folder>/report/ (or DIR); with a DIR outside the folder also DIR/hparams_report/ (one HParams experiment:
     `tensorboard --logdir DIR/hparams_report`)."""
-    from dlzoo.console import console, print_table
-    from dlzoo.engine.dashboards import write_hparams_experiment
-
     parser = argparse.ArgumentParser(prog="dlzoo report", description=report_command.__doc__)
     parser.add_argument("folder", type=Path, help="a multirun (hydra.sweep.dir), outputs/runs, or a ladder folder")
     parser.add_argument("--metric", default="test_acc", help="the metrics.json key to sort by (default test_acc)")

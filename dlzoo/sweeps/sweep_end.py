@@ -9,8 +9,13 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
+from dlzoo.console import console, print_warning
+from dlzoo.engine.recording.dashboards import columns_of, differing, experiment_summary
+from dlzoo.engine.recording.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
 from dlzoo.errors import DlzooError
+from dlzoo.sweeps.report import find_runs
 
 
 class SweepSummary(Callback):
@@ -18,7 +23,7 @@ class SweepSummary(Callback):
     so a summary that cannot be made is a warning, never a failed sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from dlzoo.console import console, print_warning
+        # scipy and matplotlib load when a sweep ends, not with every run's Hydra callback
         from dlzoo.sweeps.compare import compare, show
 
         sweep = Path(str(config.hydra.sweep.dir))
@@ -38,12 +43,6 @@ class SweepSummary(Callback):
 def write_sweep_experiment(sweep: Path) -> None:
     """One HParams experiment in the sweep's own folder (its jobs write sessions only, see dlzoo.train): every
     job's row, the keys that differ between the jobs marked as differing, the lessons' keys first."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from dlzoo.engine.dashboards import columns_of, differing, experiment_summary
-    from dlzoo.engine.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
-    from dlzoo.sweeps.report import find_runs
-
     runs = find_runs(sweep)
     sessions = [run_hparams(OmegaConf.to_container(r.config, resolve=False), r.choices, r.overrides) for r in runs]  # type: ignore[arg-type]
     # Only keys every job has: TensorBoard hides a session whose value does not fit its column's type.

@@ -15,7 +15,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dlzoo.engine.folders import write_json
+from dlzoo.config.compose import compose_and_validate
+from dlzoo.console import console
+from dlzoo.engine.assembly.folders import write_json
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training.stopping import Interrupted, stop_on_signals
 from dlzoo.errors import DlzooError
 
 ARMS = {"model_A": "transfer_a", "model_B": "transfer_b", "model_B_on_A": "transfer_b_on_a"}  # name -> experiment
@@ -37,8 +41,6 @@ def parse_args(args: list[str]) -> tuple[int, Path | None, list[str]]:
 def transfer_command(args: list[str]) -> Path:
     """Run every arm for each seed (an arm whose folder already holds metrics.json is kept, so a rerun with the
     same --out carries on) and write report.md, report.csv and results.json into the output folder."""
-    from dlzoo.config.compose import compose_and_validate
-
     seeds, out, overrides = parse_args(args)
     first = compose_and_validate(["experiment=transfer_a", *overrides])
     compose_and_validate(["experiment=transfer_b", *overrides])
@@ -63,11 +65,6 @@ def transfer_command(args: list[str]) -> Path:
 
 
 def _run_arm(overrides: list[str], folder: Path) -> dict[str, Any]:
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.console import console
-    from dlzoo.engine.run import run
-    from dlzoo.engine.stopping import Interrupted, stop_on_signals
-
     done = folder / "metrics.json"
     if done.is_file():
         console.print(f"{folder}: finished earlier, kept")

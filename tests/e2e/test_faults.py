@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from dlzoo.cli import compose_and_validate
-from dlzoo.engine.folders import load_checkpoint
-from dlzoo.engine.run import run
+from dlzoo.engine.assembly.folders import load_checkpoint
+from dlzoo.engine.assembly.run import run
 from dlzoo.errors import DlzooError
 from tests.helpers import DLZOO, dlzoo, tmpfs
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dlzoo.cli import compose_and_validate
-from dlzoo.engine.run import run
+from dlzoo.engine.assembly.run import run
 from tests.helpers import dlzoo
 
 TINY = ["debug=fast", "trainer.threads=1", "model=mlp", "model.hidden=[16]", "trainer.figures=false"]
@@ -85,7 +85,7 @@ def _victim(tmp_path: Path) -> Path:
 
 
 def test_the_run_lock_never_writes_through_a_link(tmp_path: Path) -> None:
-    from dlzoo.engine.folders import lock_holder, run_lock
+    from dlzoo.engine.assembly.folders import lock_holder, run_lock
     from dlzoo.errors import DlzooError
 
     victim = _victim(tmp_path)
@@ -153,7 +153,7 @@ def test_a_histogram_of_a_diverging_layer_keeps_its_finite_values(tmp_path: Path
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from dlzoo.engine.tracking import RunTracker
+    from dlzoo.engine.recording.tracking import RunTracker
 
     nan, inf = float("nan"), float("inf")
     with RunTracker(tmp_path, 1, progress=False) as tracker:
@@ -167,7 +167,7 @@ def test_a_histogram_of_a_diverging_layer_keeps_its_finite_values(tmp_path: Path
 def test_git_commit_is_the_commit_of_the_repository_holding_the_package(tmp_path: Path) -> None:
     import subprocess
 
-    from dlzoo.engine.folders import git_commit
+    from dlzoo.engine.assembly.folders import git_commit
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(tmp_path / "repo"), *args], capture_output=True, text=True,
@@ -215,7 +215,7 @@ def test_a_run_that_collapses_to_chance_says_so_and_points_at_its_best_epoch(
 
     import torch
 
-    from dlzoo.engine import one_model
+    from dlzoo.engine.assembly import one_model
 
     models: list[torch.nn.Module] = []
     real_setup = one_model.setup_model

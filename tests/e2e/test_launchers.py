@@ -84,7 +84,7 @@ def test_gpu_per_job_cycles_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatc
 
 
 def test_signal_handlers_only_in_the_main_thread() -> None:
-    from dlzoo.engine.stopping import stop_on_signals
+    from dlzoo.engine.training.stopping import stop_on_signals
 
     errors: list[BaseException] = []
 

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.build import build_splits
-from dlzoo.engine.probes import layer_stats
-from dlzoo.engine.run import run
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training.probes import layer_stats
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.heads import SigmoidHead

@@ -256,7 +256,7 @@ def test_a_run_leaves_the_notebooks_matplotlib_backend(tmp_path: Path) -> None:
     inline backend) keeps working after dlzoo.train or dlzoo.ladder."""
     import matplotlib
 
-    from dlzoo.engine.figures import confusion_figure
+    from dlzoo.engine.recording.figures import confusion_figure
     from dlzoo.sweeps.ladder_table import draw_chart
 
     before = matplotlib.get_backend()

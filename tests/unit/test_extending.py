@@ -12,7 +12,7 @@ from torch import nn
 
 from dlzoo import cli
 from dlzoo.config.compose import compose_and_validate
-from dlzoo.engine.probes import activation_stats
+from dlzoo.engine.training.probes import activation_stats
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.activations import ACTIVATIONS, ActivationSpec

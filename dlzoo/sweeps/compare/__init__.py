@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dlzoo.console import console, print_table
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 from dlzoo.sweeps.compare.arms import arms, collect, compared_keys, expand, pick_baseline
@@ -36,6 +37,7 @@ class Compared:
         """compare.csv: a pandas DataFrame when pandas is installed, else a list of dicts of strings."""
         path = self.out / "compare.csv"
         try:
+            # pandas is optional (the `notebook` extra)
             import pandas as pd
         except ImportError:
             with path.open() as f:
@@ -98,8 +100,6 @@ def compare(
 
 def show(result: Compared) -> None:
     """The verdicts, the table and any run not counted, on the terminal; then where the files are."""
-    from dlzoo.console import console, print_table
-
     c = result.comparison
     header = c.terminal_header()
     against = "each against the group above" if c.chain else f"baseline: {c.baseline.label}"

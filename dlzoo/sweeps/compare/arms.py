@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from dlzoo.engine.hparams import CHOICE_GROUPS, NOT_HPARAMS, flatten
+from dlzoo.engine.recording.hparams import CHOICE_GROUPS, NOT_HPARAMS, flatten
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 from dlzoo.sweeps.report import NOT_SWEPT, Run, find_runs, swept_keys

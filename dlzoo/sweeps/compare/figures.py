@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dlzoo.engine.dashboards import ACCURACY, LOSS, read_scalars
+from dlzoo.engine.recording.dashboards import ACCURACY, LOSS, read_scalars
 from dlzoo.sweeps.compare.arms import Arm
 from dlzoo.sweeps.compare.comparison import Comparison
 
@@ -33,7 +34,6 @@ class RunCurves:
 
 
 def read_curves(folder: Path) -> RunCurves:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # Its reader logs each finished event file at INFO; inside a sweep (Hydra's logging) that is a line per file.
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
@@ -67,8 +67,9 @@ def read_curves(folder: Path) -> RunCurves:
 
 
 def _canvas(width: float, height: float):
-    """A figure and its axes on their own Agg canvas (engine.figures' way): pyplot's matplotlib.use("Agg") would
-    switch a notebook's whole process, and its own plots would stop showing."""
+    """A figure and its axes on their own Agg canvas (engine.recording.figures' way): pyplot's matplotlib.use("Agg")
+    would switch a notebook's whole process, and its own plots would stop showing."""
+    # matplotlib is a slow import: it loads when a chart is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -79,6 +80,7 @@ def _canvas(width: float, height: float):
 
 def _finish(fig, path: Path) -> np.ndarray:
     """Render once; the PNG is written from those pixels (savefig would render the figure a second time)."""
+    # matplotlib is a slow import: it loads when a chart is drawn
     from matplotlib.image import imsave
 
     fig.canvas.draw()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import time
@@ -14,7 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dlzoo.config.compose import compose_and_validate, config_groups
+from dlzoo.config.launch import usable_cores
+from dlzoo.console import console
+from dlzoo.engine.training.stopping import Interrupted, stop_on_signals
 from dlzoo.errors import DlzooError
+from dlzoo.paths import refuse_links
+from dlzoo.sweeps.tune import study as st
+from dlzoo.sweeps.tune.report import report
+from dlzoo.sweeps.tune.search import build_pruner, build_sampler, check_search
+from dlzoo.sweeps.tune.study import open_storage, sqlite_url, study_names
+from dlzoo.sweeps.tune.trial import TrialPlan, finish, run_trial
+from dlzoo.sweeps.tune.workers import WORKER_ENV, run_workers
 
 if TYPE_CHECKING:
     import optuna
@@ -27,8 +39,6 @@ HEARTBEAT_S = 20  # a dead worker's trial is retried after 5 silent heartbeats: 
 
 def tune_command(argv: list[str]) -> int:
     """Parse `dlzoo tune` arguments and run (or resume, or join) the search; returns the exit code."""
-    from dlzoo.engine.stopping import Interrupted
-
     parser = argparse.ArgumentParser(prog="dlzoo tune", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="search=<name> (conf/search/), then train overrides")
     parser.add_argument("--trials", type=int, help="trials in total, resumed ones included (default: n_trials)")
@@ -49,6 +59,7 @@ def tune_command(argv: list[str]) -> int:
                         f"heartbeats with --storage; 5 missed fail and retry it (default {HEARTBEAT_S})")  # fmt: skip
     args = parser.parse_intermixed_args(argv)
     try:
+        # optuna is the optional `tune` extra
         import optuna
     except ImportError as e:
         raise DlzooError(f"dlzoo tune needs Optuna ({e}). Fix: pip install 'dlzoo[tune]'.") from None
@@ -67,13 +78,6 @@ def _resume_hint(args: argparse.Namespace) -> str:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.engine.stopping import Interrupted, stop_on_signals
-    from dlzoo.sweeps.tune import study as st
-    from dlzoo.sweeps.tune.report import report
-    from dlzoo.sweeps.tune.search import build_pruner, build_sampler
-    from dlzoo.sweeps.tune.trial import TrialPlan, run_trial
-
     shared = args.storage is not None
     for flag, value in (("--workers", args.workers), ("--seeds", args.seeds), ("--heartbeat", args.heartbeat),
                         ("--threads", args.threads)):  # fmt: skip
@@ -118,8 +122,6 @@ def _tune(args: argparse.Namespace) -> int:
     plan = TrialPlan(search.metric, search.direction, base_args, options["seeds"], options["objective"],
                      _threads(args, base_args))  # fmt: skip
     if args.workers > 1:
-        from dlzoo.sweeps.tune.workers import run_workers
-
         storage = st.open_storage(url)
         study = _open_study(storage, args.study_name, search, spec, overrides, out)
         rc = run_workers(args, out, n_trials)
@@ -148,7 +150,6 @@ def _tune(args: argparse.Namespace) -> int:
         seed_shift = _worker_number() if shared else 0
         study = optuna_load(storage, args.study_name, build_pruner(search.pruner),
                             build_sampler(search.sampler, len(study.trials) + 7919 * seed_shift))  # fmt: skip
-        from dlzoo.console import console
 
         joined = f", joining {len(study.trials)} trials" if shared and study.trials else ""
         console.print(f"dlzoo tune search={name}: {n_trials} trials, {_objective(plan)} ({search.direction}), "
@@ -173,6 +174,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def optuna_load(storage: Any, name: str, pruner: Any = None, sampler: Any = None) -> optuna.Study:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
@@ -192,8 +194,6 @@ def _objective(plan: TrialPlan) -> str:
 def _threads(args: argparse.Namespace, base_args: list[str]) -> list[str]:
     """This worker's trainer.threads: --threads, else the user's own trainer.threads, else the cores shared out
     among --workers (more threads than cores make OpenMP spin and slow every worker down)."""
-    from dlzoo.config.launch import usable_cores
-
     if args.threads is not None:
         return [f"trainer.threads={args.threads}"]
     if any(a.startswith("trainer.threads=") for a in base_args) or args.workers == 1:
@@ -204,8 +204,6 @@ def _threads(args: argparse.Namespace, base_args: list[str]) -> list[str]:
 def _worker_number() -> int:
     """Which worker this is, to give each its own sampler seed (two workers starting together would otherwise
     draw the same random trials): --workers' number, a SLURM array task's id, else the process id."""
-    from dlzoo.sweeps.tune.workers import WORKER_ENV
-
     for key in (WORKER_ENV, "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key]) + 1
@@ -213,8 +211,6 @@ def _worker_number() -> int:
 
 
 def _check_folder(out: Path) -> None:
-    from dlzoo.paths import refuse_links
-
     if out.exists():
         refuse_links(out)  # the locks, the trials' folders and best.yaml are all written there
 
@@ -222,6 +218,7 @@ def _check_folder(out: Path) -> None:
 def _open_study(storage: Any, name: str, search: DictConfig, spec: dict[str, Any], args: list[str],
                 out: Path) -> optuna.Study:  # fmt: skip
     """Create the study, or join the one of that name; refuse to join one that searches something else."""
+    # optuna is the optional `tune` extra
     import optuna
 
     try:
@@ -256,9 +253,8 @@ def _check_same_search(study: optuna.Study, spec: dict[str, Any], args: list[str
 
 def _stored(args: argparse.Namespace) -> dict[str, Any]:
     """What a study was started with (its arguments, seeds, objective, study name, folder), for --resume."""
+    # optuna is the optional `tune` extra
     import optuna
-
-    from dlzoo.sweeps.tune.study import open_storage, sqlite_url, study_names
 
     if args.storage is None:
         if args.out is None:
@@ -285,9 +281,6 @@ def _stored(args: argparse.Namespace) -> dict[str, Any]:
 def _compose_search(overrides: list[str]) -> tuple[str, DictConfig, list[str]]:
     """Compose and check the search named by `search=<name>` in `overrides`. Returns its name, the search node,
     and the overrides every trial starts from: the search file's, then the command line's other ones."""
-    from dlzoo.config.compose import compose_and_validate, config_groups
-    from dlzoo.sweeps.tune.search import check_search
-
     name = next((o.split("=", 1)[1] for o in overrides if o.startswith("search=")), None)
     if name is None:
         searches = ", ".join(config_groups().get("search", []))
@@ -307,12 +300,8 @@ def _compose_search(overrides: list[str]) -> tuple[str, DictConfig, list[str]]:
 def _requeue_interrupted(study: optuna.Study, out: Path) -> None:
     """A trial still RUNNING in the SQLite study belongs to a search that was killed (the folder lock rules out a
     live one): mark it failed and queue its parameters again."""
-    import json
-
+    # optuna is the optional `tune` extra
     from optuna.trial import TrialState
-
-    from dlzoo.console import console
-    from dlzoo.sweeps.tune.trial import finish
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)

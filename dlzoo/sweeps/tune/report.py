@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
+
+from dlzoo.config.schema import TrainConfig
+from dlzoo.console import console, print_table
+from dlzoo.paths import inert
+from dlzoo.sweeps.tune.study import superseded
 
 if TYPE_CHECKING:
     import optuna
@@ -27,11 +35,6 @@ hydra:
 def own_keys(config: object) -> dict[str, object]:
     """Only dlzoo's own sections of a trial's config (data, model, optim, ...): best.yaml is run as a config, so
     nothing else from the trial's folder (a `hydra:` section with callbacks, say) gets into it."""
-    import dataclasses
-
-    from dlzoo.config.schema import TrainConfig
-    from dlzoo.paths import inert
-
     keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "search"]
     return {k: inert(v) for k, v in (config.items() if isinstance(config, dict) else []) if k in keys}
 
@@ -45,10 +48,8 @@ def report(
     clock, no worker's own state) and written to a temporary file renamed over the old one: whichever worker
     finishes last, the file is whole and names the same best trial. `scored` names a trial's value when it is not
     the metric itself (the seeds' mean or lower bound)."""
+    # optuna is the optional `tune` extra
     from optuna.trial import TrialState
-
-    from dlzoo.console import console, print_table
-    from dlzoo.sweeps.tune.study import superseded
 
     trials = study.get_trials(deepcopy=False)
     retried = superseded(trials)
@@ -88,9 +89,6 @@ def report(
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path` (atomic on POSIX): a reader, or
     a second worker writing at the same moment, sees one whole file or the other."""
-    import os
-    import tempfile
-
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as f:

@@ -94,6 +94,7 @@ DISTRIBUTIONS.register("categorical", "one of choices: numbers, names, lists, or
 
 @SAMPLERS.register("tpe", "Tree-structured Parzen Estimator (Bergstra et al. 2011): models good vs bad draws")
 def _tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
@@ -101,6 +102,7 @@ def _tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
 
 @SAMPLERS.register("random", "independent uniform draws (Bergstra & Bengio 2012): the baseline to beat")
 def _random(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.samplers.RandomSampler(seed=seed)
@@ -108,6 +110,7 @@ def _random(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
 
 @PRUNERS.register("median", "stop a trial whose epoch value is worse than the median of earlier trials there")
 def _median(n_startup_trials: int, n_warmup_steps: int, **_: int) -> optuna.pruners.BasePruner:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps)
@@ -115,6 +118,7 @@ def _median(n_startup_trials: int, n_warmup_steps: int, **_: int) -> optuna.prun
 
 @PRUNERS.register("successive_halving", "asynchronous successive halving (Li et al. 2020): keep the top 1/eta")
 def _halving(min_resource: int, reduction_factor: int, **_: int) -> optuna.pruners.BasePruner:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
@@ -122,6 +126,7 @@ def _halving(min_resource: int, reduction_factor: int, **_: int) -> optuna.prune
 
 @PRUNERS.register("none", "every trial runs all its epochs")
 def _no_pruning(**_: int) -> optuna.pruners.BasePruner:
+    # optuna is the optional `tune` extra
     import optuna
 
     return optuna.pruners.NopPruner()

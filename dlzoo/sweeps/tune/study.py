@@ -4,7 +4,9 @@ workers join by name), the trial budget those workers share, and the heartbeat t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sqlite3
 import threading
 import time
 import warnings
@@ -14,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from dlzoo.errors import DlzooError
 from dlzoo.paths import open_nofollow
+from dlzoo.sweeps.tune.trial import finish
 
 if TYPE_CHECKING:
     import optuna
 
-    from dlzoo.engine.stopping import StopFlag
+    from dlzoo.engine.training.stopping import StopFlag
 
 GRACE_HEARTBEATS = 5  # a trial is dead after this many missed heartbeats: a busy 1-thread trainer can miss one
 MAX_RETRIES = 3  # a trial whose worker died this often is killing its workers (out of memory, say): give up on it
@@ -32,6 +35,7 @@ def sqlite_url(out: Path) -> str:
 def shown_url(url: str) -> str:
     """The storage URL with any password masked, for tables and messages."""
     try:
+        # sqlalchemy comes with optuna, the optional `tune` extra
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
@@ -42,6 +46,7 @@ def shown_url(url: str) -> str:
 def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage; with `heartbeat_s`, each running trial's worker records a heartbeat that often and a
     trial silent for GRACE_HEARTBEATS of them is failed and queued again (RetryHeartbeatStaleTrialCallback)."""
+    # optuna is the optional `tune` extra
     import optuna
 
     kwargs: dict[str, object] = {}
@@ -70,8 +75,6 @@ def open_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RD
 def _foreign_sqlite(url: str) -> str | None:
     """An existing SQLite file that is not an Optuna study (another program's database, or not a database at all):
     opening it as storage would add Optuna's tables to it. Read read-only, before anything is written."""
-    import sqlite3
-
     if not url.startswith("sqlite:///"):
         return None
     path = Path(url.removeprefix("sqlite:///"))
@@ -124,6 +127,7 @@ def folder_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
     """An advisory lock on `path` (fcntl.flock): yields whether it is held. Workers on other machines share it
     through the output folder's file system (NFS and Lustre pass flock on); on Windows nothing is locked."""
     try:
+        # Unix-only (on Windows nothing is locked)
         import fcntl
     except ImportError:
         yield True
@@ -144,6 +148,7 @@ def next_trial(study: optuna.Study, n_trials: int, out: Path, stop: StopFlag, po
     stopped beating (their retries join the queue), then run a queued trial, else a new one while the budget has
     room. With no room but trials still running elsewhere, wait: one of them may die and be queued again.
     """
+    # optuna is the optional `tune` extra
     import optuna
 
     while stop.signum is None:
@@ -166,10 +171,6 @@ def next_trial(study: optuna.Study, n_trials: int, out: Path, stop: StopFlag, po
 
 def _mark_abandoned(trials: list[optuna.trial.FrozenTrial], out: Path) -> None:
     """A retried trial's folder still says "running" when its worker died: say what happened to it instead."""
-    import json
-
-    from dlzoo.sweeps.tune.trial import finish
-
     retries = {n: t.number for t in trials if (n := retry_of(t)) is not None}
     for t in trials:
         path = out / f"trial_{t.number}" / "trial.json"

@@ -5,19 +5,27 @@ by the seeds' mean or their lower 95% confidence bound."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlzoo.engine.folders import write_json
+from dlzoo.config.compose import compose_and_validate
+from dlzoo.config.validate import stack_problems
+from dlzoo.console import console, print_error, print_warning
+from dlzoo.engine.assembly.folders import write_json
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training.stopping import Interrupted
 from dlzoo.errors import DlzooError
+from dlzoo.sweeps.tune.search import METRICS, suggest_overrides
 
 if TYPE_CHECKING:
     import optuna
 
-    from dlzoo.engine.stopping import StopFlag
+    from dlzoo.engine.training.stopping import StopFlag
 
 OBJECTIVES = ("mean", "lcb")
 # Student's t 0.975 quantile for 1..30 degrees of freedom (any statistics table); beyond, the normal's 1.96 plus
@@ -69,12 +77,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: DictConfig, plan
               stop: StopFlag, progress: str) -> str | None:  # fmt: skip
     """Train `trial` as a normal run in out/trial_<number> and tell the study how it ended. Returns the error
     message of a failed trial, else None."""
+    # optuna is the optional `tune` extra
     import optuna
     from optuna.trial import TrialState
-
-    from dlzoo.console import console, print_error
-    from dlzoo.engine.stopping import Interrupted
-    from dlzoo.sweeps.tune.search import METRICS, suggest_overrides
 
     drawn = suggest_overrides(trial, search.space)
     folder = out / f"trial_{trial.number}"
@@ -129,10 +134,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: DictConfig, plan
 
 def _train(plan: TrialPlan, drawn: list[str], folder: Path, stop: StopFlag, on_epoch_end: Any) -> tuple[list, str]:
     """Run the trial's K seeds; returns each seed's score (None for a diverged seed) and how they trained."""
-    from dlzoo.config.compose import compose_and_validate
-    from dlzoo.config.validate import stack_problems
-    from dlzoo.engine.run import run
-
     args = [*plan.base, *drawn, *plan.extra]
     cfg = compose_and_validate(args)
     if plan.seeds > 1 and not stack_problems(cfg, plan.seeds):
@@ -176,8 +177,6 @@ class _Steps:
 def _tell(study: optuna.Study, trial: optuna.Trial, state: Any = None, value: float | None = None) -> bool:
     """Tell the study how `trial` ended; False when it was already failed by another worker (this worker's
     heartbeat stalled past the grace period), whose retry then stands in for it."""
-    from dlzoo.console import print_warning
-
     try:
         study.tell(trial, value, state=state)
         return True
@@ -190,9 +189,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, state: Any = None, value: fl
 
 
 def _pid() -> str:
-    import os
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from dlzoo.config.launch import usable_cores
+from dlzoo.console import console, print_error
 
 WORKER_ENV = "DLZOO_TUNE_WORKER"  # each worker's number, which offsets its sampler's seed
 
@@ -28,8 +29,6 @@ def run_workers(args: argparse.Namespace, out: Path, n_trials: int) -> int:
     """Start `args.workers` workers, wait for all, and return the worst exit code. Ctrl-C or SIGTERM is passed
     on once to each worker (in sessions of their own, so a terminal's Ctrl-C does not reach them twice, which
     would mean "quit now"), and each stops its trial after the current step as a lone search would."""
-    from dlzoo.console import console, print_error
-
     logs = out / "workers"
     logs.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []

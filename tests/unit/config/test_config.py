@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dlzoo.cli import config_groups, precheck
 from dlzoo.config.validate import register_configs, validate
-from dlzoo.engine.folders import output_problem
+from dlzoo.engine.assembly.folders import output_problem
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 

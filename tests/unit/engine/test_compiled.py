@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from dlzoo.config.validate import OptimConfig, SchedConfig
 from dlzoo.data.datasets import load_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine.loop import FitOptions, fit, seed_everything
+from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from tests.helpers import Recorder

@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from dlzoo.engine.dashboards import RUNG_WIDTH, rung_run, write_ladder_view
-from dlzoo.engine.state import HISTOGRAM_SLICES, histogram_every
-from dlzoo.engine.tracking import histogram_bins
+from dlzoo.engine.recording.dashboards import RUNG_WIDTH, rung_run, write_ladder_view
+from dlzoo.engine.recording.tracking import histogram_bins
+from dlzoo.engine.training.state import HISTOGRAM_SLICES, histogram_every
 
 RUNGS = [("10-1 softmax", 0.9012, 0.0021, 0.9035), ("10-3 Xavier", 0.9781, 0.0008, 0.9783),
          ("10-5 dropout", 0.9815, None, 0.9804)]  # fmt: skip

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from dlzoo.config.validate import OptimConfig, SchedConfig
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.distributed import Dist, check_supported, requested_devices
-from dlzoo.engine.loop import FitOptions, fit, seed_everything
+from dlzoo.engine.training.distributed import Dist, check_supported, requested_devices
+from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 from dlzoo.errors import DlzooError
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
@@ -185,6 +185,6 @@ def test_unsupported_combinations_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.environ.get("WORLD_SIZE") is not None, reason="already inside a torchrun group")
 def test_single_process_stays_out_of_any_group() -> None:
-    from dlzoo.engine.distributed import current, launched, setup
+    from dlzoo.engine.training.distributed import current, launched, setup
 
     assert not launched() and current() == Dist() and setup(["model=mlp"]) == []

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from dlzoo.config.validate import OptimConfig, SchedConfig
 from dlzoo.data.datasets import load_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine.checkpoint import Checkpointing
-from dlzoo.engine.evaluation import evaluate, mc_evaluate
-from dlzoo.engine.loop import FitOptions, fit, seed_everything
-from dlzoo.engine.probes import layer_stats
-from dlzoo.engine.stopping import DivergedError, EarlyStopping
+from dlzoo.engine.training.checkpoint import Checkpointing
+from dlzoo.engine.training.evaluation import evaluate, mc_evaluate
+from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
+from dlzoo.engine.training.probes import layer_stats
+from dlzoo.engine.training.stopping import DivergedError, EarlyStopping
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from tests.helpers import Recorder
@@ -123,7 +123,7 @@ def test_top_k_keeps_the_best_epochs_weights(toy: Splits, tmp_path: Path) -> Non
 
 def resumed_run(toy: Splits, tmp_path: Path, stop_at_step: int) -> tuple[torch.nn.Module, object]:
     """Train 3 epochs but stop after `stop_at_step`, then resume from last.pt in a fresh model/optimizer."""
-    from dlzoo.engine.stopping import Interrupted, StopFlag
+    from dlzoo.engine.training.stopping import Interrupted, StopFlag
 
     stop = StopFlag()
 
@@ -214,7 +214,7 @@ def test_mc_dropout_averages_stochastic_passes(toy: Splits) -> None:
 
 
 def test_activation_stats_show_dead_units_and_saturation(toy: Splits) -> None:
-    from dlzoo.engine.probes import activation_stats
+    from dlzoo.engine.training.probes import activation_stats
 
     x = toy.prep(toy.x_train[:256])
     zeros = MLP(784, 10, [32, 32])
@@ -235,7 +235,7 @@ def test_activation_stats_show_dead_units_and_saturation(toy: Splits) -> None:
 
 @pytest.mark.parametrize(("activation", "expected"), [("relu", None), ("sigmoid", 0.25), ("identity", 1.0)])
 def test_act_slope_is_the_mean_derivative(activation: str, expected: float | None) -> None:
-    from dlzoo.engine.probes import activation_stats
+    from dlzoo.engine.training.probes import activation_stats
 
     model = MLP(3, 2, [4], activation=activation)
     torch.nn.init.zeros_(model.layers.fc1.linear.weight)
@@ -250,7 +250,7 @@ def test_act_slope_is_the_mean_derivative(activation: str, expected: float | Non
 
 def test_the_slope_probe_leaves_the_random_streams_alone() -> None:
     """rrelu draws random slopes in training: the probe's extra forward must not shift later draws."""
-    from dlzoo.engine.probes import activation_stats
+    from dlzoo.engine.training.probes import activation_stats
 
     model = MLP(3, 2, [4], activation="rrelu", dropout=0.5).train()
     x = torch.randn(8, 3)
@@ -310,7 +310,7 @@ class _Payload:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path) -> None:
-    from dlzoo.engine.folders import load_checkpoint
+    from dlzoo.engine.assembly.folders import load_checkpoint
     from dlzoo.errors import DlzooError
 
     marker = tmp_path / "pwned"
@@ -322,7 +322,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path: 
 
 
 def test_a_real_checkpoint_loads_with_only_the_allowed_types(toy: Splits, tmp_path: Path) -> None:
-    from dlzoo.engine.folders import load_checkpoint
+    from dlzoo.engine.assembly.folders import load_checkpoint
 
     config = {"model": {"a": 1}, "data": {}, "trainer": {}, "optim": {}}
     ck = Checkpointing(tmp_path, extra={"config": config, "meta": {"torch": torch.__version__}})
@@ -341,7 +341,7 @@ def tiny_disk(tmp_path: Path):
 
 
 def test_a_real_full_disk_is_a_clean_error_that_leaves_no_temp_file(tiny_disk: Path) -> None:
-    from dlzoo.engine.checkpoint import save_checkpoint
+    from dlzoo.engine.training.checkpoint import save_checkpoint
     from dlzoo.errors import DlzooError
 
     small = tiny_disk / "last.pt"
@@ -355,8 +355,8 @@ def test_a_real_full_disk_is_a_clean_error_that_leaves_no_temp_file(tiny_disk: P
 def test_a_finished_ensemble_member_is_kept_with_its_weights_even_under_a_data_driven_init(toy_root: Path) -> None:
     # Resuming an ensemble rebuilds its finished members only to load their weights; LSUV still needs its batch.
     from dlzoo.cli import compose_and_validate
-    from dlzoo.engine import resuming
-    from dlzoo.engine.run import _finished_member
+    from dlzoo.engine.assembly import resuming
+    from dlzoo.engine.assembly.run import _finished_member
 
     cfg = compose_and_validate(["model=mlp", "model.hidden=[16]", "model.init=lsuv", f"data.root={toy_root}"])
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
@@ -377,7 +377,7 @@ def test_a_signal_says_what_happens_before_and_after_the_last_step(
     import os
     import signal
 
-    from dlzoo.engine.stopping import Interrupted, stop_on_signals
+    from dlzoo.engine.training.stopping import Interrupted, stop_on_signals
 
     class SignalAt(Recorder):
         def log_step(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:

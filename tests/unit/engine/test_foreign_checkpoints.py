@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from dlzoo.cli import compose_and_validate
-from dlzoo.engine.folders import identity, load_checkpoint, same_config
+from dlzoo.engine.assembly.folders import identity, load_checkpoint, same_config
+from dlzoo.engine.assembly.run import run
 from dlzoo.engine.inference import load_model
-from dlzoo.engine.run import run
 from dlzoo.errors import DlzooError
 
 XOR = ["experiment=xor_deep_relu", "trainer.epochs=2", "trainer.figures=false", "trainer.threads=1",

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from dlzoo.config.validate import OptimConfig, SchedConfig
 from dlzoo.data.datasets import load_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine.evaluation import evaluate
-from dlzoo.engine.loop import FitOptions, fit, seed_everything
+from dlzoo.engine.training.evaluation import evaluate
+from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 from dlzoo.models.mlp import MLP
 from dlzoo.optim import build_optimizer, build_scheduler
 from tests.helpers import Recorder

@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = """
 import sys
 from pathlib import Path
-from dlzoo.engine.tracking import RunTracker
+from dlzoo.engine.recording.tracking import RunTracker
 
 with RunTracker(Path(sys.argv[1]), 1, progress=False) as tracker:
     tracker.log_epoch(1, 10, {"train/loss": 1.0, "train/acc": 0.5, "val/loss": 1.0, "val/acc": 0.5, "lr": 0.1})

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.folders import load_checkpoint
-from dlzoo.engine.loop import seed_everything
-from dlzoo.engine.run import run
-from dlzoo.engine.stacked_run import fit_stack
-from dlzoo.engine.stopping import Interrupted, StopFlag
+from dlzoo.engine.assembly.folders import load_checkpoint
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.assembly.stacked_run import fit_stack
+from dlzoo.engine.training.loop import seed_everything
+from dlzoo.engine.training.stopping import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from tests.helpers import dlzoo
@@ -281,7 +281,7 @@ def test_a_stacked_run_through_the_cli_is_read_by_report_as_seeds(fmnist_root: P
 def test_ensemble_stack_auto_stacks_where_faster_and_says_so(
     extra: list[str], device: str, k: int, says: str | None, tmp_path: Path
 ) -> None:
-    from dlzoo.engine.stacked_run import stack_size
+    from dlzoo.engine.assembly.stacked_run import stack_size
 
     cfg = compose_and_validate(["ensemble.size=3", *extra])
     size, line = stack_size(cfg, torch.device(device), tmp_path)

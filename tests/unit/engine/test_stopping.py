@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dlzoo.engine.stopping import Interrupted, exit_status, resume_command
+from dlzoo.engine.training.stopping import Interrupted, exit_status, resume_command
 from dlzoo.errors import DlzooError
 
 
@@ -43,7 +43,7 @@ def test_a_full_disk_in_a_writer_thread_prints_no_traceback_until_restored(
     import logging
     import threading
 
-    from dlzoo.engine.stopping import quiet_when_full
+    from dlzoo.engine.training.stopping import quiet_when_full
 
     monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)  # Python's own, not pytest's
 

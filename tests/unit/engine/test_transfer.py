@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.build import build_splits, select_classes
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.run import run
-from dlzoo.engine.stopping import Interrupted, StopFlag
+from dlzoo.engine.assembly.run import run
+from dlzoo.engine.training.stopping import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from tests.helpers import dlzoo
 

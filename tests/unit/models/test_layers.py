@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dlzoo.engine.evaluation import evaluate_ensemble
+from dlzoo.engine.training.evaluation import evaluate_ensemble
 from dlzoo.errors import DlzooError
 from dlzoo.models.sequential import BLOCKS, Defaults, build_blocks
 

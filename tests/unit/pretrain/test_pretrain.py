@@ -13,10 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dlzoo.cli import compose_and_validate
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.checkpoint import Checkpointing
-from dlzoo.engine.folders import load_checkpoint
-from dlzoo.engine.pretraining import pretrain
-from dlzoo.engine.stopping import Interrupted, StopFlag
+from dlzoo.engine.assembly.folders import load_checkpoint
+from dlzoo.engine.assembly.pretraining import pretrain
+from dlzoo.engine.training.checkpoint import Checkpointing
+from dlzoo.engine.training.stopping import Interrupted, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.models.mlp import MLP
 from dlzoo.pretrain.layerwise import PretrainArgs, fold_normalization, pretrain_autoencoders, pretrain_dbn

@@ -105,7 +105,7 @@ def check_tensorboard_view(out: Path, rows: dict[str, dict[str, str]]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    from dlzoo.engine.dashboards import rung_run, rung_steps
+    from dlzoo.engine.recording.dashboards import rung_run, rung_steps
 
     def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
         events = EventAccumulator(str(run))

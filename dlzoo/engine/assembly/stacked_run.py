@@ -25,14 +25,14 @@ from dlzoo.console import console, print_warning, redirect_file_logs, say
 from dlzoo.data.build import num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import Splits
-from dlzoo.engine import one_model
-from dlzoo.engine.checkpoint import Checkpointing, save_checkpoint
-from dlzoo.engine.folders import check_compatible, identity, load_checkpoint, metadata, write_json
-from dlzoo.engine.loop import fit
-from dlzoo.engine.resuming import Plan, Start, member_folder
-from dlzoo.engine.state import FitResult, MemberState, step_counts
-from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import RunTracker, Tracker
+from dlzoo.engine.assembly import one_model
+from dlzoo.engine.assembly.folders import check_compatible, identity, load_checkpoint, metadata, write_json
+from dlzoo.engine.assembly.resuming import Plan, Start, member_folder
+from dlzoo.engine.recording.tracking import RunTracker, Tracker
+from dlzoo.engine.training.checkpoint import Checkpointing, save_checkpoint
+from dlzoo.engine.training.loop import fit
+from dlzoo.engine.training.state import FitResult, MemberState, step_counts
+from dlzoo.engine.training.stopping import EarlyStopping, StopFlag
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.models.stacked import StackedNet

@@ -20,26 +20,27 @@ from dlzoo.config.validate import validate, warnings
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed, one_model, resuming, stacked_run
-from dlzoo.engine.checkpoint import Checkpointing, restorable_problem
-from dlzoo.engine.evaluation import evaluate_ensemble
-from dlzoo.engine.folders import (
+from dlzoo.engine.assembly import one_model, resuming, stacked_run
+from dlzoo.engine.assembly.folders import (
     check_writable,
     metadata,
     remove_stale_temporaries,
     run_lock,
     write_json,
 )
-from dlzoo.engine.hparams import chosen_columns, run_hparams
-from dlzoo.engine.loop import fit, resolve_device
-from dlzoo.engine.pretraining import is_pretraining, pretrain
-from dlzoo.engine.state import step_counts
-from dlzoo.engine.stopping import Interrupted, StopFlag, full_disk, resume_command
-from dlzoo.engine.tracking import (
+from dlzoo.engine.assembly.pretraining import is_pretraining, pretrain
+from dlzoo.engine.assembly.transfer import build_freeze_schedule
+from dlzoo.engine.recording.hparams import chosen_columns, run_hparams
+from dlzoo.engine.recording.tracking import (
     RunTracker,
     SilentTracker,
 )
-from dlzoo.engine.transfer import build_freeze_schedule
+from dlzoo.engine.training import distributed
+from dlzoo.engine.training.checkpoint import Checkpointing, restorable_problem
+from dlzoo.engine.training.evaluation import evaluate_ensemble
+from dlzoo.engine.training.loop import fit, resolve_device
+from dlzoo.engine.training.state import step_counts
+from dlzoo.engine.training.stopping import Interrupted, StopFlag, full_disk, resume_command
 from dlzoo.errors import DlzooError
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
@@ -57,8 +58,8 @@ def run(
     """Train and test one configuration (or an ensemble of `ensemble.size` members), writing everything into
     `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
     user can fix, Interrupted on a stop request. `on_epoch_end(epoch, metrics)` runs after every validated epoch
-    (see dlzoo.engine.loop.FitOptions); `on_folder(folder)` once the folder the run writes in is known (a resumed
-    run's own, rather than `out_dir`)."""
+    (see dlzoo.engine.training.loop.FitOptions); `on_folder(folder)` once the folder the run writes in is known (a
+    resumed run's own, rather than `out_dir`)."""
     started = time.perf_counter()
     validate(cfg)
     for message in warnings(cfg):

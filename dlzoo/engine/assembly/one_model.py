@@ -16,16 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from dlzoo.console import format_value, print_warning
 from dlzoo.data.build import class_names
 from dlzoo.data.splits import Splits
-from dlzoo.engine import distributed
-from dlzoo.engine.checkpoint import Checkpointing, best_epoch
-from dlzoo.engine.evaluation import mc_evaluate, predict_probs
-from dlzoo.engine.figures import confusion, confusion_figure, misclassified_figure
-from dlzoo.engine.hparams import chosen_columns
-from dlzoo.engine.loop import seed_everything
-from dlzoo.engine.state import FitOptions, FitResult, histogram_every
-from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import print_summary, summary_markdown
-from dlzoo.engine.transfer import build_reuse
+from dlzoo.engine.assembly.transfer import build_reuse
+from dlzoo.engine.recording.figures import confusion, confusion_figure, misclassified_figure
+from dlzoo.engine.recording.hparams import chosen_columns
+from dlzoo.engine.recording.tracking import print_summary, summary_markdown
+from dlzoo.engine.training import distributed
+from dlzoo.engine.training.checkpoint import Checkpointing, best_epoch
+from dlzoo.engine.training.evaluation import mc_evaluate, predict_probs
+from dlzoo.engine.training.loop import seed_everything
+from dlzoo.engine.training.state import FitOptions, FitResult, histogram_every
+from dlzoo.engine.training.stopping import EarlyStopping, StopFlag
 from dlzoo.models import build_model
 from dlzoo.models.summary import Summary, summarize
 from dlzoo.optim.regularize import build_regularizer
@@ -217,7 +217,7 @@ def fit_options(
         total_steps: the run's optimizer steps.
 
     Returns:
-        The FitOptions for engine.loop.fit (a stack adds its members)."""
+        The FitOptions for engine.training.loop.fit (a stack adds its members)."""
     t, es = cfg.trainer, cfg.trainer.early_stop
     dist = distributed.current()
     return FitOptions(

@@ -1,4 +1,4 @@
-"""The one training loop, with mixed precision, exact resume and the stops of dlzoo.engine.stopping (early
+"""The one training loop, with mixed precision, exact resume and the stops of dlzoo.engine.training.stopping (early
 stopping, divergence, stop requests). Data stays on the device as whole tensors; batches are drawn by index and
 the loop reads values back to the host only at logging intervals.
 
@@ -26,13 +26,13 @@ from torch.optim import Optimizer
 from dlzoo.config.schema import PRECISIONS  # noqa: F401  (re-exported: the precisions fit accepts)
 from dlzoo.console import console
 from dlzoo.data.splits import Splits
-from dlzoo.engine.checkpoint import rng_state, save_best, save_checkpoint, set_rng_state
-from dlzoo.engine.compiled import compile_forward
-from dlzoo.engine.evaluation import evaluate
-from dlzoo.engine.probes import activation_stats, layer_stats, layer_tensors
-from dlzoo.engine.state import EpochSums, FitOptions, FitResult, MemberState, TrainState
-from dlzoo.engine.stopping import Interrupted, diverged_error
-from dlzoo.engine.tracking import Tracker
+from dlzoo.engine.recording.tracking import Tracker
+from dlzoo.engine.training.checkpoint import rng_state, save_best, save_checkpoint, set_rng_state
+from dlzoo.engine.training.compiled import compile_forward
+from dlzoo.engine.training.evaluation import evaluate
+from dlzoo.engine.training.probes import activation_stats, layer_stats, layer_tensors
+from dlzoo.engine.training.state import EpochSums, FitOptions, FitResult, MemberState, TrainState
+from dlzoo.engine.training.stopping import Interrupted, diverged_error
 from dlzoo.errors import DlzooError
 from dlzoo.models.stacked import StackedNet
 from dlzoo.optim.schedules import Scheduler

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from dlzoo.console import console
-from dlzoo.engine.folders import checkpoint_file, load_checkpoint
+from dlzoo.engine.assembly.folders import checkpoint_file, load_checkpoint
 from dlzoo.errors import DlzooError
 from dlzoo.optim import Scheduler
 

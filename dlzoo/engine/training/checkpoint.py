@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from torch import nn
 
 from dlzoo.errors import DlzooError
@@ -22,8 +23,6 @@ def resume_command(folder: Path, overrides: list[str] | None = None) -> str:
     with (Hydra's, unless given; shell-quoted; any trainer.resume left out) and trainer.resume=<folder>. Outside a
     Hydra run, where they are not known, `<same overrides>` stands for them."""
     if overrides is None:
-        from hydra.core.hydra_config import HydraConfig
-
         if not HydraConfig.initialized():
             return f"dlzoo train <same overrides> trainer.resume={folder}"
         overrides = list(HydraConfig.get().overrides.task)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dlzoo.engine.checkpoint import rng_state, set_rng_state
+from dlzoo.engine.training.checkpoint import rng_state, set_rng_state
 
 Forward = Callable[[Tensor], Tensor]
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,17 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dlzoo.engine.evaluation import Prep, evaluate
-from dlzoo.engine.stopping import handling
+from dlzoo.config.validate import register_configs
+from dlzoo.console import console, print_error
+from dlzoo.engine.training.evaluation import Prep, evaluate
+from dlzoo.engine.training.stopping import handling
 from dlzoo.errors import DlzooError
+from dlzoo.paths import conf_dir
 
 
 @dataclass(frozen=True)
@@ -129,20 +136,12 @@ def setup(argv: list[str]) -> list[str]:
     tdist.broadcast_object_list(chosen, src=0)
     extra = [f"hydra.run.dir='{chosen[0]}'"] if chosen[0] else []  # None: Hydra reports the bad override itself
     if tdist.get_rank() > 0:
-        from dlzoo.console import console
-
         console.quiet = True
         extra += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
     return extra
 
 
 def _run_dir(argv: list[str]) -> str | None:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from dlzoo.config.validate import register_configs
-    from dlzoo.paths import conf_dir
-
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -180,8 +179,6 @@ def check_supported(world: int, devices: int, ensemble_size: int, resume: str | 
 def spawn(args: list[str], devices: int) -> int:
     """`dlzoo train trainer.devices=N ...`: run the same command as N rank processes on this machine."""
     if any(a in ("-m", "--multirun") for a in args):
-        from dlzoo.console import print_error
-
         print_error(f"trainer.devices={devices} trains one config at a time; drop -m (or trainer.devices for a sweep).")
         return 2
     # Share the cores between the ranks (trainer.threads still wins).
@@ -209,8 +206,6 @@ def supervise(ranks: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> in
     """Wait for the ranks as torchrun would: a SIGTERM or SIGHUP to this process is passed on to each (a Ctrl-C
     reaches them all from the terminal already), and once one rank has failed, the others, which would wait for
     it forever in their next all-reduce, are stopped after `grace_s`. Returns the first failure's exit status."""
-    import signal
-    import time
 
     def forward(signum: int, frame: object) -> None:
         for rank in ranks:

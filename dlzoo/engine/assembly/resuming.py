@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.console import console, print_warning, redirect_file_logs, say
-from dlzoo.engine.folders import (
+from dlzoo.engine.assembly.folders import (
     check_compatible,
     find_resume,
     identity,
@@ -24,7 +24,7 @@ from dlzoo.engine.folders import (
     run_of,
     same_config,
 )
-from dlzoo.engine.pretraining import is_pretraining
+from dlzoo.engine.assembly.pretraining import is_pretraining
 from dlzoo.errors import DlzooError
 
 

@@ -10,10 +10,23 @@ collapsed."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import struct_pb2
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName, Status
+from tensorboard.plugins.hparams.metadata import (
+    EXPERIMENT_TAG,
+    PLUGIN_DATA_VERSION,
+    PLUGIN_NAME,
+    SESSION_END_INFO_TAG,
+    SESSION_START_INFO_TAG,
+)
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from torch.utils.tensorboard import SummaryWriter
 
 SPLITS = ("train", "val", "test")
@@ -45,10 +58,6 @@ _FIELDS = {"Experiment": "experiment", "SessionStartInfo": "session_start_info",
 
 def _plugin_summary(tag: str, data: Any) -> Any:
     """An HParams record as the Summary TensorBoard's plugin reads."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
     content = HParamsPluginData(version=PLUGIN_DATA_VERSION, **{_FIELDS[type(data).__name__]: data})
     metadata = SummaryMetadata(
         plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
@@ -57,8 +66,6 @@ def _plugin_summary(tag: str, data: Any) -> Any:
 
 
 def _value(v: bool | int | float | str) -> Any:
-    from google.protobuf import struct_pb2
-
     if isinstance(v, bool):  # before int: True is an int to Python, and TensorBoard would show 1.0000
         return struct_pb2.Value(bool_value=v)
     if isinstance(v, (int, float)):
@@ -68,10 +75,6 @@ def _value(v: bool | int | float | str) -> Any:
 
 def session_summaries(hparams: dict[str, bool | int | float | str]) -> list[Any]:
     """A finished session's start (its hyperparameters, types kept) and end records, for its run's event file."""
-    from tensorboard.plugins.hparams.api_pb2 import Status
-    from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG, SESSION_START_INFO_TAG
-    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionEndInfo, SessionStartInfo
-
     start = SessionStartInfo()
     for key, value in hparams.items():
         start.hparams[key].CopyFrom(_value(value))
@@ -87,10 +90,6 @@ def experiment_summary(
     """An HParams experiment: `columns` maps each hyperparameter to its values (a list: booleans and text are
     offered as filters) or to None (numbers); `metrics` are (sub-run, tag, title). The columns in `first` are
     marked as differing between runs: TensorBoard sorts those first and shows the first few by default."""
-    from google.protobuf import struct_pb2
-    from tensorboard.plugins.hparams.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
-    from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
-
     infos, first = [], set(first)
     for name, values in columns.items():
         differs = name in first
@@ -156,8 +155,6 @@ def write_hparams_experiment(log_dir: Path, sessions: list[tuple[str, dict[str, 
 
 def read_scalars(run_dir: Path, tags: Iterable[str]) -> dict[str, list[tuple[int, float]]]:
     """(step, value) pairs of `tags` from the TensorBoard events in `run_dir` (its own files, not sub-runs)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     found = set(events.Tags().get("scalars", []))
@@ -243,8 +240,6 @@ def write_ladder_view(
         sessions: each run's HParams row (`run_hparams`), to find the columns that differ.
         table_md: the ladder table as markdown.
     """
-    import shutil
-
     # Written anew each time (a --resume rewrites the view): old event files would double every point.
     shutil.rmtree(log_dir / "_ladder", ignore_errors=True)
     for old in log_dir.glob("events.out.tfevents.*"):

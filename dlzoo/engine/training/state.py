@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dlzoo.engine.checkpoint import Checkpointing
-from dlzoo.engine.distributed import Dist
-from dlzoo.engine.stopping import EarlyStopping, StopFlag
-from dlzoo.engine.tracking import Tracker
+from dlzoo.engine.recording.tracking import Tracker
+from dlzoo.engine.training.checkpoint import Checkpointing
+from dlzoo.engine.training.distributed import Dist
+from dlzoo.engine.training.stopping import EarlyStopping, StopFlag
 from dlzoo.optim.regularize import Regularizer
 
 

@@ -17,6 +17,7 @@ Snapshots = list[tuple[int, dict[str, float]]]
 def _canvas(width: float, height: float):
     # A figure on its own Agg canvas, not pyplot's: matplotlib.use("Agg") would switch the whole process, and a
     # notebook's own plots (the inline backend) would stop showing after a run drew its dashboards.
+    # matplotlib is a slow import: it loads when a run draws its first figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,6 +44,7 @@ def depth_figure(snapshots: Snapshots, what: str, title: str, log: bool = True) 
     per recorded step (dark = early, light = late), on a log scale unless `log` is false (then on [0, 1]): a
     gradient that shrinks layer by layer towards the input is a line that falls to the left. Wide and short,
     because TensorBoard fits an image to its card's height."""
+    # matplotlib is a slow import: it loads when a run draws its first figure
     import matplotlib.cm
 
     snaps = pick(snapshots)

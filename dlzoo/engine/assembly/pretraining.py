@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dlzoo.data.splits import Splits
-from dlzoo.engine.checkpoint import Checkpointing, rng_state, save_checkpoint, set_rng_state
-from dlzoo.engine.folders import PRETRAIN_FILE
-from dlzoo.engine.stopping import Interrupted, StopFlag
+from dlzoo.engine.assembly.folders import PRETRAIN_FILE
+from dlzoo.engine.training.checkpoint import Checkpointing, rng_state, save_checkpoint, set_rng_state
+from dlzoo.engine.training.stopping import Interrupted, StopFlag
 from dlzoo.pretrain.layerwise import PretrainLog, PretrainStopped, Session, pretrain_model
 
 

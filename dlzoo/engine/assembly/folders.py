@@ -3,16 +3,19 @@ metadata that makes a run reproducible (seed, versions, device, git commit)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import platform
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,8 +65,6 @@ def _unpacked_size_problem(path: Path) -> str | None:
     """torch.save stores each tensor uncompressed in a zip archive, so what a checkpoint unpacks to is about its
     size on disk. A compressed record (a zip bomb: megabytes that unpack to gigabytes) or records larger than the
     file are refused from the archive's directory, before anything is unpacked."""
-    import zipfile
-
     if not zipfile.is_zipfile(path):
         return None  # torch's legacy format, or not an archive at all: torch.load's own checks apply
     try:
@@ -118,14 +119,13 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write `payload` as JSON atomically: a crash or full disk leaves the old file or none, never half of one.
     The temporary name is unique, so two writers never share it."""
-    import json
-
     text = json.dumps(payload, indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def lock_holder(folder: Path) -> str | None:
     """The pid holding `folder`'s run lock, or None when no process holds it."""
+    # Unix-only: imported where a lock is taken, so the CLI still starts without it
     import fcntl
 
     path = folder / ".lock"
@@ -171,8 +171,6 @@ def _pseudo_file_system(path: Path) -> str | None:
 def output_problem(args: list[str]) -> str | None:
     """Hydra creates the run folder before dlzoo's code runs, so check where it will go first: the nearest
     existing parent of hydra.run.dir / hydra.sweep.dir (default outputs/) must be a writable folder."""
-    import os
-
     keys = (
         ("hydra.sweep.dir=", "hydra.run.dir=") if any(a in ("-m", "--multirun") for a in args) else ("hydra.run.dir=",)
     )
@@ -215,6 +213,7 @@ def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder`/.lock for this process (an OS lock, released even if the process is killed); a second
     process asking for it is refused at once, naming the holder. Re-entrant within this process: `dlzoo train`
     takes it before Hydra writes .hydra/, and the run inside takes it again."""
+    # Unix-only: imported where a lock is taken, so the CLI still starts without it
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,8 +244,6 @@ def run_lock(folder: Path) -> Iterator[None]:
 def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
     """Remove a run folder that holds no result: nothing but Hydra's .hydra/, empty folders and train.log (kept,
     with its folder, when `keep_log` and the log has something to say, such as a sweep job's error)."""
-    import shutil
-
     if not folder.is_dir():
         return
     log = folder / "train.log"
@@ -260,8 +257,6 @@ def remove_if_empty(folder: Path, keep_log: bool = False) -> None:
 def _safe_globals() -> list[Any]:
     """What a dlzoo checkpoint pickles beyond tensors and containers: numpy's RNG state (an array of uint32
     and Python scalars) and numpy scalars in the history, and torch's version in the metadata."""
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core
     names = ("UInt32DType", "UInt8DType", "Int64DType", "Int32DType", "Float64DType", "Float32DType", "BoolDType")
     dtypes = [getattr(np.dtypes, n) for n in names if hasattr(getattr(np, "dtypes", None), n)]
@@ -394,6 +389,7 @@ def check_writable(folder: Path) -> None:
 
 def metadata(seed: int, device: torch.device) -> dict[str, Any]:
     """What it takes to reproduce the numbers: seed, versions, device and the code's git commit."""
+    # torchvision is a slow import, and `dlzoo --help` imports this module
     import torchvision
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

@@ -1,6 +1,6 @@
 """What a run records: the live progress display and model summary on the terminal (through dlzoo.console), and
-its TensorBoard events in the layout of dlzoo.engine.dashboards: curves, per-layer lessons (scalars, histograms,
-the depth figure), test-time images, text and the HParams session."""
+its TensorBoard events in the layout of dlzoo.engine.recording.dashboards: curves, per-layer lessons (scalars,
+histograms, the depth figure), test-time images, text and the HParams session."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from dlzoo.console import console, log
-from dlzoo.engine import dashboards as tb
+from dlzoo.engine.recording import dashboards as tb
+from dlzoo.engine.recording.figures import depth_figure
 from dlzoo.models.summary import Summary
 
 
@@ -326,10 +327,8 @@ class RunTracker:
             self.writer.file_writer.add_summary(summary)  # type: ignore[union-attr]
 
     def depth_figures(self, title: str) -> dict[str, np.ndarray]:
-        """Each per-layer statistic against depth at the recorded steps (dlzoo.engine.figures.depth_figure),
+        """Each per-layer statistic against depth at the recorded steps (dlzoo.engine.recording.figures.depth_figure),
         keyed by its tag; none for a net of one layer."""
-        from dlzoo.engine.figures import depth_figure
-
         return {
             tag: depth_figure(snaps, what, title, log=kind != "act_slope")
             for kind, (tag, what) in DEPTH_PANELS.items()

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dlzoo.console import console
-from dlzoo.engine.checkpoint import Checkpointing, resume_command, signed, start_command
+from dlzoo.console import console, print_error
+from dlzoo.engine.training.checkpoint import Checkpointing, resume_command, signed, start_command
 from dlzoo.errors import DlzooError
 
 
@@ -50,8 +50,6 @@ def exit_status(e: BaseException) -> int:
     """The one error boundary of every dlzoo process (the CLI and the @hydra.main entry): a DlzooError is one
     paragraph on stderr and exit 2; a stop request says where the checkpoint is and how to resume, exit 128 + its
     signal; a second Ctrl-C exits 130. Anything else is a bug and keeps its traceback."""
-    from dlzoo.console import print_error
-
     if isinstance(e, DlzooError):
         print_error(str(e))
         return 2
