@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import importlib.util
 import io
 import os
+import pkgutil
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import tomllib
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig
 
+import dlzoo
 from dlzoo import cli
 from dlzoo.config import compose
 from dlzoo.config.compose import compose_and_validate as _compose_and_validate
@@ -109,6 +113,19 @@ def _covering_jobs(overrides: list[Any], max_batch_size: int | None) -> list[lis
     return [kept]
 
 
+def _patch_everywhere(monkeypatch: pytest.MonkeyPatch, function: Any, replacement: Any) -> None:
+    """Replace `function` in its own module and in every dlzoo module that imported it by name: a module-level
+    `from x import f` binds its own reference, which patching x.f alone does not reach (and then the data a line
+    names is looked up for real, and downloaded where it is missing)."""
+    for info in pkgutil.walk_packages(dlzoo.__path__, "dlzoo."):  # the verbs import theirs when run: import now
+        with contextlib.suppress(ImportError):  # an optional extra that is not installed
+            importlib.import_module(info.name)
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "dlzoo" and getattr(module, function.__name__, None) is function:
+            monkeypatch.setattr(module, function.__name__, replacement)
+    assert getattr(sys.modules[function.__module__], function.__name__) is replacement
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_command_of_the_page_parses_and_validates(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -117,8 +134,9 @@ def test_every_command_of_the_page_parses_and_validates(
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(body)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(compose, "compose_and_validate", _same_config)
-    monkeypatch.setattr(datasets, "locate", lambda *a, **k: None)  # data is the slow tier's; this one reads none
+    _patch_everywhere(monkeypatch, compose.compose_and_validate, _same_config)
+    # Data is the slow tier's; this one reads none.
+    _patch_everywhere(monkeypatch, datasets.locate, lambda *a, **k: None)
     monkeypatch.setattr(BasicSweeper, "split_arguments", staticmethod(_covering_jobs))
     written: list[str] = []
     failures = []
