@@ -288,7 +288,10 @@ def test_a_second_process_in_a_run_folder_is_refused_at_once(fmnist_root: Path, 
                              stderr=subprocess.PIPE)  # fmt: skip
     wait_for(run_dir / ".lock", first)  # taken before Hydra writes .hydra/, which then follows
     wait_for(run_dir / ".hydra" / "overrides.yaml", first)
-    overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    deadline = time.monotonic() + 60
+    while not (overrides := (run_dir / ".hydra" / "overrides.yaml").read_text()).endswith("subset=4000\n"):
+        assert time.monotonic() < deadline, f"overrides.yaml never completed: {overrides!r}"
+        time.sleep(0.02)  # the file appears before Hydra has written it
     second = dlzoo(*args[:-1], "trainer.seed=5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert second.returncode == 2
     assert f"in use by another dlzoo process (pid {first.pid})" in " ".join(second.stderr.split())
