@@ -47,16 +47,22 @@ class Plan:
     done: dict[str, Any] | None = None
 
 
+STACK_FILE = "stack.pt"  # a stacked run's resumable state, in <run>/checkpoints/ beside its members' folders
+
+
 def member_folder(folder: Path, index: int, size: int) -> Path:
     return folder if size == 1 else folder / f"member{index}"
 
 
 def plan(cfg: DictConfig, out_dir: Path) -> Plan:
-    """Resolve trainer.resume for a run whose fresh folder would be `out_dir`."""
+    """Resolve trainer.resume for a run whose fresh folder would be `out_dir`: one planner for the three layouts
+    (one model, an ensemble's member<i>/ folders, a stack's checkpoints/stack.pt)."""
     value, size = cfg.trainer.resume, cfg.ensemble.size
-    fresh = Plan(out_dir, [Start() for _ in range(size)])
+    fresh = Plan(out_dir, [Start() for _ in range(1 if cfg.trainer.stack > 1 else size)])
     if value is None:
         return fresh
+    if cfg.trainer.stack > 1:
+        return _plan_stack(cfg, out_dir)
     if value == "auto" and (done := _finished(out_dir, cfg)) is not None:
         return Plan(out_dir, done=done)
     file = find_resume(value, out_dir, cfg) if size == 1 else None
@@ -80,6 +86,40 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     _copy_run(folder, out_dir)  # only once every checkpoint was found to fit the config
     say(f"copied {folder} into {out_dir} (hydra.run.dir); the run continues there")
     return Plan(out_dir, members)
+
+
+def _plan_stack(cfg: DictConfig, out_dir: Path) -> Plan:
+    """A stacked run (trainer.stack > 1) continues from its folder's checkpoints/stack.pt, in place (auto: this
+    run's own folder; a finished one is kept). Its one Start holds the stack's state for all its members."""
+    value = cfg.trainer.resume
+    folder = out_dir if value == "auto" else Path(value).expanduser()
+    path = folder / "checkpoints" / STACK_FILE
+    if not path.is_file():
+        if value != "auto":
+            raise DlzooError(
+                f"trainer.resume={value!r}: no stacked run there (looked for checkpoints/{STACK_FILE}). Fix: point "
+                "it at the folder printed when the stacked run stopped, or use auto."
+            )
+        console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
+        return Plan(out_dir, [Start()])
+    state = load_checkpoint(path)
+    saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
+    if saved != (cfg.trainer.stack, cfg.trainer.seed):
+        raise DlzooError(f"{path} is a stack of {saved[0]} seeds from seed {saved[1]}; this config asks for "
+                         f"{cfg.trainer.stack} from seed {cfg.trainer.seed}. Fix: resume with trainer.stack={saved[0]} "
+                         f"trainer.seed={saved[1]}, or train into a new folder without trainer.resume.")  # fmt: skip
+    if (folder / "metrics.json").is_file():
+        if identity(state["config"]) != identity(OmegaConf.to_container(cfg, resolve=True)):
+            raise DlzooError(f"{folder} holds a finished stacked run of another config. Fix: give this run its own "
+                             "folder, or resume with the overrides that made it.")  # fmt: skip
+        say(f"{folder} already finished (metrics.json); kept, not retrained")
+        return Plan(folder, done=json.loads((folder / "metrics.json").read_text()))
+    for change in check_compatible(state["config"], cfg):
+        print_warning(f"resuming with a changed setting: {change}")
+    redirect_file_logs(folder / "train.log")
+    where = "mid-epoch" if state["partial"] is not None else f"after epoch {state['epoch']}"
+    say(f"resuming the stacked run {folder} {where} (step {state['step']})")
+    return Plan(folder, [Start(checkpoint=state)])
 
 
 def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: int) -> Start:

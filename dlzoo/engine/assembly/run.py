@@ -68,7 +68,7 @@ def run(
     t = cfg.trainer
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
-    resumed = stacked_run.plan(cfg, out_dir) if t.stack > 1 else resuming.plan(cfg, out_dir)
+    resumed = resuming.plan(cfg, out_dir)
     if on_folder is not None:
         on_folder(resumed.folder)
     if resumed.done is not None:  # a resumed sweep's job that had finished: kept as it is

@@ -1,5 +1,6 @@
 """A `trainer.stack=K` run, assembled: K members built as their standalone runs build them, trained in one pass
-(engine.loop.fit on a models.stacked.StackedNet), each written to its own folder as its standalone run writes it.
+(engine.training.loop.fit on a models.stacked.StackedNet), each written to its own folder as its standalone run
+writes it.
 Seeds seed..seed+K-1 go to <run>/seed<s>/ (metrics.json, checkpoints/last.pt, TensorBoard, .hydra/ with the seed's
 own config, so `dlzoo report` and `dlzoo ladder` read them as seeds); the K members of `ensemble.size=K` go to
 <run>/member<i>/ as an ensemble's members do, and run.py combines them. The stack's own state is
@@ -8,7 +9,6 @@ own config, so `dlzoo report` and `dlzoo ladder` read them as seeds); the K memb
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import time
@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config.validate import stack_problems
-from dlzoo.console import console, print_warning, redirect_file_logs, say
+from dlzoo.console import console, print_warning
 from dlzoo.data.build import num_classes
 from dlzoo.data.datasets import DATASETS
 from dlzoo.data.splits import Splits
 from dlzoo.engine.assembly import one_model
-from dlzoo.engine.assembly.folders import check_compatible, identity, load_checkpoint, metadata, write_json
-from dlzoo.engine.assembly.resuming import Plan, Start, member_folder
+from dlzoo.engine.assembly.folders import metadata, write_json
+from dlzoo.engine.assembly.resuming import STACK_FILE, member_folder
 from dlzoo.engine.recording.tracking import RunTracker, Tracker
 from dlzoo.engine.training.checkpoint import Checkpointing, save_checkpoint
 from dlzoo.engine.training.loop import fit
@@ -39,7 +39,6 @@ from dlzoo.models.stacked import StackedNet
 from dlzoo.models.summary import Summary
 from dlzoo.optim import build_optimizer, build_scheduler
 
-STACK_FILE = "stack.pt"
 # On a CPU, K models trained as one stack measured faster than one after another only for small MLPs (lab 10-3's
 # 269k weights, not lab 10-5's 1.2M, nor any CNN): beyond that the K-fold weights and activations no longer fit the
 # cache. The README's speed section has the figures and the command.
@@ -78,42 +77,6 @@ def stack_size(cfg: DictConfig, device: torch.device, out_dir: Path) -> tuple[in
     faster, why = faster_stacked(cfg, e.size, device)
     how = "as one stacked model" if faster else "one after another"
     return (e.size if faster else 1), f"ensemble.stack=auto: the {e.size} members train {how} (stacking: {why})"
-
-
-def plan(cfg: DictConfig, out_dir: Path) -> Plan:
-    """Resolve trainer.resume for a stacked run: its folder's checkpoints/stack.pt, continued in place (auto: this
-    run's own folder; a finished one is kept)."""
-    value = cfg.trainer.resume
-    if value is None:
-        return Plan(out_dir, [Start()])
-    folder = out_dir if value == "auto" else Path(value).expanduser()
-    path = folder / "checkpoints" / STACK_FILE
-    if not path.is_file():
-        if value != "auto":
-            raise DlzooError(
-                f"trainer.resume={value!r}: no stacked run there (looked for checkpoints/{STACK_FILE}). Fix: point "
-                "it at the folder printed when the stacked run stopped, or use auto."
-            )
-        console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
-        return Plan(out_dir, [Start()])
-    state = load_checkpoint(path)
-    saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
-    if saved != (cfg.trainer.stack, cfg.trainer.seed):
-        raise DlzooError(f"{path} is a stack of {saved[0]} seeds from seed {saved[1]}; this config asks for "
-                         f"{cfg.trainer.stack} from seed {cfg.trainer.seed}. Fix: resume with trainer.stack={saved[0]} "
-                         f"trainer.seed={saved[1]}, or train into a new folder without trainer.resume.")  # fmt: skip
-    if (folder / "metrics.json").is_file():
-        if identity(state["config"]) != identity(OmegaConf.to_container(cfg, resolve=True)):
-            raise DlzooError(f"{folder} holds a finished stacked run of another config. Fix: give this run its own "
-                             "folder, or resume with the overrides that made it.")  # fmt: skip
-        say(f"{folder} already finished (metrics.json); kept, not retrained")
-        return Plan(folder, done=json.loads((folder / "metrics.json").read_text()))
-    for change in check_compatible(state["config"], cfg):
-        print_warning(f"resuming with a changed setting: {change}")
-    redirect_file_logs(folder / "train.log")
-    where = "mid-epoch" if state["partial"] is not None else f"after epoch {state['epoch']}"
-    say(f"resuming the stacked run {folder} {where} (step {state['step']})")
-    return Plan(folder, [Start(checkpoint=state)])
 
 
 def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
@@ -201,9 +164,10 @@ def fit_stack(
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[FitResult]:
     """Train the K `models` (each built, seeded and initialized as its standalone run builds it; `generators[k]`
-    holds the global random stream that run would continue with) as one StackedNet through engine.loop.fit, with
-    stack.pt at `checkpoint` (`extra` saved in it), each member's `best` checkpoints, and `on_epoch_end` given the
-    mean over the members still training. Returns each member's FitResult (NaN losses for one that diverged)."""
+    holds the global random stream that run would continue with) as one StackedNet through
+    engine.training.loop.fit, with stack.pt at `checkpoint` (`extra` saved in it), each member's `best`
+    checkpoints, and `on_epoch_end` given the mean over the members still training. Returns each member's
+    FitResult (NaN losses for one that diverged)."""
     t, es = cfg.trainer, cfg.trainer.early_stop
     per_epoch, total = step_counts(len(data.y_train), t.batch_size, t.epochs, t.max_steps)
     nhwc = t.channels_last and any(isinstance(m, torch.nn.Conv2d) for m in models[0].modules())  # as setup_model
