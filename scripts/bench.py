@@ -240,9 +240,11 @@ def bench(
     device: torch.device,
     precisions: list[str],
     compiles: list[bool],
+    eval_images: int = 10000,
 ) -> list[dict]:
     """One row per precision and compile setting: (a) is always the fp32, eager per-sample pipeline; (b) and (c)
-    run in that precision, compiled (trainer.compile=true) or not."""
+    run in that precision, compiled (trainer.compile=true) or not; the eval figure scores the first `eval_images`
+    test images."""
     cfg, data, model, optimizer = setup(model_name, data_root, device)
     bs = cfg.trainer.batch_size
     n = steps * bs
@@ -292,7 +294,8 @@ def bench(
     fns: dict[str, Callable[[], object]] = {"a": per_sample}
     for v in variants:
         fns[f"b{v}"], fns[f"c{v}"] = engine(*v), compute_only(*v)
-    fns["eval"] = lambda: evaluate(model, data.x_test, data.y_test, 10000, data.prep)
+    x_test, y_test = data.x_test[:eval_images], data.y_test[:eval_images]
+    fns["eval"] = lambda: evaluate(model, x_test, y_test, 10000, data.prep)
     seconds = timed(fns, repeats)
     a = n / seconds["a"]
     rows = []
@@ -301,7 +304,7 @@ def bench(
         rows.append({"model": model_name, "precision": precision, "compile": compiled, "batch_size": bs, "steps": steps,
                      "per_sample_samples_per_s": a, "dlzoo_samples_per_s": b, "compute_only_samples_per_s": c,
                      "dlzoo_over_per_sample": b / a, "dlzoo_over_compute_only": b / c,
-                     "eval_samples_per_s": len(data.y_test) / seconds["eval"]})  # fmt: skip
+                     "eval_samples_per_s": len(y_test) / seconds["eval"]})  # fmt: skip
     return rows
 
 
@@ -343,7 +346,8 @@ def main() -> None:
     parser.add_argument("--ablate", action="store_true", help="also time the step with each of dlzoo's means added")
     parser.add_argument("--dashboards", action="store_true", help="only time the loop with and without per-layer "
                         "logging (use --steps 550: one MNIST epoch, so histograms fall as in a real run)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, fp32: a smoke check, not a figure")
+    parser.add_argument("--quick", action="store_true", help="5 steps, 1 repeat, fp32, eval on 1,000 test images: "
+                        "a smoke check, not a figure")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench.json")
     args = parser.parse_args()
     if args.quick:
@@ -367,7 +371,12 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"dashboards": rows}, indent=2) + "\n")
         return
-    rows = [r for m in models for r in bench(m, args.data, args.steps, args.repeats, device, precisions, compiles)]
+    eval_images = 1000 if args.quick else 10000
+    rows = [
+        r
+        for m in models
+        for r in bench(m, args.data, args.steps, args.repeats, device, precisions, compiles, eval_images)
+    ]
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,

@@ -5,6 +5,14 @@ the training steps only (FitResult.train_time_s: no validation, no logging), so 
 `python scripts/bench.py --stack K`.
 
     python scripts/bench.py --stack 5 --data ../shared/data --steps 200 --repeats 5
+
+`--arm stacked` times the stacked run only, so two versions of dlzoo can be compared in alternating processes
+(the machine's speed drifts too much between processes for one run's figure to stand for its version). The
+imports fall back to the layout of the hand-written stack (commit 4f8464b), so this script runs on both:
+
+    PYTHONPATH=. python scripts/bench_stack.py --arm stacked --experiment lab10_3_xavier --steps 150 --repeats 3
+    git worktree add ../old 4f8464b
+    (cd ../old && PYTHONPATH=. python ../main/scripts/bench_stack.py --arm stacked ...)
 """
 
 from __future__ import annotations
@@ -19,10 +27,15 @@ import torch
 
 from dlzoo.config.compose import compose_and_validate
 from dlzoo.data.datasets import load_splits
-from dlzoo.engine.assembly.stacked_run import fit_stack
-from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
+
+try:
+    from dlzoo.engine.assembly.stacked_run import fit_stack
+    from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
+except ImportError:  # the hand-written stack's layout, to compare against it
+    from dlzoo.engine.loop import FitOptions, fit, seed_everything  # type: ignore[no-redef]
+    from dlzoo.engine.stacked import fit_stacked as fit_stack  # type: ignore[no-redef]
 
 
 class Quiet:
@@ -38,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps per member per round")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--arm", choices=("both", "stacked", "one_after_another"), default="both")
     parser.add_argument("--out", default="outputs/bench_stack.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -72,19 +86,29 @@ def main(argv: list[str] | None = None) -> None:
             generators.append(torch.Generator().manual_seed(seed))
         return fit_stack(models, generators, seeds, [Quiet()] * len(seeds), data, cfg)[0].train_time_s  # type: ignore[list-item]
 
-    one_after_another(), stacked()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {"one_after_another": [], "stacked": []}
+    arms = {"one_after_another": one_after_another, "stacked": stacked}
+    arms = {name: fn for name, fn in arms.items() if args.arm in ("both", name)}
+    for fn in arms.values():  # warm-up: allocator, kernels
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(args.repeats):
-        times["one_after_another"].append(one_after_another())
-        times["stacked"].append(stacked())
-    ratios = [a / b for a, b in zip(times["one_after_another"], times["stacked"], strict=True)]
+        for name, fn in arms.items():
+            times[name].append(fn())
     samples = args.stack * args.steps * 100
-    rows = {k: {"seconds_median": statistics.median(v), "samples_per_s_median": samples / statistics.median(v)}
+    rows = {k: {"seconds_median": statistics.median(v), "samples_per_s_median": samples / statistics.median(v),
+                "ms_per_step": [1000 * t / args.steps / (1 if k == "stacked" else args.stack) for t in v]}
             for k, v in times.items()}  # fmt: skip
     print(f"{args.stack} x {args.experiment}, {args.steps} steps each, {args.repeats} rounds, {args.threads} threads")
     for name, row in rows.items():
-        print(f"{name:<20}{row['seconds_median']:>8.2f} s{row['samples_per_s_median']:>10,.0f} samples/s")
-    print(f"stacked speed-up: median {statistics.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        ms = row["ms_per_step"]
+        print(f"{name:<20}{row['seconds_median']:>8.2f} s{row['samples_per_s_median']:>10,.0f} samples/s   "
+              f"ms per step (one member's, or the stack's): min {min(ms):.3f} median {statistics.median(ms):.3f} "
+              f"max {max(ms):.3f}")  # fmt: skip
+    ratios = []
+    if len(times) == 2:
+        ratios = [a / b for a, b in zip(times["one_after_another"], times["stacked"], strict=True)]
+        spread = f"min {min(ratios):.2f}, max {max(ratios):.2f}"
+        print(f"stacked speed-up: median {statistics.median(ratios):.2f}x ({spread})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     report = {"experiment": args.experiment, "stack": args.stack, "steps": args.steps, "threads": args.threads,
               "times": times, "ratios": ratios,

@@ -86,6 +86,12 @@ def test_bench_stack_times_both_ways_and_writes_the_ratio(mnist_root: Path, tmp_
     a, b = report["times"]["one_after_another"][0], report["times"]["stacked"][0]
     assert report["stack"] == 2 and a > 0 and b > 0 and report["ratios"] == [a / b]
     assert "stacked speed-up" in proc.stdout
+    # One arm alone, as two versions are compared in alternating processes: its step times, no ratio.
+    proc = subprocess.run([*cmd, "--arm", "stacked"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report["times"]) == {"stacked"} and report["ratios"] == []
+    assert len(report["rows"]["stacked"]["ms_per_step"]) == 1 and "stacked speed-up" not in proc.stdout
 
 
 @pytest.mark.slow

@@ -93,8 +93,11 @@ def _presets(group: str) -> str:
 
 # Small budgets for the presets that would otherwise pretrain on every training image for minutes; no divergence
 # cap, since two steps of the N(0, 1)-initialized deep net average a loss near 1e6 before it settles.
+# Scoring is cut to a few hundred images too: after two steps the score says nothing, and on the CNN and ensemble
+# presets it would cost more than everything else.
 PRESET_BUDGET = ["debug=fast", "trainer.max_steps=2", "trainer.threads=1", "pretrain.epochs=1",
-                 "pretrain.unlabeled=false", "trainer.progress=false", "trainer.max_loss=null"]  # fmt: skip
+                 "pretrain.unlabeled=false", "trainer.progress=false", "trainer.max_loss=null", "data.val_size=200",
+                 "data.test_subset=200"]  # fmt: skip
 # debug=fast draws no graph or figures: tests/e2e/test_dashboards.py draws them for an MLP, an ensemble and a CNN.
 FIGURES: dict[str, list[str]] = {"model": [], "experiment": []}
 
