@@ -23,7 +23,7 @@ def test_writing_events_never_imports_an_installed_tensorflow(tmp_path: Path) ->
     fake.mkdir(parents=True)
     marker = tmp_path / "tensorflow-was-imported"
     (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('a stand-in')\n")
-    env = {"PYTHONPATH": f"{fake.parent}:{Path(__file__).resolve().parents[3]}", "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": f"{fake.parent}:{Path(__file__).resolve().parents[4]}", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "run")], capture_output=True, text=True,
                           env=env, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
