@@ -22,12 +22,13 @@ console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 
 
-def print_error(message: str) -> None:
+def print_error(message: str, to_log: bool = True) -> None:
     """A user-facing error: one paragraph on stderr, no traceback; inside a run also in its train.log, where
-    `dlzoo report` finds why a job failed."""
+    `dlzoo report` finds why a job failed (`to_log=False`: a sweep's own end, whose log handler is the terminal)."""
     # Text, not markup: a message quotes user input, whose brackets ([tune], [abc], [/x]) rich would eat or choke on.
     err_console.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
-    if log.hasHandlers():  # set up by Hydra inside a run; outside one, logging's fallback would print it twice
+    # Hydra sets a handler up inside a run; outside one, logging's fallback would print the message twice.
+    if to_log and log.hasHandlers():
         log.error(message)
 
 

@@ -21,7 +21,14 @@ from dlzoo.console import console, refuse_linked_logs
 from dlzoo.engine.assembly.folders import remove_if_empty
 from dlzoo.engine.assembly.run import run
 from dlzoo.engine.training import distributed
-from dlzoo.engine.training.stopping import Interrupted, exit_status, quiet_when_full, stop_on_signals, sweep_stopped
+from dlzoo.engine.training.stopping import (
+    DivergedError,
+    Interrupted,
+    exit_status,
+    quiet_when_full,
+    stop_on_signals,
+    sweep_stopped,
+)
 from dlzoo.errors import DlzooError
 from dlzoo.paths import conf_dir
 
@@ -79,6 +86,14 @@ def _main(cfg: DictConfig, hydra_dir: Path, sweep_dir: Path | None) -> float:
         if launch.parallel_worker():  # an exit would make joblib kill the other jobs, maybe mid-checkpoint
             return math.nan
         sys.exit(status)
+    except DivergedError as e:
+        status = exit_status(e)  # the one paragraph, on the terminal and in the job's train.log
+        if sweep_dir is None:
+            sys.exit(status)
+        # In a sweep a diverged job is one of its results (N(0,1) exploding is the lesson), not the sweep's end: its
+        # folder keeps the error for `dlzoo report` and `dlzoo compare`, the other jobs run, and the sweep ends
+        # non-zero naming it (dlzoo.sweeps.sweep_end).
+        return math.nan
     except (DlzooError, KeyboardInterrupt) as e:
         sys.exit(exit_status(e))  # Hydra would print a traceback for anything that leaves this function
 

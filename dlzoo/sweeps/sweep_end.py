@@ -11,9 +11,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from dlzoo.console import console, print_warning
+from dlzoo.console import console, print_error, print_warning
 from dlzoo.engine.recording.dashboards import columns_of, differing, experiment_summary
 from dlzoo.engine.recording.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
+from dlzoo.engine.training.stopping import sweep_stopped
 from dlzoo.errors import DlzooError
 from dlzoo.sweeps.report import find_runs
 
@@ -34,10 +35,31 @@ class SweepSummary(Callback):
             write_sweep_experiment(sweep)
             # A sweep that skips its runs' figures (trainer.figures=false, as debug=fast) skips the comparison's too.
             show(compare([sweep], figures=bool(OmegaConf.select(config, "trainer.figures", default=True))))
+            console.print(f"per-run table: dlzoo report {sweep}", highlight=False, soft_wrap=True)
         except (DlzooError, OSError, ValueError) as e:
             print_warning(f"no comparison of the sweep's jobs: {e} Retry with `dlzoo compare {sweep}`.")
-            return
-        console.print(f"per-run table: dlzoo report {sweep}", highlight=False, soft_wrap=True)
+        fail_if_jobs_failed(sweep)
+
+
+def fail_if_jobs_failed(sweep: Path) -> None:
+    """A sweep whose jobs did not all finish (a diverged job lets the others run, see dlzoo.train) ends non-zero,
+    naming them; a stopped parallel sweep is left to its own resume message."""
+    try:
+        runs = find_runs(sweep)
+    except DlzooError:
+        return
+    failed = [r for r in runs if r.metrics is None]
+    if not failed or sweep_stopped():
+        return
+    # Each job's first sentence (what happened); its fix is in the paragraph the job printed and in its train.log.
+    jobs = "; ".join(f"{r.folder.name}: {(r.error or 'no metrics.json').split('. ')[0].rstrip('.')}" for r in failed)
+    print_error(
+        f"{len(failed)} of {len(runs)} jobs of the sweep failed ({jobs}), so it ends with exit status 1. The other "
+        f"jobs' results stand and are compared above. Fix for the failed ones: the error each job printed above "
+        f"(also in its train.log); `dlzoo report {sweep}` lists them.",
+        to_log=False,
+    )
+    raise SystemExit(1)
 
 
 def write_sweep_experiment(sweep: Path) -> None:

@@ -98,6 +98,24 @@ def test_multirun_of_two_models(fmnist_root: Path, tmp_path: Path) -> None:
         assert math.isfinite(json.loads((sweep / name / "metrics.json").read_text())["test_acc"])
 
 
+def test_a_diverged_job_lets_the_sweep_go_on_and_end_non_zero(mnist_root: Path, tmp_path: Path) -> None:
+    """N(0, 1) against Xavier is a lesson whose first arm may diverge: that job's error is a result, the next job
+    still runs, the comparison counts the finished one, and the sweep ends with exit 1 naming the failed job."""
+    sweep = tmp_path / "sweep"
+    # The N(0,1)-initialized softmax logs losses of 9-16 in its first steps, the Xavier one under 2.
+    proc = dlzoo("train", "-m", "model=softmax", "model.init=normal,xavier_uniform", "trainer.max_loss=5", *FAST,
+                 f"data.root={mnist_root}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "1 of 2 jobs of the sweep failed (0_softmax: Training diverged: the loss exploded to" in err
+    assert err.count("Training diverged") == 2  # the job's own paragraph, then the sweep's line naming it
+    assert not (sweep / "0_softmax" / "metrics.json").exists()
+    assert "Training diverged" in (sweep / "0_softmax" / "train.log").read_text()
+    assert math.isfinite(json.loads((sweep / "1_softmax" / "metrics.json").read_text())["test_acc"])
+    assert "sweep finished" in proc.stdout and (sweep / "compare" / "compare.md").is_file()
+
+
 def test_ls_lists_groups_and_registries(tmp_path: Path) -> None:
     proc = dlzoo("ls", cwd=tmp_path)
     assert proc.returncode == 0
