@@ -121,12 +121,14 @@ def print_table(
 ) -> None:
     """A table of plain strings (never read as rich markup: values and error lines may hold brackets); the
     columns at indices `right` are right-aligned (numbers). `compact` draws only the header's rule and wraps
-    only the columns at indices `wrap`, so a wide table fits 80 columns with names and numbers whole."""
+    only the columns at indices `wrap` (long words folded), so a wide table fits 80 columns with numbers whole."""
     right, wrap = set(right), set(wrap)
     table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left",
                   box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip
     for i, name in enumerate(header):
-        table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=compact and i not in wrap)
+        # A wrapped column folds a long word (a group's name) onto the next line rather than cutting it off.
+        table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=compact and i not in wrap,
+                         overflow="fold" if i in wrap else "ellipsis")  # fmt: skip
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     console.print(table)

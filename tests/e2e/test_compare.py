@@ -80,6 +80,7 @@ def test_compare_on_a_terminal(xor_sweep: tuple[Path, str], tmp_path: Path) -> N
     screen = on_tty([*DLZOO, "compare", str(sweep), "--out", str(tmp_path / "c")], cwd=tmp_path, columns=80)
     assert screen.returncode == 0 and "Traceback" not in screen.text, screen.text[-2000:]
     assert "xor_deep_sigmoid" in screen.text and "beyond" in screen.text and "xor_deep_relu beats" in screen.text
+    assert "…" not in screen.text, screen.text  # at 80 columns nothing is cut off: long names fold
 
 
 def _browser_ready() -> str | None:

@@ -105,7 +105,7 @@ def show(result: Compared) -> None:
     against = "each against the group above" if c.chain else f"baseline: {c.baseline.label}"
     print_table(f"compare: {c.metric} by {' · '.join(c.keys) or 'group'} ({against})", header,
                 c.terminal_rows(), c.caption(), right=range(1, len(header)), compact=True,
-                wrap=[4])  # fmt: skip
+                wrap=[0, 1, 4, 6])  # fmt: skip
     if c.excluded:
         print_table(f"runs not counted ({len(c.excluded)})", ["group", "run", "why"],
                     [[arm.label, folder, why] for arm, folder, why in c.excluded])  # fmt: skip
