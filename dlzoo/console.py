@@ -127,8 +127,9 @@ def print_table(
                   box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip
     for i, name in enumerate(header):
         # A wrapped column folds a long word (a group's name) onto the next line rather than cutting it off.
-        table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=compact and i not in wrap,
-                         overflow="fold" if i in wrap else "ellipsis")  # fmt: skip
+        no_wrap = compact and i not in wrap
+        table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=no_wrap,
+                         overflow="ellipsis" if no_wrap else "fold")  # fmt: skip
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     console.print(table)

@@ -27,3 +27,17 @@ def test_a_compact_table_at_80_columns_cuts_nothing_off(monkeypatch: pytest.Monk
     body = lines[next(i for i, line in enumerate(lines) if "─" in line) + 1 :]
     first = [line.split()[0] for line in body if line.strip()]  # the group column, line by line
     assert "".join(first).startswith("xavier_uniform_with_a_long_name"), text  # folded, whole
+
+
+def test_a_boxed_table_at_80_columns_folds_the_swept_value_instead_of_cutting_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    screen = Console(width=80, record=True, markup=False, file=io.StringIO())
+    monkeypatch.setattr(dlzoo.console, "console", screen)
+    header = ["model.init", "n", "seeds", "val_acc", "test_acc", "test_loss", "s / run", "failed"]
+    rows = [["xavier_uniform", "2", "1, 2", "0.3590 ± 0.0948", "0.3145 ± 0.0728", "1.9352 ± 0.0649", "0", ""]]
+    dlzoo.console.print_table("report", header, rows, right=range(1, 8))
+    text = screen.export_text()
+    assert "…" not in text, text
+    cells = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    assert "".join(cells) == "xavier_uniform", text
