@@ -4,6 +4,7 @@ file log beside it. The base layer: any package may import it."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ log = logging.getLogger("dlzoo")
 # markup=False: what dlzoo prints quotes paths, overrides and error text, whose brackets rich would read as tags.
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
+
+
+def first_sentence(message: str) -> str:
+    """What happened, without the fix that follows it: the text up to the first period that ends a sentence
+    (one followed by a capital letter, so "e.g. by" stays), without that period."""
+    return re.split(r"(?<=[\w)\]'\"])\.\s+(?=[A-Z`])", message.strip(), maxsplit=1)[0].rstrip(".")
 
 
 def print_error(message: str, to_log: bool = True) -> None:

@@ -11,12 +11,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from dlzoo.console import console, print_error, print_warning
+from dlzoo.console import console, first_sentence, print_error, print_warning
 from dlzoo.engine.recording.dashboards import columns_of, differing, experiment_summary
 from dlzoo.engine.recording.hparams import CHOICE_GROUPS, HPARAM_KEYS, run_hparams
 from dlzoo.engine.training.stopping import sweep_stopped
 from dlzoo.errors import DlzooError
-from dlzoo.sweeps.report import find_runs
+from dlzoo.sweeps.report import find_runs, last_error
 
 
 class SweepSummary(Callback):
@@ -43,18 +43,17 @@ class SweepSummary(Callback):
 
 def fail_if_jobs_failed(sweep: Path) -> None:
     """A sweep whose jobs did not all finish (a diverged job lets the others run, see dlzoo.train) ends non-zero,
-    naming them; a stopped parallel sweep is left to its own resume message."""
-    try:
-        runs = find_runs(sweep)
-    except DlzooError:
-        return
-    failed = [r for r in runs if r.metrics is None]
+    naming them; a stopped parallel sweep is left to its own resume message. A job is a run folder of the sweep
+    that is not inside another (a stacked job's seed that diverged fails its seed, not the job: as alone)."""
+    folders = sorted(p.parent.parent for p in sweep.rglob(".hydra/config.yaml"))
+    jobs = [f for f in folders if not any(o in f.parents for o in folders)]
+    failed = [f for f in jobs if not (f / "metrics.json").is_file()]
     if not failed or sweep_stopped():
         return
     # Each job's first sentence (what happened); its fix is in the paragraph the job printed and in its train.log.
-    jobs = "; ".join(f"{r.folder.name}: {(r.error or 'no metrics.json').split('. ')[0].rstrip('.')}" for r in failed)
+    why = "; ".join(f"{f.name}: {first_sentence(last_error(f))}" for f in failed)
     print_error(
-        f"{len(failed)} of {len(runs)} jobs of the sweep failed ({jobs}), so it ends with exit status 1. The other "
+        f"{len(failed)} of {len(jobs)} jobs of the sweep failed ({why}), so it ends with exit status 1. The other "
         f"jobs' results stand and are compared above. Fix for the failed ones: the error each job printed above "
         f"(also in its train.log); `dlzoo report {sweep}` lists them.",
         to_log=False,

@@ -41,3 +41,18 @@ def test_a_boxed_table_at_80_columns_folds_the_swept_value_instead_of_cutting_it
     assert "…" not in text, text
     cells = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
     assert "".join(cells) == "xavier_uniform", text
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Training diverged: the loss exploded to 13.32 at step 5. Fix: lower optim.lr (e.g. by 10x).",
+         "Training diverged: the loss exploded to 13.32 at step 5"),
+        ("damaged metrics.json: Expecting value: line 1 column 1 (char 0)",
+         "damaged metrics.json: Expecting value: line 1 column 1 (char 0)"),
+        ("Use a lower rate, e.g. by 10x. Then resume.", "Use a lower rate, e.g. by 10x"),
+        ("test_acc is nan.", "test_acc is nan"),
+    ],
+)  # fmt: skip
+def test_first_sentence_is_what_happened_without_the_fix(message: str, expected: str) -> None:
+    assert dlzoo.console.first_sentence(message) == expected

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dlzoo.console import console, print_table
+from dlzoo.console import console, first_sentence, print_table
 from dlzoo.errors import DlzooError
 from dlzoo.registry import closest
 from dlzoo.sweeps.compare.arms import arms, collect, compared_keys, expand, pick_baseline
@@ -107,8 +107,9 @@ def show(result: Compared) -> None:
                 c.terminal_rows(), c.caption(), right=range(1, len(header)), compact=True,
                 wrap=[0, 1, 4, 6])  # fmt: skip
     if c.excluded:
-        print_table(f"runs not counted ({len(c.excluded)})", ["group", "run", "why"],
-                    [[arm.label, folder, why] for arm, folder, why in c.excluded])  # fmt: skip
+        # What happened to each; the fix each error names is in compare.md, `dlzoo report` and the run's train.log.
+        print_table(f"runs not counted ({len(c.excluded)}; their whole errors: compare.md)", ["group", "run", "why"],
+                    [[arm.label, folder, first_sentence(why)] for arm, folder, why in c.excluded])  # fmt: skip
     for arm in c.arms:
         if verdict := c.verdict(arm):
             console.print(f"  {verdict}", highlight=False, soft_wrap=True)

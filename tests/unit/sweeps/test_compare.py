@@ -200,7 +200,7 @@ def test_one_seed_per_group_says_there_is_no_test(tmp_path: Path) -> None:
 def test_the_cli_prints_verdicts_and_fails_cleanly(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", str(sweep), "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "xavier_uniform beats normal by" in out and "runs not counted (1)" in out
+    assert "xavier_uniform beats normal by" in out and "runs not counted (1; their whole errors: compare.md)" in out
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert "No folder" in capsys.readouterr().err
 
