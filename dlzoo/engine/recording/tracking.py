@@ -103,15 +103,17 @@ TEST_TAGS = {"acc": tb.ACCURACY, "loss": tb.LOSS, "mc_acc": tb.ACCURACY + "_mc_d
 def bar_columns(width: int) -> list[ProgressColumn]:
     """The live bar: `epoch 2/15 ━━━━ 1,234/8,250 · running mean loss 0.2345 · 12,345 samples/s · 0:00:12 ·
     run eta 0:01:40`. The steps and the eta are the whole run's; the loss is the epoch's mean so far, what its
-    epoch line prints as `train loss`. Under 100 columns the speed and the elapsed time give way, so nothing is
-    cut short."""
-    wide = width >= 100
+    epoch line prints as `train loss`. On a narrower terminal the elapsed time (under 115 columns), then the speed
+    (under 100) give way, so the eta is never cut short."""
+    speed = [TextColumn("· {task.fields[speed]:,.0f} samples/s")] if width >= 100 else []
+    elapsed = [TextColumn("·"), TimeElapsedColumn()] if width >= 115 else []
     return [
         TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-        BarColumn(bar_width=20 if wide else 10),
+        BarColumn(bar_width=20 if width >= 115 else 10),
         TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
         TextColumn("· running mean loss {task.fields[loss]}"),
-        *([TextColumn("· {task.fields[speed]:,.0f} samples/s ·"), TimeElapsedColumn()] if wide else []),
+        *speed,
+        *elapsed,
         TextColumn("· run eta"),
         TimeRemainingColumn(),
     ]
