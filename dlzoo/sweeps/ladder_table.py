@@ -94,7 +94,8 @@ def step_up(below: Rung | None, r: Rung) -> tuple[str, str]:
         text += f" [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
     if c.note.startswith("n = 1"):
         return text, "n = 1: no test"
-    return text, ("yes" if c.beyond_noise else "no") + (f" (p {p_value(c.p)})" if c.p is not None else "")
+    p = "" if c.p is None else f" (p {p_value(c.p)})" if c.p < 0.001 else f" (p = {p_value(c.p)})"
+    return text, ("yes" if c.beyond_noise else "no") + p
 
 
 def _steps(rungs: list[Rung]) -> list[Contrast | None]:

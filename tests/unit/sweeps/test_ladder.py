@@ -87,6 +87,8 @@ def test_ladder_runs_reports_a_failed_rung_and_resumes(mnist_root: Path, tmp_pat
     assert f"| {step:+.2f} pts [" in md
     welch = ttest_ind(_test_accs(out, "lab10_3_xavier"), _test_accs(out, "lab10_1_softmax"), equal_var=False)
     assert float(rows["lab10_3_xavier"]["p_welch"]) == pytest.approx(welch.pvalue, rel=1e-4)
+    p_cell = "p < 0.001" if welch.pvalue < 0.001 else f"p = {welch.pvalue:.3f}"
+    assert re.search(rf"\| (yes|no) \({re.escape(p_cell)}\) \|", md), md  # the verdict's cell reads as a sentence
     assert float(rows["lab10_3_xavier"]["diff_vs_above"]) == pytest.approx(step / 100, rel=1e-5)
     assert rows["lab10_1_softmax"]["diff_vs_above"] == ""  # the first rung has none above it
     assert (out / "ladder.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
