@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from dlzoo.config.compose import compose_config
 from dlzoo.engine.recording.dashboards import read_epoch_curves, write_ladder_view
 from dlzoo.engine.recording.hparams import run_hparams
-from dlzoo.sweeps.compare.comparison import p_value
+from dlzoo.sweeps.compare.comparison import p_phrase
 from dlzoo.sweeps.compare.stats import Contrast, contrast
 from dlzoo.sweeps.report import Group, group_runs, last_error, load_run, markdown, mean_std, plain_number
 
@@ -94,8 +94,7 @@ def step_up(below: Rung | None, r: Rung) -> tuple[str, str]:
         text += f" [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
     if c.note.startswith("n = 1"):
         return text, "n = 1: no test"
-    p = "" if c.p is None else f" (p {p_value(c.p)})" if c.p < 0.001 else f" (p = {p_value(c.p)})"
-    return text, ("yes" if c.beyond_noise else "no") + p
+    return text, ("yes" if c.beyond_noise else "no") + ("" if c.p is None else f" ({p_phrase(c.p)})")
 
 
 def _steps(rungs: list[Rung]) -> list[Contrast | None]:

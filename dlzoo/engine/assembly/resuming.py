@@ -62,7 +62,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     if value is None:
         return fresh
     if cfg.trainer.stack > 1:
-        return _plan_stack(cfg, out_dir)
+        return _plan_stack(cfg, out_dir, fresh)
     if value == "auto" and (done := _finished(out_dir, cfg)) is not None:
         return Plan(out_dir, done=done)
     file = find_resume(value, out_dir, cfg) if size == 1 else None
@@ -88,7 +88,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     return Plan(out_dir, members)
 
 
-def _plan_stack(cfg: DictConfig, out_dir: Path) -> Plan:
+def _plan_stack(cfg: DictConfig, out_dir: Path, fresh: Plan) -> Plan:
     """A stacked run (trainer.stack > 1) continues from its folder's checkpoints/stack.pt, in place (auto: this
     run's own folder; a finished one is kept). Its one Start holds the stack's state for all its members."""
     value = cfg.trainer.resume
@@ -101,7 +101,7 @@ def _plan_stack(cfg: DictConfig, out_dir: Path) -> Plan:
                 "it at the folder printed when the stacked run stopped, or use auto."
             )
         console.print("trainer.resume=auto: no unfinished stacked run of this config found; starting a new one")
-        return Plan(out_dir, [Start()])
+        return fresh
     state = load_checkpoint(path)
     saved = state["config"]["trainer"]["stack"], state["config"]["trainer"]["seed"]
     if saved != (cfg.trainer.stack, cfg.trainer.seed):

@@ -148,10 +148,15 @@ def p_value(p: float | None) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_phrase(p: float) -> str:
+    """The p-value as a verdict says it: "p < 0.001" or "p = 0.025"."""
+    return f"p {p_value(p)}" if p < 0.001 else f"p = {p_value(p)}"
+
+
 def p_text(c: Contrast) -> str:
     if c.p is None:
         return f"{c.note}, " if c.note and not c.note.startswith("n = 1") else ""
-    return f"p {p_value(c.p)}, " if c.p < 0.001 else f"p = {p_value(c.p)}, "
+    return f"{p_phrase(c.p)}, "
 
 
 def summary_text(s: Summary | None) -> str:
