@@ -22,6 +22,7 @@ import json
 import os
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,11 +32,15 @@ from dlzoo.models import build_model
 from dlzoo.optim import build_optimizer, build_scheduler
 
 try:
+    from dlzoo.config.schema import settings
     from dlzoo.engine.assembly.stacked_run import fit_stack
     from dlzoo.engine.training.loop import FitOptions, fit, seed_everything
 except ImportError:  # the hand-written stack's layout, to compare against it
     from dlzoo.engine.loop import FitOptions, fit, seed_everything  # type: ignore[no-redef]
     from dlzoo.engine.stacked import fit_stacked as fit_stack  # type: ignore[no-redef]
+
+    def settings(cfg: Any) -> Any:  # that layout's stack read the composed config itself
+        return cfg
 
 
 class Quiet:
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in seeds:
             models.append(build(seed).train())
             generators.append(torch.Generator().manual_seed(seed))
-        return fit_stack(models, generators, seeds, [Quiet()] * len(seeds), data, cfg)[0].train_time_s  # type: ignore[list-item]
+        return fit_stack(models, generators, seeds, [Quiet()] * len(seeds), data, settings(cfg))[0].train_time_s  # type: ignore[list-item]
 
     arms = {"one_after_another": one_after_another, "stacked": stacked}
     arms = {name: fn for name, fn in arms.items() if args.arm in ("both", name)}

@@ -130,3 +130,40 @@ def test_the_lazy_exports_import_only_inside_a_function() -> None:
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = {f"{n.module}.{a.name}" if isinstance(n, ast.ImportFrom) else a.name for n in top for a in n.names}
         assert not names & targets, f"{name} imports {names & targets} at import time"
+
+
+# Where Hydra's composed DictConfig may still be a parameter below the entry points: the run's boundary, which turns
+# it into typed settings (dlzoo.config.schema.settings), and the validation checks that read it before that.
+DICTCONFIG_BOUNDARY = {("dlzoo.engine.assembly.run", "run"), ("dlzoo.engine.inference", "apply_overrides")}
+CHECKS = {"problems", "data_problems", "doubts"}
+
+
+def dictconfig_parameters(path: Path) -> list[str]:
+    """The functions of `path` that take a DictConfig (any parameter annotated with it)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            if any(a.annotation is not None and "DictConfig" in ast.unparse(a.annotation) for a in args):
+                found.append(node.name)
+    return found
+
+
+def test_below_the_run_boundary_modules_take_typed_settings() -> None:
+    """The engine and the vocabularies' builders (models, data, optim, pretrain) take the schema's dataclasses and
+    plain values; only the boundary and the validation checks see OmegaConf's DictConfig."""
+    below = ("dlzoo.engine", "dlzoo.models", "dlzoo.data", "dlzoo.optim", "dlzoo.pretrain")
+    offenders = [
+        f"{name}.{fn}"
+        for name, path in modules().items()
+        if name.startswith(below)
+        for fn in dictconfig_parameters(path)
+        if (name, fn) not in DICTCONFIG_BOUNDARY and fn not in CHECKS
+    ]
+    assert not offenders, f"these take a DictConfig below the run's boundary: {offenders}"
+
+
+def test_the_boundary_checker_sees_a_dictconfig_parameter(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("def build(cfg: DictConfig, n: int) -> None: ...\ndef fine(cfg: TrainConfig) -> None: ...\n")
+    assert dictconfig_parameters(source) == ["build"]

@@ -1,16 +1,24 @@
-"""Typed config schemas, stored in Hydra's ConfigStore so a wrong type fails at composition. Only the entry
-points and the build_* functions read them; `dlzoo.config.validate.validate` checks their values."""
+"""Typed config schemas, stored in Hydra's ConfigStore so a wrong type fails at composition; `settings` turns a
+composed config into them. Each section's dataclass lives with the code that builds from it (ModelConfig in
+dlzoo.models, OptimConfig in dlzoo.optim, ...); this module assembles the run's. `dlzoo.config.validate.validate`
+checks their values."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from dlzoo.config.launch import register_resolvers
-from dlzoo.models.activations import ActArgs
-from dlzoo.models.init import InitArgs
+from dlzoo.data.build import DataConfig
+from dlzoo.models import ModelConfig
+from dlzoo.optim.optimizers import OptimConfig
+from dlzoo.optim.regularize import RegConfig
+from dlzoo.optim.schedules import SchedConfig
+from dlzoo.pretrain.layerwise import PretrainConfig
 
 # The closed sets some keys choose from, shared by the schema, validation and the engine.
 PRECISIONS = ("fp32", "bf16", "fp16")  # the training step's autocast; weights, optimizer and evaluation stay fp32
@@ -18,81 +26,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # the training step's autocast; weights, 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 COMBINES = ("sum_logits", "mean_probs")  # how an ensemble's members vote (lab 11-5 sums logits)
 MONITORS = ("val/loss", "val/acc")  # what checkpoints and early stopping rank epochs by
-
-
-@dataclass
-class DataConfig:
-    name: str = "mnist"  # registry: dlzoo ls dataset
-    root: str | None = None  # a folder with the four IDX files; else $DLZOO_DATA, then the cache
-    download: bool = True  # fetch through torchvision when no local copy is found
-    val_size: int = 5000  # held out of the 60k train images (TF input_data's 55k/5k split)
-    split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
-    train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
-    test_subset: int | None = None  # score on the first N test images only (smoke runs; figures use all 10,000)
-    normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
-    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1 in this order (Géron's task A)
-    binary_positive: int | None = None  # label 1 for this class, 0 for every other kept one (Géron's task B: 6)
-    xor_samples: int = 1  # data.name=xor: copies of each of the 4 XOR points in every split
-    xor_noise: float = 0.0  # data.name=xor: std of the Gaussian noise added to every copy's coordinates
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "mlp"  # registry: dlzoo ls arch
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths ([] = softmax); rnn: layers
-    blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
-    cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
-    activation: str = "relu"  # registry: dlzoo ls activation
-    head: str = "softmax"  # registry: dlzoo ls head (sigmoid: one unit + binary cross-entropy, 2 classes)
-    init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
-    bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
-    dropout: float = 0.0  # drop probability after each hidden activation (TF keep_prob = 1 - dropout)
-    dropout_kind: str = "dropout"  # registry: dlzoo ls dropout (alpha_dropout for SELU)
-    norm: str = "none"  # registry: dlzoo ls norm
-    norm_position: str = "before"  # "before" or "after" the activation
-    act_args: ActArgs = field(default_factory=ActArgs)  # slopes, alpha, maxout's k
-    init_args: InitArgs = field(default_factory=InitArgs)  # std, range, scale/mode/distribution, gain
-    bias_init_args: InitArgs = field(default_factory=InitArgs)  # the same for biases (std 1: TF random_normal)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # registry: dlzoo ls optimizer
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # momentum, nesterov (and rmsprop's optional momentum)
-    rho: float = 0.9  # rmsprop's decay of the squared-gradient average (Keras' rho)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamax, nadam, adamw
-    eps: float = 1e-8
-
-
-@dataclass
-class SchedConfig:
-    name: str = "constant"  # registry: dlzoo ls schedule; each schedule's YAML sets the keys it reads
-    min_lr: float = 0.0  # cosine's end point; plateau's floor
-    warmup_steps: int = 0  # cosine
-    decay_steps: float = 1000.0  # power (s), exponential_step
-    power: float = 1.0  # power (c)
-    decay_epochs: float = 10.0  # exponential (s)
-    decay_rate: float = 0.1  # exponential_step
-    staircase: bool = False  # exponential_step
-    boundaries: list[int] = field(default_factory=lambda: [5, 15])  # piecewise, in epochs
-    lr_values: list[float] = field(default_factory=lambda: [0.01, 0.005, 0.001])  # piecewise lrs
-    factor: float = 0.5  # plateau
-    patience: int = 5  # plateau, in epochs
-    max_lr: float = 0.01  # onecycle peak
-    final_fraction: float = 0.1  # onecycle: share of the run spent in the final anneal
-    final_div: float = 1000.0  # onecycle: the anneal ends at lr0 / final_div
-    momentum_range: list[float] = field(default_factory=lambda: [0.85, 0.95])  # onecycle
-
-
-@dataclass
-class RegConfig:
-    l1: float = 0.0  # lambda of the L1 penalty sum|W| added to the loss (weights only, not biases)
-    l2: float = 0.0  # lambda of the L2 penalty sum W^2 added to the loss (lecture 10-5: cost + lambda sum W^2)
-    max_norm: float | None = None  # cap each unit's incoming weight vector norm after every step (Srivastava 2014)
-    clip_value: float | None = None  # clip each gradient component to [-v, v] (Keras clipvalue)
-    clip_norm: float | None = None  # rescale the whole gradient to at most this global L2 norm (Keras clipnorm)
 
 
 @dataclass
@@ -208,18 +141,6 @@ class TransferConfig:
 
 
 @dataclass
-class PretrainConfig:
-    method: str = "none"  # registry: dlzoo ls pretrain; conf/pretrain/<method>.yaml holds each method's defaults
-    epochs: int = 5  # passes over the images, per hidden layer
-    lr: float = 0.1  # rbm: SGD step on the mean CD gradient (Hinton's RBM guide §4); autoencoder: Adam's lr
-    cd_k: int = 1  # rbm: Gibbs steps of CD-k (Hinton et al. 2006 used CD-1)
-    batch_size: int = 100  # the guide's §5: 10 to 100
-    momentum: float = 0.9  # rbm: 0.5 in the first epoch, then this (the guide's §9)
-    weight_decay: float = 2e-4  # rbm: L2 on the weights only (the guide's §10: 1e-2 to 1e-5)
-    unlabeled: bool = True  # pretrain on the whole train split, also images data.train_subset leaves unlabelled
-
-
-@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -232,6 +153,22 @@ class TrainConfig:
     search: SearchConfig | None = None  # set only by `dlzoo tune search=<name>`
     transfer: TransferConfig = field(default_factory=TransferConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+def settings(cfg: DictConfig) -> TrainConfig:
+    """The composed, validated config as the run's typed settings: the schema's dataclasses with every
+    interpolation resolved. A run converts once, at its boundary (dlzoo.engine.assembly.run.run); the modules below
+    read plain attributes of plain values and never see OmegaConf."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    out = OmegaConf.to_object(cfg)
+    assert isinstance(out, TrainConfig), f"not a composed train config: {type(out).__name__}"
+    return out
+
+
+def as_dict(s: TrainConfig) -> dict[str, Any]:
+    """The settings as the plain nested dict a checkpoint's `config` holds (OmegaConf.to_container's shape)."""
+    return dataclasses.asdict(s)
 
 
 def register_configs() -> None:

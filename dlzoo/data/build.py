@@ -3,6 +3,7 @@ tasks: 8 of Fashion-MNIST's classes, or shirt vs sandal as a binary task), or a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,23 @@ from dlzoo.data.splits import Splits
 from dlzoo.data.synthetic import xor_splits
 
 
-def num_classes(data: DictConfig) -> int:
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # registry: dlzoo ls dataset
+    root: str | None = None  # a folder with the four IDX files; else $DLZOO_DATA, then the cache
+    download: bool = True  # fetch through torchvision when no local copy is found
+    val_size: int = 5000  # held out of the 60k train images (TF input_data's 55k/5k split)
+    split_seed: int = 0  # fixed apart from trainer.seed so every training seed sees the same split
+    train_subset: int | None = None  # keep only N training images (smoke tests, quick looks)
+    test_subset: int | None = None  # score on the first N test images only (smoke runs; figures use all 10,000)
+    normalize: str = "none"  # none = pixels in [0, 1] (the labs); standardize = mean 0, std 1 (what SELU needs)
+    classes: list[int] | None = None  # keep only these labels, renumbered 0..k-1 in this order (Géron's task A)
+    binary_positive: int | None = None  # label 1 for this class, 0 for every other kept one (Géron's task B: 6)
+    xor_samples: int = 1  # data.name=xor: copies of each of the 4 XOR points in every split
+    xor_noise: float = 0.0  # data.name=xor: std of the Gaussian noise added to every copy's coordinates
+
+
+def num_classes(data: DataConfig) -> int:
     """How many classes the model scores once data.classes / data.binary_positive have been applied."""
     if data.binary_positive is not None:
         return 2
@@ -24,7 +41,7 @@ def num_classes(data: DictConfig) -> int:
     return DATASETS.get(data.name).num_classes
 
 
-def class_names(data: DictConfig) -> list[str]:
+def class_names(data: DataConfig) -> list[str]:
     """The label names after data.classes / data.binary_positive relabel them (for confusion matrices)."""
     spec = DATASETS.get(data.name)
     if data.binary_positive is not None:
@@ -88,7 +105,7 @@ def select_classes(x: Tensor, y: Tensor, classes: list[int], positive: int | Non
     return x[keep], labels[keep]
 
 
-def build_splits(data: DictConfig, device: torch.device | str = "cpu") -> Splits:
+def build_splits(data: DataConfig, device: torch.device | str = "cpu") -> Splits:
     """The Splits that `data` (a DataConfig node) describes, on `device`. The class filter runs on every split
     before data.train_subset, so a subset of N keeps the first N training samples of the kept classes (Géron's
     200 shirts and sandals), and standardization statistics come from the filtered training set."""
@@ -131,7 +148,7 @@ def build_splits(data: DictConfig, device: torch.device | str = "cpu") -> Splits
     return _test_subset(data, splits)
 
 
-def _test_subset(data: DictConfig, splits: Splits) -> Splits:
+def _test_subset(data: DataConfig, splits: Splits) -> Splits:
     if data.test_subset is not None:
         splits.x_test, splits.y_test = splits.x_test[: data.test_subset], splits.y_test[: data.test_subset]
     return splits

@@ -15,7 +15,8 @@ from PIL import Image
 from rich.table import Table
 
 from dlzoo.config.compose import bad_value, compose_config, config_groups
-from dlzoo.config.validate import TrainConfig, validate
+from dlzoo.config.schema import TrainConfig, settings
+from dlzoo.config.validate import validate
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits, num_classes
 from dlzoo.data.datasets import DATASETS
@@ -74,8 +75,9 @@ def apply_overrides(saved: dict[str, Any], overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_model(ckpt: str | Path, overrides: list[str]) -> tuple[torch.nn.Module, DictConfig, dict[str, Any], Path]:
-    """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied."""
+def load_model(ckpt: str | Path, overrides: list[str]) -> tuple[torch.nn.Module, TrainConfig, dict[str, Any], Path]:
+    """The checkpoint's model in eval mode on the configured device, and its config with `overrides` applied, as
+    typed settings (dlzoo.config.schema.settings)."""
     folder = Path(ckpt).expanduser()
     path = checkpoint_file(folder)
     seeds = sorted(folder.glob("seed*/checkpoints/last.pt")) if folder.is_dir() and not path.is_file() else []
@@ -86,7 +88,7 @@ def load_model(ckpt: str | Path, overrides: list[str]) -> tuple[torch.nn.Module,
         raise DlzooError(f"{run} is a stacked run (trainer.stack): each of its models is a run of its own. Fix: give "
                          f"{fix}.")  # fmt: skip
     state = load_checkpoint(path)
-    cfg = apply_overrides(state["config"], overrides)
+    cfg = settings(apply_overrides(state["config"], overrides))
     device = resolve_device(cfg.trainer.device)
     meta = state.get("meta", {})
     shape = DATASETS.get(cfg.data.name).shape

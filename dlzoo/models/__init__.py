@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -19,12 +21,32 @@ from dlzoo.models.rnn import RowRNN
 from dlzoo.models.sequential import Defaults, build_blocks
 from dlzoo.registry import Registry
 
-ArchBuilder = Callable[[tuple[int, ...], int, DictConfig], nn.Module]
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # registry: dlzoo ls arch
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # mlp: hidden widths ([] = softmax); rnn: layers
+    blocks: list[Any] = field(default_factory=list)  # arch=sequential: the block list (dlzoo ls block)
+    cell: str = "lstm"  # arch=rnn: registry dlzoo ls cell
+    activation: str = "relu"  # registry: dlzoo ls activation
+    head: str = "softmax"  # registry: dlzoo ls head (sigmoid: one unit + binary cross-entropy, 2 classes)
+    init: str = "xavier_uniform"  # weight initializer; registry: dlzoo ls init
+    bias_init: str = "normal"  # bias initializer (lecture labs: tf.random_normal, i.e. N(0, 1))
+    dropout: float = 0.0  # drop probability after each hidden activation (TF keep_prob = 1 - dropout)
+    dropout_kind: str = "dropout"  # registry: dlzoo ls dropout (alpha_dropout for SELU)
+    norm: str = "none"  # registry: dlzoo ls norm
+    norm_position: str = "before"  # "before" or "after" the activation
+    act_args: ActArgs = field(default_factory=ActArgs)  # slopes, alpha, maxout's k
+    init_args: InitArgs = field(default_factory=InitArgs)  # std, range, scale/mode/distribution, gain
+    bias_init_args: InitArgs = field(default_factory=InitArgs)  # the same for biases (std 1: TF random_normal)
+
+
+ArchBuilder = Callable[[tuple[int, ...], int, ModelConfig], nn.Module]
 ARCHS: Registry[ArchBuilder] = Registry("arch", "model.arch")
 
 
 @ARCHS.register("mlp", "fully connected net: softmax regression when model.hidden=[], else an MLP")
-def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) -> nn.Module:
+def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
     return MLP(
         in_features=math.prod(input_shape),
         num_classes=num_classes,
@@ -40,9 +62,9 @@ def _build_mlp(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) 
 
 
 @ARCHS.register("sequential", "any net written as model.blocks: conv, pools, linear, residual, branches, ...")
-def _build_sequential(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) -> nn.Module:
+def _build_sequential(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
     defaults = Defaults(cfg.activation, _plain(ActArgs, cfg.act_args), float(cfg.dropout), cfg.dropout_kind)
-    blocks = OmegaConf.to_container(cfg.blocks, resolve=True)
+    blocks = _container(cfg.blocks)
     model, out = build_blocks(blocks, tuple(input_shape), defaults)
     if out != (num_classes,):
         raise DlzooError(
@@ -53,19 +75,25 @@ def _build_sequential(input_shape: tuple[int, ...], num_classes: int, cfg: DictC
 
 
 @ARCHS.register("rnn", "rows as a sequence: model.cell (rnn|lstm|gru) layers of model.hidden widths + a linear head")
-def _build_rnn(input_shape: tuple[int, ...], num_classes: int, cfg: DictConfig) -> nn.Module:
+def _build_rnn(input_shape: tuple[int, ...], num_classes: int, cfg: ModelConfig) -> nn.Module:
     if not cfg.hidden:
         raise DlzooError("arch=rnn needs at least one recurrent layer: model.hidden=[128].")
     return RowRNN(tuple(input_shape), num_classes, list(cfg.hidden), cfg.cell, float(cfg.dropout), cfg.dropout_kind)
 
 
-def _plain(kind: type, node: DictConfig) -> object:
+def _container(node: Any) -> Any:
+    """A section's value as plain lists and dicts (the run's settings hold them already; a composed config, as the
+    tests and validation pass it, holds OmegaConf nodes)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _plain(kind: type, node: Any) -> Any:
     """A config node as the plain dataclass the model code takes."""
-    return kind(**OmegaConf.to_container(node, resolve=True))
+    return node if isinstance(node, kind) else kind(**_container(node))
 
 
 def build_model(
-    cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, init_batch: Tensor | None = None
+    cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, init_batch: Tensor | None = None
 ) -> nn.Module:
     """Build `cfg.arch` for inputs of `input_shape` (C, H, W) and initialize it as `cfg.init` / `cfg.bias_init`.
 

@@ -4,7 +4,7 @@ optim.momentum, which 1cycle then cycles), so validation and the schedules ask t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,7 +15,19 @@ from torch.optim import Optimizer
 from dlzoo.checks import Checks
 from dlzoo.registry import Registry
 
-OptimBuilder = Callable[[list[nn.Parameter], DictConfig], Optimizer]
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # registry: dlzoo ls optimizer
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # momentum, nesterov (and rmsprop's optional momentum)
+    rho: float = 0.9  # rmsprop's decay of the squared-gradient average (Keras' rho)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamax, nadam, adamw
+    eps: float = 1e-8
+
+
+OptimBuilder = Callable[[list[nn.Parameter], OptimConfig], Optimizer]
 
 
 @dataclass(frozen=True)
@@ -50,57 +62,57 @@ def _fused(cls: type[Optimizer], params: list[nn.Parameter], **kwargs: Any) -> O
 
 
 @optimizer("sgd", "plain SGD: w -= lr * g")
-def _sgd(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _sgd(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(torch.optim.SGD, params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @optimizer("momentum", "SGD with momentum (Polyak 1964): v = beta*v + g; w -= lr * v", has_momentum=True)
-def _momentum(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _momentum(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 @optimizer(
     "nesterov", "Nesterov accelerated gradient (1983): the gradient taken one momentum step ahead", has_momentum=True
 )
-def _nesterov(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _nesterov(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(
         torch.optim.SGD, params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
     )
 
 
 @optimizer("adagrad", "Duchi et al. 2011: per-weight lr shrinks with the sum of squared gradients")
-def _adagrad(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _adagrad(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(torch.optim.Adagrad, params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 @optimizer("rmsprop", "Hinton 2012: Adagrad with an exponential average (optim.rho) of squared gradients")
-def _rmsprop(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _rmsprop(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return torch.optim.RMSprop(
         params, lr=cfg.lr, alpha=cfg.rho, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
 
 
-def _adam_kwargs(cfg: DictConfig) -> dict:
+def _adam_kwargs(cfg: OptimConfig) -> dict:
     return dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 @optimizer("adam", "Kingma & Ba 2014: momentum + RMSProp with bias correction; the lecture labs' optimizer")
-def _adam(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _adam(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(torch.optim.Adam, params, **_adam_kwargs(cfg))
 
 
 @optimizer("adamax", "Kingma & Ba 2014: Adam with the infinity norm of past gradients")
-def _adamax(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _adamax(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return torch.optim.Adamax(params, **_adam_kwargs(cfg))
 
 
 @optimizer("nadam", "Dozat 2016: Adam with Nesterov momentum")
-def _nadam(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _nadam(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return torch.optim.NAdam(params, **_adam_kwargs(cfg))
 
 
 @optimizer("adamw", "Loshchilov & Hutter 2019: Adam with decoupled weight decay (optim.weight_decay)")
-def _adamw(params: list[nn.Parameter], cfg: DictConfig) -> Optimizer:
+def _adamw(params: list[nn.Parameter], cfg: OptimConfig) -> Optimizer:
     return _fused(torch.optim.AdamW, params, **_adam_kwargs(cfg))
 
 
@@ -118,6 +130,6 @@ def problems(o: DictConfig) -> list[str]:
     return c.problems
 
 
-def build_optimizer(cfg: DictConfig, params: Iterable[nn.Parameter]) -> Optimizer:
+def build_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter]) -> Optimizer:
     """The optimizer named `cfg.name` over the trainable `params`."""
     return OPTIMIZERS.get(cfg.name).build([p for p in params if p.requires_grad], cfg)

@@ -15,6 +15,15 @@ from dlzoo.checks import Checks
 
 
 @dataclass
+class RegConfig:
+    l1: float = 0.0  # lambda of the L1 penalty sum|W| added to the loss (weights only, not biases)
+    l2: float = 0.0  # lambda of the L2 penalty sum W^2 added to the loss (lecture 10-5: cost + lambda sum W^2)
+    max_norm: float | None = None  # cap each unit's incoming weight vector norm after every step (Srivastava 2014)
+    clip_value: float | None = None  # clip each gradient component to [-v, v] (Keras clipvalue)
+    clip_norm: float | None = None  # rescale the whole gradient to at most this global L2 norm (Keras clipnorm)
+
+
+@dataclass
 class Regularizer:
     l1: float = 0.0
     l2: float = 0.0
@@ -73,7 +82,7 @@ def _units(model: nn.Module | Any) -> list[tuple[Tensor, tuple[int, ...]]]:
             if p.dim() > 1 and name.endswith("weight")]  # fmt: skip
 
 
-def build_regularizer(cfg: DictConfig) -> Regularizer:
+def build_regularizer(cfg: RegConfig) -> Regularizer:
     return Regularizer(cfg.l1, cfg.l2, cfg.max_norm, cfg.clip_value, cfg.clip_norm)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
@@ -13,6 +13,26 @@ from torch.optim import Optimizer
 
 from dlzoo.checks import Checks
 from dlzoo.registry import Registry
+
+
+@dataclass
+class SchedConfig:
+    name: str = "constant"  # registry: dlzoo ls schedule; each schedule's YAML sets the keys it reads
+    min_lr: float = 0.0  # cosine's end point; plateau's floor
+    warmup_steps: int = 0  # cosine
+    decay_steps: float = 1000.0  # power (s), exponential_step
+    power: float = 1.0  # power (c)
+    decay_epochs: float = 10.0  # exponential (s)
+    decay_rate: float = 0.1  # exponential_step
+    staircase: bool = False  # exponential_step
+    boundaries: list[int] = field(default_factory=lambda: [5, 15])  # piecewise, in epochs
+    lr_values: list[float] = field(default_factory=lambda: [0.01, 0.005, 0.001])  # piecewise lrs
+    factor: float = 0.5  # plateau
+    patience: int = 5  # plateau, in epochs
+    max_lr: float = 0.01  # onecycle peak
+    final_fraction: float = 0.1  # onecycle: share of the run spent in the final anneal
+    final_div: float = 1000.0  # onecycle: the anneal ends at lr0 / final_div
+    momentum_range: list[float] = field(default_factory=lambda: [0.85, 0.95])  # onecycle
 
 
 @dataclass(frozen=True)
@@ -30,8 +50,8 @@ class Clock:
 
 @dataclass(frozen=True)
 class Schedule:
-    lr: Callable[[Clock, float, DictConfig], float]  # (clock, base lr, sched config) -> lr for this step
-    momentum: Callable[[Clock, DictConfig], float] | None = None  # 1cycle's momentum, where one is set
+    lr: Callable[[Clock, float, SchedConfig], float]  # (clock, base lr, sched config) -> lr for this step
+    momentum: Callable[[Clock, SchedConfig], float] | None = None  # 1cycle's momentum, where one is set
     plateau: bool = False  # the lr is also cut when the validation loss stalls
 
 
@@ -62,7 +82,7 @@ SCHEDULES.register("plateau", "lr *= sched.factor after sched.patience epochs wi
 )
 
 
-def _onecycle_phases(c: Clock, cfg: DictConfig) -> tuple[int, float]:
+def _onecycle_phases(c: Clock, cfg: SchedConfig) -> tuple[int, float]:
     """(phase 0/1/2, fraction through it): up over the first half of the cycle, down over the second, then
     the final anneal over the last sched.final_fraction of the run (Smith 2018; Géron ch. 11)."""
     anneal_start = round(c.total_steps * (1 - cfg.final_fraction))
@@ -74,7 +94,7 @@ def _onecycle_phases(c: Clock, cfg: DictConfig) -> tuple[int, float]:
     return 2, (c.step - anneal_start) / max(c.total_steps - anneal_start, 1)
 
 
-def _onecycle_lr(c: Clock, lr0: float, cfg: DictConfig) -> float:
+def _onecycle_lr(c: Clock, lr0: float, cfg: SchedConfig) -> float:
     phase, f = _onecycle_phases(c, cfg)
     if phase == 0:
         return lr0 + f * (cfg.max_lr - lr0)
@@ -83,7 +103,7 @@ def _onecycle_lr(c: Clock, lr0: float, cfg: DictConfig) -> float:
     return lr0 - f * (lr0 - lr0 / cfg.final_div)
 
 
-def _onecycle_momentum(c: Clock, cfg: DictConfig) -> float:
+def _onecycle_momentum(c: Clock, cfg: SchedConfig) -> float:
     low, high = cfg.momentum_range
     phase, f = _onecycle_phases(c, cfg)
     return high - f * (high - low) if phase == 0 else low + f * (high - low) if phase == 1 else high
@@ -94,7 +114,7 @@ SCHEDULES.register("onecycle", "1cycle (Smith 2018): lr0 -> sched.max_lr -> lr0,
 )
 
 
-def _cosine(c: Clock, lr0: float, cfg: DictConfig) -> float:
+def _cosine(c: Clock, lr0: float, cfg: SchedConfig) -> float:
     if c.step < cfg.warmup_steps:
         return lr0 * (c.step + 1) / cfg.warmup_steps
     span = max(c.total_steps - cfg.warmup_steps, 1)
@@ -147,7 +167,7 @@ class Scheduler:
     """
 
     def __init__(
-        self, optimizer: Optimizer, schedule: Schedule, cfg: DictConfig, steps_per_epoch: int, total_steps: int
+        self, optimizer: Optimizer, schedule: Schedule, cfg: SchedConfig, steps_per_epoch: int, total_steps: int
     ) -> None:
         self.optimizer, self.schedule, self.cfg = optimizer, schedule, cfg
         self.steps_per_epoch, self.total_steps = max(steps_per_epoch, 1), max(total_steps, 1)
@@ -204,6 +224,6 @@ class Scheduler:
         self._apply()
 
 
-def build_scheduler(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int, total_steps: int) -> Scheduler:
+def build_scheduler(cfg: SchedConfig, optimizer: Optimizer, steps_per_epoch: int, total_steps: int) -> Scheduler:
     """The schedule named `cfg.name` driving `optimizer` over a run of `total_steps` steps."""
     return Scheduler(optimizer, SCHEDULES.get(cfg.name), cfg, steps_per_epoch, total_steps)

@@ -4,19 +4,33 @@ a deep belief net of greedily stacked RBMs (Hinton, Osindero & Teh 2006) or a gr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from dlzoo.data.build import build_splits
+from dlzoo.data.build import DataConfig, build_splits
 from dlzoo.data.splits import Splits, to_float
 from dlzoo.pretrain.rbm import RBM, hidden_features, train_rbm
 from dlzoo.registry import Registry
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "none"  # registry: dlzoo ls pretrain; conf/pretrain/<method>.yaml holds each method's defaults
+    epochs: int = 5  # passes over the images, per hidden layer
+    lr: float = 0.1  # rbm: SGD step on the mean CD gradient (Hinton's RBM guide §4); autoencoder: Adam's lr
+    cd_k: int = 1  # rbm: Gibbs steps of CD-k (Hinton et al. 2006 used CD-1)
+    batch_size: int = 100  # the guide's §5: 10 to 100
+    momentum: float = 0.9  # rbm: 0.5 in the first epoch, then this (the guide's §9)
+    weight_decay: float = 2e-4  # rbm: L2 on the weights only (the guide's §10: 1e-2 to 1e-5)
+    unlabeled: bool = True  # pretrain on the whole train split, also images data.train_subset leaves unlabelled
+
 
 LayerLog = Callable[[str, int, dict[str, float]], None]  # (layer tag such as "rbm1", epoch, metrics)
 
@@ -208,21 +222,27 @@ def _encode(block: nn.Sequential, features: Tensor, mean: float, std: float, bat
 
 
 def pretrain_model(
-    cfg: DictConfig, model: nn.Module, data: Splits, tracker: PretrainLog, seed: int, session: Session | None = None
+    p: PretrainConfig,
+    data_cfg: DataConfig,
+    model: nn.Module,
+    data: Splits,
+    tracker: PretrainLog,
+    seed: int,
+    session: Session | None = None,
 ) -> None:
-    """Entry point: pretrain `model`'s hidden layers in place as cfg.pretrain says (nothing for method=none);
-    `session` saves each finished layer and stops on request (PretrainStopped).
+    """Entry point: pretrain `model`'s hidden layers in place as `p` says (nothing for method=none), on the
+    images of `data` (or of the whole train split `data_cfg` names); `session` saves each finished layer and stops
+    on request (PretrainStopped).
 
     With pretrain.unlabeled and data.train_subset set, the pretraining uses every image of the train split (the
     labels of the rest are simply not used), never the validation or test images.
     """
-    p = cfg.pretrain
     if p.method == "none":
         return
     images = data.x_train
-    if p.unlabeled and cfg.data.train_subset is not None:
+    if p.unlabeled and data_cfg.train_subset is not None:
         # The subset is a prefix of the seeded, class-filtered train part, so this is a superset of the labelled images.
-        everything = OmegaConf.merge(cfg.data, {"train_subset": None})
+        everything = dataclasses.replace(data_cfg, train_subset=None)
         images = build_splits(everything, images.device).x_train
     args = PretrainArgs(p.epochs, p.lr, p.cd_k, p.batch_size, p.momentum, p.weight_decay, seed)
     blocks = [block for name, block in model.layers.named_children() if name.startswith("fc")]

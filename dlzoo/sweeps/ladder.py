@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dlzoo.config.compose import compose_and_validate
 from dlzoo.config.launch import usable_cores
+from dlzoo.config.schema import settings
 from dlzoo.config.validate import stack_problems
 from dlzoo.console import console, print_error, print_table, say
 from dlzoo.data.datasets import locate
@@ -129,7 +130,7 @@ def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
         elif mode == "on":
             can = not stack_problems(cfg, k)
         else:
-            can = faster_stacked(cfg, k, resolve_device(cfg.trainer.device))[0]
+            can = faster_stacked(settings(cfg), k, resolve_device(cfg.trainer.device))[0]
         if size > 1:  # each ensemble stacks its own members (ensemble.stack), decided in its run
             launched += [replace(j, overrides=[*j.overrides, f"ensemble.stack={mode}"]) for j in seeds]
             stacked += [rung] if can else []

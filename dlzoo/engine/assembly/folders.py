@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from dlzoo import __version__
+from dlzoo.config.schema import TrainConfig, as_dict
 from dlzoo.errors import DlzooError
 from dlzoo.paths import atomic_write, inert, open_nofollow, refuse_links
 
@@ -279,7 +280,7 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
             for key in IDENTITY_KEYS}  # fmt: skip
 
 
-def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | None:
+def find_resume(value: str | None, out_dir: Path, cfg: TrainConfig) -> Path | None:
     """The last.pt that trainer.resume names: auto looks in this run's folder, then for the newest unfinished
     sibling run with the same experiment; a folder or file names one directly."""
     if value is None:
@@ -295,7 +296,7 @@ def find_resume(value: str | None, out_dir: Path, cfg: DictConfig) -> Path | Non
     own = resumable_file(out_dir)
     if own is not None and not (out_dir / "metrics.json").is_file():
         return own
-    wanted = identity(OmegaConf.to_container(cfg, resolve=True))
+    wanted = identity(as_dict(cfg))
     siblings = out_dir.parent.iterdir() if out_dir.parent.is_dir() else iter(())
     found = (resumable_file(run) for run in siblings if run.is_dir())
     candidates = sorted((p for p in found if p is not None), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -328,9 +329,9 @@ def same_config(path: Path, wanted: dict[str, Any]) -> bool:
         return False
 
 
-def check_compatible(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+def check_compatible(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """Refuse a checkpoint whose model differs from the config; list the other settings that changed."""
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = as_dict(cfg)
     diffs = _diff(saved, current)
     model_diffs = [d for d in diffs if d.startswith("model.")]
     if model_diffs or saved["data"]["name"] != current["data"]["name"]:

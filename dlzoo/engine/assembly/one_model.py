@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from dlzoo.config.schema import TrainConfig
 from dlzoo.console import format_value, print_warning
 from dlzoo.data.build import class_names
 from dlzoo.data.splits import Splits
@@ -34,7 +35,7 @@ OnEpochEnd = Callable[[int, dict[str, float]], None]
 
 
 def setup_model(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     hparams: dict[str, Any],
     data: Splits,
     device: torch.device,
@@ -62,7 +63,7 @@ def setup_model(
 
 
 def test_scores(
-    cfg: DictConfig, model: torch.nn.Module, data: Splits, result: FitResult, tracker: Any
+    cfg: TrainConfig, model: torch.nn.Module, data: Splits, result: FitResult, tracker: Any
 ) -> dict[str, Any]:
     """The test set's scores (and MC dropout's, when asked) beside the fit's final metrics."""
     t = cfg.trainer
@@ -98,7 +99,7 @@ def test_scores(
 
 def finish(
     tracker: Any,
-    cfg: DictConfig,
+    cfg: TrainConfig,
     config: dict[str, Any],
     hparams: dict[str, Any],
     data: Splits,
@@ -160,7 +161,7 @@ def collapse_warning(fell: dict[str, Any], checkpoints: list[str]) -> str:
 
 
 def log_pictures(
-    tracker: Any, cfg: DictConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
+    tracker: Any, cfg: TrainConfig, models: list[torch.nn.Module], data: Splits, step: int, title: str
 ) -> None:
     """The test set's confusion matrix and its most confidently misclassified images (an ensemble's: its vote)."""
     if len(data.y_test) == 0:
@@ -176,7 +177,7 @@ def log_pictures(
     tracker.log_image("test_images/misclassified", worst, step)
 
 
-def log_texts(tracker: Any, cfg: DictConfig, config: dict[str, Any], metrics: dict[str, Any], summary_md: str) -> None:
+def log_texts(tracker: Any, cfg: TrainConfig, config: dict[str, Any], metrics: dict[str, Any], summary_md: str) -> None:
     """The text tab: how the run was started, the composed config, the model, the final metrics."""
     tracker.log_markdown("run/command", "    " + " ".join(["dlzoo train", *overrides()]))
     tracker.log_markdown("run/config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
@@ -190,7 +191,7 @@ def overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
 
 
-def model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
+def model_name(cfg: TrainConfig, hparams: dict[str, Any]) -> str:
     """`mlp_dropout (mlp)`: the experiment or preset the user chose, then its architecture (the title said only
     `mlp`)."""
     experiment, preset = str(hparams.get("experiment", "none")), str(hparams.get("model", "none"))
@@ -199,7 +200,7 @@ def model_name(cfg: DictConfig, hparams: dict[str, Any]) -> str:
 
 
 def fit_options(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     seed: int,
     checkpointing: Checkpointing | None,
     stop: StopFlag | None,

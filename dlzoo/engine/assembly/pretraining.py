@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
 from torch import nn
 
+from dlzoo.config.schema import TrainConfig
 from dlzoo.data.splits import Splits
 from dlzoo.engine.assembly.folders import PRETRAIN_FILE
 from dlzoo.engine.training.checkpoint import Checkpointing, rng_state, save_checkpoint, set_rng_state
@@ -21,7 +21,7 @@ def is_pretraining(checkpoint: dict[str, Any]) -> bool:
 
 
 def pretrain(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     model: nn.Module,
     data: Splits,
     tracker: PretrainLog,
@@ -52,7 +52,7 @@ def pretrain(
         stop_requested=lambda: stop is not None and stop.signum is not None,
     )
     try:
-        pretrain_model(cfg, model, data, tracker, seed, session)
+        pretrain_model(cfg.pretrain, cfg.data, model, data, tracker, seed, session)
     except PretrainStopped:
         assert stop is not None and stop.signum is not None
         raise Interrupted(path if path is not None and path.is_file() else None, stop.signum) from None

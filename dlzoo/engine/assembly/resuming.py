@@ -12,8 +12,8 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
 
+from dlzoo.config.schema import TrainConfig, as_dict
 from dlzoo.console import console, print_warning, redirect_file_logs, say
 from dlzoo.engine.assembly.folders import (
     check_compatible,
@@ -54,7 +54,7 @@ def member_folder(folder: Path, index: int, size: int) -> Path:
     return folder if size == 1 else folder / f"member{index}"
 
 
-def plan(cfg: DictConfig, out_dir: Path) -> Plan:
+def plan(cfg: TrainConfig, out_dir: Path) -> Plan:
     """Resolve trainer.resume for a run whose fresh folder would be `out_dir`: one planner for the three layouts
     (one model, an ensemble's member<i>/ folders, a stack's checkpoints/stack.pt)."""
     value, size = cfg.trainer.resume, cfg.ensemble.size
@@ -88,7 +88,7 @@ def plan(cfg: DictConfig, out_dir: Path) -> Plan:
     return Plan(out_dir, members)
 
 
-def _plan_stack(cfg: DictConfig, out_dir: Path, fresh: Plan) -> Plan:
+def _plan_stack(cfg: TrainConfig, out_dir: Path, fresh: Plan) -> Plan:
     """A stacked run (trainer.stack > 1) continues from its folder's checkpoints/stack.pt, in place (auto: this
     run's own folder; a finished one is kept). Its one Start holds the stack's state for all its members."""
     value = cfg.trainer.resume
@@ -109,7 +109,7 @@ def _plan_stack(cfg: DictConfig, out_dir: Path, fresh: Plan) -> Plan:
                          f"{cfg.trainer.stack} from seed {cfg.trainer.seed}. Fix: resume with trainer.stack={saved[0]} "
                          f"trainer.seed={saved[1]}, or train into a new folder without trainer.resume.")  # fmt: skip
     if (folder / "metrics.json").is_file():
-        if identity(state["config"]) != identity(OmegaConf.to_container(cfg, resolve=True)):
+        if identity(state["config"]) != identity(as_dict(cfg)):
             raise DlzooError(f"{folder} holds a finished stacked run of another config. Fix: give this run its own "
                              "folder, or resume with the overrides that made it.")  # fmt: skip
         say(f"{folder} already finished (metrics.json); kept, not retrained")
@@ -122,7 +122,7 @@ def _plan_stack(cfg: DictConfig, out_dir: Path, fresh: Plan) -> Plan:
     return Plan(folder, [Start(checkpoint=state)])
 
 
-def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: int) -> Start:
+def _member(folder: Path, path: Path | None, cfg: TrainConfig, index: int, size: int) -> Start:
     if size > 1 and (folder / "metrics.json").is_file() and path is not None:
         return Start(finished=json.loads((folder / "metrics.json").read_text()), checkpoint=load_checkpoint(path))
     if path is None:
@@ -137,13 +137,13 @@ def _member(folder: Path, path: Path | None, cfg: DictConfig, index: int, size: 
     return Start(checkpoint=state)
 
 
-def _finished(out_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+def _finished(out_dir: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """The metrics of a run of this very config that already finished in `out_dir` (a resumed sweep's job)."""
     metrics = out_dir / "metrics.json"
     saved = resumable_file(out_dir) or resumable_file(out_dir / "member0")
     if not metrics.is_file() or saved is None:
         return None
-    theirs, ours = identity(load_checkpoint(saved)["config"]), identity(OmegaConf.to_container(cfg, resolve=True))
+    theirs, ours = identity(load_checkpoint(saved)["config"]), identity(as_dict(cfg))
     if theirs != ours:
         differ = ", ".join(k for k in ours if theirs.get(k) != ours[k])
         raise DlzooError(
@@ -155,7 +155,7 @@ def _finished(out_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return json.loads(metrics.read_text())
 
 
-def _find_ensemble(value: str, out_dir: Path, cfg: DictConfig) -> Path | None:
+def _find_ensemble(value: str, out_dir: Path, cfg: TrainConfig) -> Path | None:
     """The ensemble folder trainer.resume names (auto: this job's folder or the newest unfinished sibling
     ensemble of this config); its members' checkpoints live in member<i>/checkpoints."""
 
@@ -172,7 +172,7 @@ def _find_ensemble(value: str, out_dir: Path, cfg: DictConfig) -> Path | None:
         return folder
     if started(out_dir):
         return out_dir
-    wanted = identity(OmegaConf.to_container(cfg, resolve=True))
+    wanted = identity(as_dict(cfg))
     siblings = [p for p in out_dir.parent.iterdir() if p != out_dir and started(p)] if out_dir.parent.is_dir() else []
     for folder in sorted(siblings, key=lambda p: p.stat().st_mtime, reverse=True):
         path = resumable_file(folder / "member0")

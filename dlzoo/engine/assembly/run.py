@@ -3,7 +3,7 @@ TensorBoard events in the run folder. `dlzoo train` (dlzoo.train) and the sweeps
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dlzoo.config import launch
+from dlzoo.config.schema import TrainConfig, as_dict, settings
 from dlzoo.config.validate import validate, warnings
 from dlzoo.console import console, print_final, print_warning
 from dlzoo.data.build import build_splits
@@ -49,7 +50,7 @@ OnEpochEnd = Callable[[int, dict[str, float]], None]
 
 
 def run(
-    cfg: DictConfig,
+    composed: DictConfig,
     out_dir: Path,
     stop: StopFlag | None = None,
     on_epoch_end: OnEpochEnd | None = None,
@@ -59,12 +60,15 @@ def run(
     `out_dir` (or into the run being resumed); returns the final metrics. Raises DlzooError for anything the
     user can fix, Interrupted on a stop request. `on_epoch_end(epoch, metrics)` runs after every validated epoch
     (see dlzoo.engine.training.loop.FitOptions); `on_folder(folder)` once the folder the run writes in is known (a
-    resumed run's own, rather than `out_dir`)."""
+    resumed run's own, rather than `out_dir`).
+
+    `composed` is Hydra's composed config: validated here, then turned into the typed settings every module below
+    takes (dlzoo.config.schema.settings), so none of them reads OmegaConf."""
     started = time.perf_counter()
-    validate(cfg)
-    for message in warnings(cfg):
+    validate(composed)
+    for message in warnings(composed):
         print_warning(message)
-    cfg = _stacking(cfg, out_dir)
+    cfg = _stacking(settings(composed), out_dir)
     t = cfg.trainer
     dist = distributed.current()
     distributed.check_supported(dist.world, t.devices, cfg.ensemble.size, t.resume)
@@ -91,20 +95,18 @@ def run(
             raise full from None
 
 
-def _stacking(cfg: DictConfig, out_dir: Path) -> DictConfig:
+def _stacking(cfg: TrainConfig, out_dir: Path) -> TrainConfig:
     """The config with trainer.stack set to what the run stacks (an ensemble under ensemble.stack), said aloud."""
     k, line = stacked_run.stack_size(cfg, resolve_device(cfg.trainer.device), out_dir)
     if line is not None:
         console.print(line)
     if k == cfg.trainer.stack:
         return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.trainer.stack = k
-    return cfg
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, stack=k))
 
 
 def _run_in(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     out_dir: Path,
     starts: list[resuming.Start],
     stop: StopFlag | None,
@@ -117,7 +119,7 @@ def _run_in(
     _setup_process(cfg)
     device = dist.device(resolve_device(t.device))
     data = build_splits(cfg.data, device)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = as_dict(cfg)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     hparams = run_hparams(config, choices, one_model.overrides())
 
@@ -149,7 +151,7 @@ def _run_in(
 
 
 def _members(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     config: dict[str, Any],
     hparams: dict[str, Any],
     data: Splits,
@@ -181,7 +183,7 @@ def _members(
 
 
 def _stacked_ensemble(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     hparams: dict[str, Any],
     data: Splits,
     out_dir: Path,
@@ -196,7 +198,7 @@ def _stacked_ensemble(
     return _ensemble(cfg, hparams, data, out_dir, [(model, m) for model, m in members if m is not None])
 
 
-def _setup_process(cfg: DictConfig) -> None:
+def _setup_process(cfg: TrainConfig) -> None:
     """Threads, determinism and anomaly detection: process-wide torch settings, before any tensor is made."""
     t = cfg.trainer
     threads = t.threads if t.threads is not None else launch.default_threads()
@@ -211,7 +213,7 @@ def _setup_process(cfg: DictConfig) -> None:
 
 
 def _ensemble(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     hparams: dict[str, Any],
     data: Splits,
     out_dir: Path,
@@ -247,7 +249,7 @@ def _ensemble(
 
 
 def _train_member(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     config: dict[str, Any],
     hparams: dict[str, Any],
     data: Splits,
@@ -301,7 +303,7 @@ def _train_member(
     return model, metrics
 
 
-def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start: resuming.Start) -> torch.nn.Module:
+def _finished_member(cfg: TrainConfig, data: Splits, device: torch.device, start: resuming.Start) -> torch.nn.Module:
     """A member that finished before the ensemble was interrupted, with the weights it ended with (its best
     epoch's, when early stopping restored them)."""
     assert start.checkpoint is not None
@@ -314,7 +316,7 @@ def _finished_member(cfg: DictConfig, data: Splits, device: torch.device, start:
 
 
 def _setup_checkpointing(
-    cfg: DictConfig, config: dict[str, Any], meta: dict[str, Any], out_dir: Path, resume: dict[str, Any] | None
+    cfg: TrainConfig, config: dict[str, Any], meta: dict[str, Any], out_dir: Path, resume: dict[str, Any] | None
 ) -> Checkpointing | None:
     """Where last.pt and the best epochs go (rank 0 only); a resumed run keeps counting the best it kept."""
     ck = cfg.trainer.checkpoint

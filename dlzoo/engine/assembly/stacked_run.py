@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from dlzoo.config.schema import TrainConfig
 from dlzoo.config.validate import stack_problems
 from dlzoo.console import console, print_warning
 from dlzoo.data.build import num_classes
@@ -45,7 +46,7 @@ from dlzoo.optim import build_optimizer, build_scheduler
 CPU_STACK_MAX_WEIGHTS = 500_000
 
 
-def faster_stacked(cfg: DictConfig, k: int, device: torch.device) -> tuple[bool, str]:
+def faster_stacked(cfg: TrainConfig, k: int, device: torch.device) -> tuple[bool, str]:
     """Whether `k` models of this config train faster as one stack on `device`, and why (for the user)."""
     problems = stack_problems(cfg, k)
     if problems:
@@ -61,7 +62,7 @@ def faster_stacked(cfg: DictConfig, k: int, device: torch.device) -> tuple[bool,
     return True, f"measured faster on a CPU for an MLP of {weights:,} weights"
 
 
-def stack_size(cfg: DictConfig, device: torch.device, out_dir: Path) -> tuple[int, str | None]:
+def stack_size(cfg: TrainConfig, device: torch.device, out_dir: Path) -> tuple[int, str | None]:
     """How many models the run trains as one stack: trainer.stack, or an ensemble's size where ensemble.stack
     says so (auto: where faster_stacked; an ensemble begun member by member continues that way); and the line
     that tells the user which and why (None when there is nothing to say)."""
@@ -79,7 +80,7 @@ def stack_size(cfg: DictConfig, device: torch.device, out_dir: Path) -> tuple[in
     return (e.size if faster else 1), f"ensemble.stack=auto: the {e.size} members train {how} (stacking: {why})"
 
 
-def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
+def folders(cfg: TrainConfig, out_dir: Path) -> list[tuple[int, Path]]:
     """(seed, folder) of each member: seed<s>/ for seeds, member<i>/ for an ensemble's members."""
     t, size = cfg.trainer, cfg.ensemble.size
     if size > 1:
@@ -88,7 +89,7 @@ def folders(cfg: DictConfig, out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def train_stacked(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     config: dict[str, Any],
     hparams: dict[str, Any],
     data: Splits,
@@ -155,7 +156,7 @@ def fit_stack(
     seeds: list[int],
     trackers: list[Tracker],
     data: Splits,
-    cfg: DictConfig,
+    cfg: TrainConfig,
     checkpoint: Path | None = None,
     resume: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
@@ -187,7 +188,7 @@ def fit_stack(
 
 
 def _best(
-    cfg: DictConfig, config: dict[str, Any], meta: dict[str, Any], folder: Path, resume: dict[str, Any] | None, k: int
+    cfg: TrainConfig, config: dict[str, Any], meta: dict[str, Any], folder: Path, resume: dict[str, Any] | None, k: int
 ) -> Checkpointing:
     """Member k's best-epoch checkpoints, as its standalone run keeps them; a resumed one keeps counting."""
     ck = cfg.trainer.checkpoint
@@ -200,7 +201,7 @@ def _best(
 SCORES = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
 
-def summary(cfg: DictConfig, members: list[tuple[torch.nn.Module, dict[str, Any] | None]]) -> dict[str, Any]:
+def summary(cfg: TrainConfig, members: list[tuple[torch.nn.Module, dict[str, Any] | None]]) -> dict[str, Any]:
     """The stack's own metrics.json for seeds: the test accuracy's mean and sample std over the healthy seeds."""
     seeds = [cfg.trainer.seed + k for k in range(len(members))]
     good = [(s, m) for s, (_, m) in zip(seeds, members, strict=True) if m is not None]
@@ -224,7 +225,7 @@ def summary(cfg: DictConfig, members: list[tuple[torch.nn.Module, dict[str, Any]
 
 
 def _finish_member(
-    cfg: DictConfig,
+    cfg: TrainConfig,
     config: dict[str, Any],
     hparams: dict[str, Any],
     data: Splits,

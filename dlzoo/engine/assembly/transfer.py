@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from dlzoo.config.schema import TransferConfig
 from dlzoo.console import console
 from dlzoo.engine.assembly.folders import checkpoint_file, load_checkpoint
 from dlzoo.errors import DlzooError
@@ -56,7 +56,7 @@ def set_trainable(model: nn.Module, layers: list[str], trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
-def build_reuse(cfg: DictConfig, model: nn.Module, fresh: bool) -> list[str]:
+def build_reuse(cfg: TransferConfig, model: nn.Module, fresh: bool) -> list[str]:
     """Copy transfer.reuse_layers leading layers from transfer.ckpt into `model` (only when `fresh`: a resumed run
     gets every weight from its own checkpoint). Returns the reused layer names; [] when transfer.ckpt is null."""
     if cfg.ckpt is None:
@@ -77,7 +77,7 @@ def build_reuse(cfg: DictConfig, model: nn.Module, fresh: bool) -> list[str]:
 
 
 def build_freeze_schedule(
-    cfg: DictConfig,
+    cfg: TransferConfig,
     model: nn.Module,
     reused: list[str],
     scheduler: Scheduler,

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dlzoo.cli import config_groups, precheck
+from dlzoo.config.schema import TrainConfig, as_dict, settings
 from dlzoo.config.validate import register_configs, validate
 from dlzoo.engine.assembly.folders import output_problem
 from dlzoo.errors import DlzooError
+from dlzoo.models import ModelConfig
 from dlzoo.paths import conf_dir
 
 register_configs()
@@ -38,9 +41,14 @@ def test_the_walk_finds_every_yaml() -> None:
 
 
 @pytest.mark.parametrize(("group", "name"), all_group_choices())
-def test_every_config_composes_and_validates(group: str, name: str) -> None:
+def test_every_config_composes_validates_and_converts_to_typed_settings(group: str, name: str) -> None:
     cfg = compose_train([f"{group}={name}"])
     validate(cfg)
+    # What a run passes below its boundary: the schema's dataclasses, holding what the checkpoints' config holds.
+    typed = settings(cfg)
+    assert isinstance(typed, TrainConfig) and isinstance(typed.model, ModelConfig)
+    assert not any(OmegaConf.is_config(v) for v in vars(typed.model).values())
+    assert as_dict(typed) == OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_defaults_are_the_lecture_recipe() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dlzoo.cli import compose_and_validate
+from dlzoo.config.schema import as_dict, settings
 from dlzoo.data.datasets import load_splits
 from dlzoo.engine.assembly.folders import load_checkpoint
 from dlzoo.engine.assembly.run import run
@@ -162,8 +162,8 @@ def _members(cfg, data, seeds):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("preset", ["mlp_bn", "cnn"])
 @pytest.mark.parametrize("stop_at", [12, 21])  # after epoch 1 exactly; in the middle of epoch 2
 def test_a_stacked_run_resumes_bit_identically(preset: str, stop_at: int, toy_root: Path, tmp_path: Path) -> None:
-    cfg = compose_and_validate([*BASE, f"data.root={toy_root}", "trainer.epochs=3", "trainer.log_every_n_steps=1",
-                                "trainer.stack=2", *PRESETS[preset]])  # fmt: skip
+    overrides = [f"data.root={toy_root}", "trainer.epochs=3", "trainer.log_every_n_steps=1", "trainer.stack=2"]
+    cfg = settings(compose_and_validate([*BASE, *overrides, *PRESETS[preset]]))
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
     seeds = [1, 2]
     models, gens = _members(cfg, data, seeds)
@@ -172,7 +172,7 @@ def test_a_stacked_run_resumes_bit_identically(preset: str, stop_at: int, toy_ro
     first, gens1 = _members(cfg, data, seeds)
     with pytest.raises(Interrupted):
         fit_stack(first, gens1, seeds, [_Quiet(stop, stop_at), _Quiet()], data, cfg, ck, stop=stop,
-                  extra={"config": OmegaConf.to_container(cfg, resolve=True)})  # fmt: skip
+                  extra={"config": as_dict(cfg)})  # fmt: skip
     again, gens2 = _members(cfg, data, seeds)
     torch.manual_seed(1234)
     resumed = fit_stack(again, gens2, seeds, [_Quiet(), _Quiet()], data, cfg, resume=load_checkpoint(ck))
@@ -183,7 +183,8 @@ def test_a_stacked_run_resumes_bit_identically(preset: str, stop_at: int, toy_ro
 
 
 def test_a_diverging_member_does_not_touch_the_others(toy_root: Path) -> None:
-    cfg = compose_and_validate([*BASE, f"data.root={toy_root}", "trainer.stack=3", "trainer.log_every_n_steps=1"])
+    cfg = settings(compose_and_validate([*BASE, f"data.root={toy_root}", "trainer.stack=3",
+                                         "trainer.log_every_n_steps=1"]))  # fmt: skip
     data = load_splits("mnist", str(toy_root), download=False, val_size=100)
     seeds = [1, 2, 3]
     healthy, gens = _members(cfg, data, seeds)
@@ -283,7 +284,7 @@ def test_ensemble_stack_auto_stacks_where_faster_and_says_so(
 ) -> None:
     from dlzoo.engine.assembly.stacked_run import stack_size
 
-    cfg = compose_and_validate(["ensemble.size=3", *extra])
+    cfg = settings(compose_and_validate(["ensemble.size=3", *extra]))
     size, line = stack_size(cfg, torch.device(device), tmp_path)
     assert size == k and (line is None if says is None else says in line), line
 
