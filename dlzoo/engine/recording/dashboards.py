@@ -29,7 +29,6 @@ from tensorboard.plugins.hparams.metadata import (
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from torch.utils.tensorboard import SummaryWriter
 
-SPLITS = ("train", "val", "test")
 # The headline group: it sorts first, so TensorBoard opens it, and the depth figure's group second.
 ACCURACY, LOSS = "accuracy_and_loss/accuracy", "accuracy_and_loss/loss"
 LOSS_STEP = "optim/loss_per_step"  # the optimizer's view beside its lr: dense, noisy, train only

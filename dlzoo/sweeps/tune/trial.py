@@ -4,7 +4,6 @@ by the seeds' mean or their lower 95% confidence bound."""
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -20,19 +19,13 @@ from dlzoo.engine.assembly.folders import write_json
 from dlzoo.engine.assembly.run import run
 from dlzoo.engine.training.stopping import Interrupted
 from dlzoo.errors import DlzooError
+from dlzoo.sweeps.compare.stats import summarize
 from dlzoo.sweeps.tune.search import METRICS, suggest_overrides
 
 if TYPE_CHECKING:
     import optuna
 
     from dlzoo.engine.training.stopping import StopFlag
-
-OBJECTIVES = ("mean", "lcb")
-# Student's t 0.975 quantile for 1..30 degrees of freedom (any statistics table); beyond, the normal's 1.96 plus
-# the first Cornish-Fisher term is within 0.001.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-        2.042)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,11 +40,6 @@ class TrialPlan:
     extra: list[str] = field(default_factory=list)  # this worker's own overrides (threads): not part of the search
 
 
-def t975(df: int) -> float:
-    """The two-sided 95% Student's t quantile for `df` degrees of freedom."""
-    return T975[df - 1] if df <= len(T975) else 1.96 + (1.96**3 + 1.96) / (4 * df)
-
-
 def score(values: list[float], objective: str, direction: str) -> float:
     """The trial's value from its seeds' scores: their mean, or (lcb) the pessimistic end of the mean's 95%
     t-interval (lower for an accuracy, upper for a loss), which favours settings that are good on every seed.
@@ -63,14 +51,12 @@ def score(values: list[float], objective: str, direction: str) -> float:
     Returns:
         The value the study optimizes.
     """
-    mean = sum(values) / len(values)
+    s = summarize(values)  # the same 95% t interval `dlzoo compare` gives a group of seeds
     if objective == "mean":
-        return mean
-    if len(values) < 2:
+        return s.mean
+    if s.low is None or s.high is None:
         raise DlzooError("--objective lcb needs at least two seeds' scores (--seeds 2 or more).")
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    half = t975(len(values) - 1) * std / math.sqrt(len(values))
-    return mean - half if direction == "maximize" else mean + half
+    return s.low if direction == "maximize" else s.high
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, search: DictConfig, plan: TrialPlan, out: Path,

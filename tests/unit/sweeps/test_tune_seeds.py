@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from optuna.trial import TrialState
+from scipy import stats
 
 from dlzoo.cli import main
 from dlzoo.errors import DlzooError
-from dlzoo.sweeps.tune.trial import score, t975
+from dlzoo.sweeps.compare.stats import summarize
+from dlzoo.sweeps.tune.trial import score
 
 # Random sampler seed 0 draws lr 1e-7, 0.1, 1e-7: the first trial sets the bar, the second beats it, the third
 # (as hopeless as the first) falls below the median of the two at its first epoch and is pruned there.
@@ -34,15 +36,21 @@ space:
 """
 
 
-def test_the_t_quantiles_match_the_tables() -> None:
-    for df, t in ((1, 12.706), (2, 4.303), (9, 2.262), (30, 2.042), (40, 2.021), (60, 2.000), (120, 1.980)):
-        assert t975(df) == pytest.approx(t, abs=0.002), df
+def test_lcb_is_the_end_of_the_interval_compare_reports() -> None:
+    for values in ([0.80, 0.82, 0.84], [0.97, 0.975, 0.968, 0.981, 0.977], [0.1 * i for i in range(40)]):
+        n = len(values)
+        mean, sem = sum(values) / n, stats.sem(values)
+        low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem)
+        assert score(values, "lcb", "maximize") == pytest.approx(low, abs=1e-12)
+        assert score(values, "lcb", "minimize") == pytest.approx(high, abs=1e-12)
+        assert (low, high) == pytest.approx((summarize(values).low, summarize(values).high), abs=1e-12)
 
 
 def test_lcb_of_three_seeds_by_hand() -> None:
-    # mean 0.82, sample std 0.02: half-width 4.303 * 0.02 / sqrt(3)
-    assert score([0.80, 0.82, 0.84], "lcb", "maximize") == pytest.approx(0.82 - 4.303 * 0.02 / math.sqrt(3))
-    assert score([0.80, 0.82, 0.84], "lcb", "minimize") == pytest.approx(0.82 + 4.303 * 0.02 / math.sqrt(3))
+    # mean 0.82, sample std 0.02: half-width t(0.975, 2 df) = 4.303 (any statistics table) * 0.02 / sqrt(3)
+    half = 4.303 * 0.02 / math.sqrt(3)
+    assert score([0.80, 0.82, 0.84], "lcb", "maximize") == pytest.approx(0.82 - half, abs=1e-5)
+    assert score([0.80, 0.82, 0.84], "lcb", "minimize") == pytest.approx(0.82 + half, abs=1e-5)
     assert score([0.80, 0.82, 0.84], "mean", "maximize") == pytest.approx(0.82)
     with pytest.raises(DlzooError, match="at least two seeds"):
         score([0.8], "lcb", "maximize")
