@@ -117,6 +117,67 @@ def print_final(
         console.print(f"dashboards: tensorboard --logdir {out.parent}")
 
 
+def _wrapped_lines(text: str, width: int) -> int:
+    """How many lines `text` takes in a column `width` wide, wrapped at spaces (a longer word folded)."""
+    count = 0
+    for line in text.splitlines() or [""]:
+        used = 0
+        for w in line.split():
+            if used and used + 1 + len(w) <= width:
+                used += 1 + len(w)
+            else:
+                count += 1
+                used = len(w)
+                count += max(len(w) - 1, 0) // max(width, 1)  # a word longer than the column folds
+        count += 0 if line.split() else 1
+    return count
+
+
+def fitted_widths(
+    header: list[str], rows: list[list[str]], wrapped: set[int], room: int, first: set[int] = frozenset()
+) -> list[int | None]:
+    """Widths for a table whose lines are longer than `room` (rich itself shrinks the widest columns to equal widths,
+    folding names and numbers mid-word while short columns keep spare room). Each column in `wrapped` gets its
+    longest word; the room left goes, a few characters at a time, to the widening that takes the most lines off the
+    table per character (on a tie, a column in `first`: numbers), so lines break at spaces and the table is as
+    short as the room allows. Only where even the words cannot fit are the longest ones folded. None for every
+    column when the table fits as it is, and for the columns not in `wrapped`."""
+    cells = [[header[i], *(row[i] for row in rows)] for i in range(len(header))]
+    longest = [max((len(line) for c in col for line in c.splitlines()), default=0) for col in cells]
+    if sum(longest) <= room:
+        return [None] * len(header)
+    word = [max((len(w) for c in col for w in c.split()), default=0) if i in wrapped else longest[i]
+            for i, col in enumerate(cells)]  # fmt: skip
+    # Too narrow even for whole words: a header's word folds first (down to its values' longest), then the longest.
+    value_word = [max((len(w) for c in col[1:] for w in c.split()), default=1) for col in cells]
+    for floor in (value_word, [1] * len(word)):
+        while sum(word) > room:
+            loose = [i for i in wrapped if word[i] > max(floor[i], 1)]
+            if not loose:
+                break
+            top = max(word[i] for i in loose)
+            word = [w - 1 if i in loose and w == top else w for i, w in enumerate(word)]
+    # A header may wrap onto more lines before a value does: only the values' lines count.
+    values = [max((len(line) for c in col[1:] for line in c.splitlines()), default=0) for col in cells]
+    spare = room - sum(word)
+    # Then, a few characters at a time, the widening that takes the most lines off the table per character.
+    grow = sorted(i for i in wrapped if values[i] > word[i])
+    tall = {i: {w: [_wrapped_lines(row[i], w) for row in rows] for w in range(word[i], values[i] + 1)} for i in grow}
+
+    def height(widths: list[int]) -> int:
+        return sum(max((tall[i][min(widths[i], values[i])][r] for i in grow), default=1) for r in range(len(rows)))
+
+    now = height(word)
+    while spare > 0:
+        options = [(now - height([*word[:i], word[i] + d, *word[i + 1 :]]), d, i)
+                   for i in grow for d in range(1, min(spare, values[i] - word[i]) + 1)]  # fmt: skip
+        gain, d, i = max(options, key=lambda o: (o[0] / o[1], o[2] in first, -o[1]), default=(0, 0, 0))
+        if gain <= 0:
+            break
+        word[i], spare, now = word[i] + d, spare - d, now - gain
+    return [w if i in wrapped else None for i, w in enumerate(word)]
+
+
 def print_table(
     title: str,
     header: list[str],
@@ -132,11 +193,15 @@ def print_table(
     right, wrap = set(right), set(wrap)
     table = Table(title=Text(title), title_justify="left", caption=caption and Text(caption), caption_justify="left",
                   box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip
+    wrapped = {i for i in range(len(header)) if not compact or i in wrap}
+    # Each column's border and padding: rich's edges, one rule between columns, one space each side of a cell.
+    frame = 2 + (len(header) - 1) + 2 * len(header) - (0 if not compact else 2)
+    widths = fitted_widths(header, rows, wrapped, console.width - frame, right)
     for i, name in enumerate(header):
-        # A wrapped column folds a long word (a group's name) onto the next line rather than cutting it off.
-        no_wrap = compact and i not in wrap
+        # A wrapped column folds a word longer than its width onto the next line rather than cutting it off.
+        no_wrap = i not in wrapped
         table.add_column(Text(name), justify="right" if i in right else "left", no_wrap=no_wrap,
-                         overflow="ellipsis" if no_wrap else "fold")  # fmt: skip
+                         overflow="ellipsis" if no_wrap else "fold", width=widths[i])  # fmt: skip
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     console.print(table)

@@ -56,3 +56,38 @@ def test_a_boxed_table_at_80_columns_folds_the_swept_value_instead_of_cutting_it
 )  # fmt: skip
 def test_first_sentence_is_what_happened_without_the_fix(message: str, expected: str) -> None:
     assert dlzoo.console.first_sentence(message) == expected
+
+
+LADDER_HEADER = ["rung", "lecture (MNIST)", "ours: test acc", "n", "Δ vs rung above (95% CI)", "beyond noise?",
+                 "epochs", "s / run"]  # fmt: skip
+LADDER_ROWS = [
+    ["10-1 softmax (lab10_1_softmax)", "~90%", "0.9187 ± 0.0012", "5", "", "", "15", "12.3 s"],
+    ["10-3 Xavier init (lab10_3_xavier)", "97.8%", "0.9791 ± 0.0011", "5", "+0.0604 (0.0590–0.0618)",
+     "yes (p < 0.001)", "15", "40.1 s"],
+    ["11-5 ensemble of 7 (lab11_5_ensemble)", "99.4%+", "0.9941 ± 0.0004", "5", "+0.0021 (0.0012–0.0030)",
+     "yes (p = 0.025)", "15", "1,234.5 s"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [90, 100, 110, 120])
+def test_a_boxed_table_too_wide_for_the_terminal_breaks_lines_at_spaces(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich alone shrinks the widest columns to equal widths: at 100 columns the ladder's table read
+    `(lab10_1_sof` / `tmax)`, and `(0.0590–0.0` / `618)`, while the lecture column kept room to spare. At 90 the
+    values' words still fit whole (a header's word folds first)."""
+    screen = Console(width=width, record=True, markup=False, file=io.StringIO())
+    monkeypatch.setattr(dlzoo.console, "console", screen)
+    dlzoo.console.print_table("ladder", LADDER_HEADER, LADDER_ROWS, right=range(1, 8))
+    text = screen.export_text()
+    assert all(len(line) <= width for line in text.splitlines()), text
+    cells = {line.strip() for row in text.splitlines() for line in row.split("│")}
+    for word in {w for row in LADDER_ROWS for cell in row for w in cell.split()}:
+        assert any(word in cell.split() for cell in cells), (word, text)  # never folded mid-word
+    if width >= 100:  # room to spare: every row takes two lines (a name and its preset; a mean and its ± std)
+        body = text.split("┡")[1].split("└")[0].splitlines()[1:]
+        assert len(body) == 2 * len(LADDER_ROWS), text
+
+
+def test_fitted_widths_leave_a_table_that_fits_to_rich() -> None:
+    assert dlzoo.console.fitted_widths(["a", "b"], [["1", "2"]], {0, 1}, 80) == [None, None]
