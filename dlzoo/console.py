@@ -164,17 +164,24 @@ def fitted_widths(
     grow = sorted(i for i in wrapped if values[i] > word[i])
     tall = {i: {w: [_wrapped_lines(row[i], w) for row in rows] for w in range(word[i], values[i] + 1)} for i in grow}
 
-    def height(widths: list[int]) -> int:
-        return sum(max((tall[i][min(widths[i], values[i])][r] for i in grow), default=1) for r in range(len(rows)))
+    def lines(widths: list[int]) -> tuple[int, int]:
+        """The table's height, then every cell's lines: a row shortens only when all its tall cells do, so a
+        widening that shortens one cell on the way counts too."""
+        per_row = [[tall[i][min(widths[i], values[i])][r] for i in grow] for r in range(len(rows))]
+        return sum(max(cells, default=1) for cells in per_row), sum(sum(cells) for cells in per_row)
 
-    now = height(word)
+    now = lines(word)
     while spare > 0:
-        options = [(now - height([*word[:i], word[i] + d, *word[i + 1 :]]), d, i)
-                   for i in grow for d in range(1, min(spare, values[i] - word[i]) + 1)]  # fmt: skip
-        gain, d, i = max(options, key=lambda o: (o[0] / o[1], o[2] in first, -o[1]), default=(0, 0, 0))
-        if gain <= 0:
+        options = []
+        for i in grow:
+            for d in range(1, min(spare, values[i] - word[i]) + 1):
+                after = lines([*word[:i], word[i] + d, *word[i + 1 :]])
+                options.append(((now[0] - after[0]) / d, (now[1] - after[1]) / d, i in first, -d, i, after))
+        best = max(options, default=None)  # most lines off per character; on a tie a number column, then narrower
+        if best is None or best[:2] <= (0, 0):
             break
-        word[i], spare, now = word[i] + d, spare - d, now - gain
+        *_, narrower, i, now = best
+        word[i], spare = word[i] - narrower, spare + narrower
     return [w if i in wrapped else None for i, w in enumerate(word)]
 
 

@@ -84,9 +84,9 @@ def test_a_boxed_table_too_wide_for_the_terminal_breaks_lines_at_spaces(
     cells = {line.strip() for row in text.splitlines() for line in row.split("│")}
     for word in {w for row in LADDER_ROWS for cell in row for w in cell.split()}:
         assert any(word in cell.split() for cell in cells), (word, text)  # never folded mid-word
-    if width >= 100:  # room to spare: every row takes two lines (a name and its preset; a mean and its ± std)
+    if width >= 100:  # room to spare: no row takes more than two lines (rich's own widths took three)
         body = text.split("┡")[1].split("└")[0].splitlines()[1:]
-        assert len(body) == 2 * len(LADDER_ROWS), text
+        assert len(body) <= 2 * len(LADDER_ROWS), text
 
 
 def test_fitted_widths_leave_a_table_that_fits_to_rich() -> None:
