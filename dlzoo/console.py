@@ -202,7 +202,7 @@ def print_table(
                   box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)  # fmt: skip
     wrapped = {i for i in range(len(header)) if not compact or i in wrap}
     # Each column's border and padding: rich's edges, one rule between columns, one space each side of a cell.
-    frame = 2 + (len(header) - 1) + 2 * len(header) - (0 if not compact else 2)
+    frame = 2 + (len(header) - 1) + 2 * len(header) - (2 if compact else 0)
     widths = fitted_widths(header, rows, wrapped, console.width - frame, right)
     for i, name in enumerate(header):
         # A wrapped column folds a word longer than its width onto the next line rather than cutting it off.
