@@ -112,6 +112,16 @@ def check(jobs: list[Job]) -> None:
         locate(name, root, download)
 
 
+def shown_columns(width: int) -> list[int]:
+    """The columns of HEADER the terminal table shows at `width` columns (ladder.md and ladder.csv keep them all):
+    below 120 the "what changed" text would wrap every row into a tall column, and below 100 the epochs and seconds
+    per run would leave the results too little room to keep their words whole."""
+    hidden = {HEADER.index("what changed")} if width < 120 else set()
+    if width < 100:
+        hidden |= {HEADER.index("epochs"), HEADER.index("s / run")}
+    return [i for i in range(len(HEADER)) if i not in hidden]
+
+
 def stack_rungs(jobs: list[Job], mode: str) -> tuple[list[Job], list[str]]:
     """The jobs to launch, with each rung's seeds (or each ensemble's members, through ensemble.stack) stacked
     where `mode` says: `on` wherever the model can be stacked, `auto` where that trains faster
@@ -309,8 +319,7 @@ def ladder_command(argv: list[str]) -> int:
     rungs = collect(jobs)
     command = "dlzoo ladder " + " ".join(argv)
     table = rows(rungs)
-    # Below 120 columns the "what changed" text would wrap every row into a tall column: ladder.md keeps it.
-    keep = [i for i in range(len(HEADER)) if i != 1 or console.width >= 120]
+    keep = shown_columns(console.width)
     print_table(f"ladder: {out}", [HEADER[i] for i in keep], [[row[i] for i in keep] for row in table],
                 caption(rungs, command), right=range(keep.index(2), len(keep)))  # fmt: skip
     write_markdown(rungs, table, caption(rungs, command), out / "ladder.md")

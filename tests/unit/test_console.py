@@ -9,6 +9,8 @@ import pytest
 from rich.console import Console
 
 import dlzoo.console
+from dlzoo.sweeps.ladder import shown_columns
+from dlzoo.sweeps.ladder_table import HEADER
 
 
 def test_a_compact_table_at_80_columns_cuts_nothing_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,3 +93,26 @@ def test_a_boxed_table_too_wide_for_the_terminal_breaks_lines_at_spaces(
 
 def test_fitted_widths_leave_a_table_that_fits_to_rich() -> None:
     assert dlzoo.console.fitted_widths(["a", "b"], [["1", "2"]], {0, 1}, 80) == [None, None]
+
+
+@pytest.mark.parametrize("width", [80, 90, 100, 120])
+def test_the_ladder_table_keeps_every_word_whole_down_to_80_columns(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ladder shows fewer columns on a narrower terminal (dlzoo.sweeps.ladder.shown_columns; ladder.md keeps
+    them all), so that down to 80 columns no name, number or header is folded mid-word."""
+    full = ["rung", "what changed", *LADDER_HEADER[1:]]
+    rows = [[r[0], "the lecture's next step", *r[1:]] for r in LADDER_ROWS]
+    assert full == HEADER
+    keep = shown_columns(width)
+    screen = Console(width=width, record=True, markup=False, file=io.StringIO())
+    monkeypatch.setattr(dlzoo.console, "console", screen)
+    dlzoo.console.print_table("ladder", [full[i] for i in keep], [[r[i] for i in keep] for r in rows],
+                              right=range(keep.index(2), len(keep)))  # fmt: skip
+    text = screen.export_text()
+    assert all(len(line) <= width for line in text.splitlines()), text
+    cells = {line.strip() for row in text.splitlines() for line in row.replace("┃", "│").split("│")}
+    words = {w for i in keep for text_ in [full[i], *(r[i] for r in rows)] for w in text_.split()}
+    for word in words:
+        assert any(word in cell.split() for cell in cells), (word, text)
+    assert ("epochs" in text) == (width >= 100) and ("what changed" in text.replace("\n", " ")) == (width >= 120)
