@@ -210,7 +210,7 @@ def fit_options(
     """The trainer section as the loop's options (`total_steps`: the run's, which sets the histograms' interval).
 
     Args:
-        cfg: the composed config.
+        cfg: the run's typed settings (dlzoo.config.schema.settings).
         seed: the model's seed (its batch order's).
         checkpointing: where last.pt (a stack's: stack.pt) and the best epochs go, or None.
         stop: the run's stop flag.
