@@ -171,6 +171,7 @@ def fitted_widths(
         return sum(max(cells, default=1) for cells in per_row), sum(sum(cells) for cells in per_row)
 
     now = lines(word)
+    kept = list(word)  # the widths at the last height saved: room spent past it only evens out cells
     while spare > 0:
         options = []
         for i in grow:
@@ -180,9 +181,13 @@ def fitted_widths(
         best = max(options, default=None)  # most lines off per character; on a tie a number column, then narrower
         if best is None or best[:2] <= (0, 0):
             break
-        *_, narrower, i, now = best
+        *_, narrower, i, after = best
         word[i], spare = word[i] - narrower, spare + narrower
-    return [w if i in wrapped else None for i, w in enumerate(word)]
+        if after[0] < now[0]:
+            kept = list(word)
+        now = after
+    # Room that shortened no row stays unspent, so columns of alike values wrap alike (a mean ± std each).
+    return [w if i in wrapped else None for i, w in enumerate(kept)]
 
 
 def print_table(

@@ -116,3 +116,21 @@ def test_the_ladder_table_keeps_every_word_whole_down_to_80_columns(
     for word in words:
         assert any(word in cell.split() for cell in cells), (word, text)
     assert ("epochs" in text) == (width >= 100) and ("what changed" in text.replace("\n", " ")) == (width >= 120)
+
+
+def test_room_that_shortens_no_row_stays_unspent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dlzoo report` at 80 columns: every row wraps its val_acc and test_acc means onto two lines, so widening
+    test_loss to one line shortens nothing; it wraps like the other means instead of standing out."""
+    screen = Console(width=80, record=True, markup=False, file=io.StringIO())
+    monkeypatch.setattr(dlzoo.console, "console", screen)
+    header = ["experiment", "n", "seeds", "val_acc", "test_acc", "test_loss", "s / run"]
+    rows = [
+        ["lab10_3_xavier", "3", "1, 2, 3", "0.8308 ± 0.0016", "0.7977 ± 0.0026", "0.6881 ± 0.0139", "1"],
+        ["lab10_5_dropout", "3", "1, 2, 3", "0.6766 ± 0.0075", "0.6278 ± 0.0120", "1.0945 ± 0.0728", "4"],
+        ["lab10_1_softmax", "3", "1, 2, 3", "0.1135 ± 0.0181", "0.1022 ± 0.0012", "11.4280 ± 0.3290", "1"],
+    ]
+    dlzoo.console.print_table("report", header, rows, right=range(1, 7))
+    text = screen.export_text()
+    assert "0.8308 ± 0.0016" not in text and "0.6881 ± 0.0139" not in text, text  # both wrapped, alike
+    body = text.split("┡")[1].split("└")[0].splitlines()[1:]
+    assert len(body) == 2 * len(rows), text
