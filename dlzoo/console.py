@@ -121,15 +121,13 @@ def _wrapped_lines(text: str, width: int) -> int:
     """How many lines `text` takes in a column `width` wide, wrapped at spaces (a longer word folded)."""
     count = 0
     for line in text.splitlines() or [""]:
+        count += not line.split()  # an empty line still takes one
         used = 0
         for w in line.split():
             if used and used + 1 + len(w) <= width:
                 used += 1 + len(w)
             else:
-                count += 1
-                used = len(w)
-                count += max(len(w) - 1, 0) // max(width, 1)  # a word longer than the column folds
-        count += 0 if line.split() else 1
+                count, used = count + 1 + (len(w) - 1) // max(width, 1), len(w)
     return count
 
 
@@ -152,7 +150,7 @@ def fitted_widths(
     value_word = [max((len(w) for c in col[1:] for w in c.split()), default=1) for col in cells]
     for floor in (value_word, [1] * len(word)):
         while sum(word) > room:
-            loose = [i for i in wrapped if word[i] > max(floor[i], 1)]
+            loose = [i for i in wrapped if word[i] > floor[i]]
             if not loose:
                 break
             top = max(word[i] for i in loose)

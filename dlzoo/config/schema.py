@@ -159,8 +159,6 @@ def settings(cfg: DictConfig) -> TrainConfig:
     """The composed, validated config as the run's typed settings: the schema's dataclasses with every
     interpolation resolved. A run converts once, at its boundary (dlzoo.engine.assembly.run.run); the modules below
     read plain attributes of plain values and never see OmegaConf."""
-    if isinstance(cfg, TrainConfig):
-        return cfg
     out = OmegaConf.to_object(cfg)
     assert isinstance(out, TrainConfig), f"not a composed train config: {type(out).__name__}"
     return out
